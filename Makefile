@@ -1,0 +1,36 @@
+# The README's two commands are `make demo` and `make test`; both set up what they need first.
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint fuzz chaos bench deb rpm clean
+
+setup:
+	bash .ci/setup
+
+demo: setup
+	.venv/bin/gantryd demo
+
+test: setup
+	.venv/bin/pytest $(PYTEST_ARGS)
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+fuzz: setup
+	GANTRYD_FUZZ_EXAMPLES=20000 .venv/bin/pytest -m 'not slow' tests/orchestrator/test_webhook.py -k fuzz
+
+chaos: setup
+	GANTRYD_CHAOS_ROUNDS=200 .venv/bin/pytest tests/queue/test_crash.py
+
+bench: setup
+	.venv/bin/python bench/queue.py
+
+deb:
+	bash packaging/build-deb.sh
+
+rpm:
+	bash packaging/build-rpm.sh
+
+clean:
+	rm -rf dist build *.egg-info .pytest_cache .mypy_cache .ruff_cache

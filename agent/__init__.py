@@ -1,0 +1,15 @@
+"""gantryd: GitHub Actions jobs in fresh, locked-down Docker containers on one build server.
+
+General layout (dependencies point one way; config is passed in, never global):
+
+- ``orchestrator/`` — the Orchestrator Manager: ``webhook`` (intake) -> ``queue`` <-
+  ``manager`` (scheduler) -> ``container.pool_manager``; ``status_reporter`` drains the outbox;
+  ``reconciler`` repairs what webhooks miss. ``job_parser`` turns payloads into jobs.
+- ``queue/`` — the Job Queue: one interface (``base``), SQLite (default) and Redis backends.
+- ``container/`` — the Container Pool Manager: ``pool_manager``, ``lifecycle``, ``security``,
+  ``monitoring`` and ``docker_api`` (the only importer of docker-py).
+- ``github/`` — App/token auth and the REST client. ``emulator/`` — GitHub's stand-in.
+- ``config``, ``reload``, ``daemon`` (the root nursery), ``systemd``, ``logs``, ``cli``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,778 @@
+"""agent/config.py: the example file, every user error, value formats, reload diff, summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.config import (
+    Config,
+    ConfigError,
+    GitHubConfig,
+    PoolConfig,
+    PriorityRule,
+    QueueConfig,
+    SchedulerConfig,
+    ServerConfig,
+    describe,
+    format_duration,
+    format_size,
+    load_config,
+    parse_duration,
+    parse_listen,
+    parse_size,
+    restart_required,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "config.example.toml"
+REFERENCE = ROOT / "docs" / "configuration.md"
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"
+
+
+@pytest.fixture
+def etc(tmp_path: Path) -> Path:
+    """A stand-in for /etc/gantryd holding the credentials files, mode 0600."""
+    for name, text in (("app.pem", PEM), ("webhook-secret", "s3cret\n"), ("token", "ghp_x\n")):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o600)
+    return tmp_path
+
+
+def write(etc: Path, text: str) -> Path:
+    path = etc / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def example(etc: Path) -> Path:
+    return write(etc, EXAMPLE.read_text().replace("/etc/gantryd/", f"{etc}/"))
+
+
+GITHUB = """
+[github]
+app_id = 1
+private_key_file = "app.pem"
+webhook_secret_file = "webhook-secret"
+"""
+POOL = """
+[[pool]]
+name = "default"
+labels = ["self-hosted", "linux"]
+"""
+
+
+def minimal(*, github: str = GITHUB, pool: str = "", extra: str = "", pools: str = POOL) -> str:
+    """A small valid file (relative credentials paths), with lines added to its tables."""
+    return f"{github}\n{pools}{pool}\n{extra}\n"
+
+
+# --- the example file -----------------------------------------------------------------------
+
+
+def test_example_loads_with_defaults_and_no_warnings(etc: Path) -> None:
+    config = load_config(example(etc))
+    # A host with less than 10 GiB of memory cannot hold 4 runners of 2 GiB: that warning is fine.
+    assert [w for w in config.warnings if "memory budget" not in w] == []
+    assert config.server == ServerConfig()
+    assert config.queue == QueueConfig()
+    assert config.scheduler == SchedulerConfig()
+    assert config.pools == (PoolConfig(name="default", labels=("self-hosted", "linux", "x64")),)
+    assert config.github == GitHubConfig(
+        app_id="123456",
+        private_key_file=etc / "app.pem",
+        webhook_secret_files=(etc / "webhook-secret",),
+    )
+    assert config.priorities == ()
+    assert config.path == etc / "config.toml"
+
+
+def _documented_keys(text: str) -> set[str]:
+    return set(re.findall(r"^#? ?(\w+) = ", text, flags=re.MULTILINE))
+
+
+@pytest.mark.parametrize(
+    "cls", [ServerConfig, GitHubConfig, QueueConfig, SchedulerConfig, PoolConfig, PriorityRule]
+)
+def test_example_and_reference_document_every_key(cls: type[object]) -> None:
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    assert fields - _documented_keys(EXAMPLE.read_text()) == set()
+    reference = REFERENCE.read_text()
+    assert {name for name in fields if f"`{name}`" not in reference} == set()
+
+
+def test_example_shows_a_priority_rule_and_the_seed_names() -> None:
+    text = EXAMPLE.read_text()
+    assert "# [[priority]]" in text
+    for seed in ("minContainers", "maxContainers", "retryAttempts", "retryDelay", "baseImage"):
+        assert seed in text
+        assert seed in REFERENCE.read_text()
+
+
+# --- user errors: each names the file and the key -------------------------------------------
+
+SERVER = "[server]\n"
+QUEUE = "[queue]\n"
+SCHEDULER = "[scheduler]\n"
+NO_APP = '[github]\nwebhook_secret_file = "webhook-secret"\n'
+TOKEN = '[github]\ntoken_file = "token"\n'
+
+INVALID = [
+    # (id, file text, key, fragment of the problem)
+    (
+        "unknown key",
+        minimal(extra=SERVER + 'lisen = "0.0.0.0:80"'),
+        "server.lisen",
+        "did you mean listen",
+    ),
+    (
+        "unknown table",
+        minimal(extra="[scheduller]\nmax_runners = 1"),
+        "scheduller",
+        "did you mean scheduler",
+    ),
+    (
+        "unknown pool key",
+        minimal(pool="max_runner = 2"),
+        'pool "default".max_runner',
+        "max_runners",
+    ),
+    (
+        "key in wrong table",
+        minimal(extra=QUEUE + "concurrency = 2"),
+        "queue.concurrency",
+        "[scheduler]",
+    ),
+    ("seed name", minimal(pool="minContainers = 2"), 'pool "default".minContainers', "min_idle"),
+    (
+        "seed retryDelay",
+        minimal(extra=QUEUE + "retryDelay = 30000"),
+        "queue.retryDelay",
+        "milliseconds",
+    ),
+    (
+        "seed table",
+        minimal(extra="[containerPool]\nmaxContainers = 3"),
+        "containerPool",
+        "[[pool]]",
+    ),
+    ("camelCase", minimal(pool="maxRunners = 3"), 'pool "default".maxRunners', "write max_runners"),
+    (
+        "wrong type int",
+        minimal(pool='max_runners = "4"'),
+        'pool "default".max_runners',
+        'expected an integer, got a string ("4")',
+    ),
+    (
+        "wrong type bool",
+        minimal(pool="read_only_rootfs = 1"),
+        'pool "default".read_only_rootfs',
+        "expected a boolean",
+    ),
+    (
+        "wrong type size",
+        minimal(extra=SERVER + "max_body = true"),
+        "server.max_body",
+        "expected a size, got a boolean",
+    ),
+    (
+        "wrong type array",
+        minimal(pools='[[pool]]\nname = "default"\nlabels = "linux"'),
+        'pool "default".labels',
+        "expected an array",
+    ),
+    (
+        "bad duration",
+        minimal(pool='job_timeout = "10x"'),
+        'pool "default".job_timeout',
+        '"10x" is not a duration',
+    ),
+    (
+        "negative duration",
+        minimal(pool="job_timeout = -5"),
+        'pool "default".job_timeout',
+        "not a duration",
+    ),
+    (
+        "infinite duration",
+        minimal(pool="job_timeout = inf"),
+        'pool "default".job_timeout',
+        "not a duration",
+    ),
+    ("zero duration", minimal(extra=QUEUE + "lease = 0"), "queue.lease", "longer than 0"),
+    ("bad size", minimal(pool='memory = "2GX"'), 'pool "default".memory', '"2GX" is not a size'),
+    (
+        "fractional bytes",
+        minimal(pool='tmp_size = "0.5"'),
+        'pool "default".tmp_size',
+        "whole number of bytes",
+    ),
+    (
+        "size too small",
+        minimal(pool='memory = "1MiB"'),
+        'pool "default".memory',
+        "less than the minimum, 6MiB",
+    ),
+    (
+        "listen without port",
+        minimal(extra=SERVER + 'listen = "localhost"'),
+        "server.listen",
+        '"host:port"',
+    ),
+    (
+        "listen bare ipv6",
+        minimal(extra=SERVER + 'listen = "::1:8080"'),
+        "server.listen",
+        "brackets",
+    ),
+    (
+        "listen bad ipv4",
+        minimal(extra=SERVER + 'listen = "10.0.0.300:80"'),
+        "server.listen",
+        "not an IPv4",
+    ),
+    (
+        "listen big port",
+        minimal(extra=SERVER + 'listen = "0.0.0.0:70000"'),
+        "server.listen",
+        "65535",
+    ),
+    (
+        "listen collision",
+        minimal(extra=SERVER + 'listen = "0.0.0.0:9000"\nmetrics_listen = "127.0.0.1:9000"'),
+        "server.metrics_listen",
+        "collides",
+    ),
+    (
+        "deadline too long",
+        minimal(extra=SERVER + 'response_deadline = "10s"'),
+        "server.response_deadline",
+        "shorter than 10s",
+    ),
+    (
+        "webhook path",
+        minimal(extra=SERVER + 'webhook_path = "hook"'),
+        "server.webhook_path",
+        "start with /",
+    ),
+    (
+        "unknown enum",
+        minimal(pool='scope = "global"'),
+        'pool "default".scope',
+        '"global" is not one of "repository", "organization"',
+    ),
+    (
+        "unknown log level",
+        minimal(extra=SERVER + 'log_level = "verbose"'),
+        "server.log_level",
+        '"debug", "info", "warning", "error"',
+    ),
+    (
+        "unknown backend",
+        minimal(extra=QUEUE + 'backend = "postgres"'),
+        "queue.backend",
+        '"sqlite", "redis"',
+    ),
+    (
+        "missing key file",
+        minimal(github=GITHUB.replace("app.pem", "nope.pem")),
+        "github.private_key_file",
+        "nope.pem does not exist",
+    ),
+    (
+        "not a PEM",
+        minimal(github=GITHUB.replace("app.pem", "token")),
+        "github.private_key_file",
+        "not a PEM private key",
+    ),
+    (
+        "secret is a directory",
+        minimal(github=GITHUB.replace('"webhook-secret"', '"."')),
+        "github.webhook_secret_file",
+        "not a regular file",
+    ),
+    (
+        "missing token file",
+        minimal(github=NO_APP + 'token_file = "nope"'),
+        "github.token_file",
+        "does not exist",
+    ),
+    ("no credentials", minimal(github=NO_APP), "github", "no GitHub credentials"),
+    (
+        "app and token",
+        minimal(github=GITHUB + 'token_file = "token"'),
+        "github.token_file",
+        "not both",
+    ),
+    (
+        "app id without key",
+        minimal(github=NO_APP + "app_id = 5"),
+        "github.private_key_file",
+        "missing",
+    ),
+    (
+        "key without app id",
+        minimal(github=NO_APP + 'private_key_file = "app.pem"'),
+        "github.app_id",
+        "missing",
+    ),
+    (
+        "no webhook secret",
+        minimal(github='[github]\ntoken_file = "token"'),
+        "github.webhook_secret_files",
+        "missing",
+    ),
+    (
+        "secret file and files",
+        minimal(github=GITHUB + 'webhook_secret_files = ["webhook-secret"]'),
+        "github.webhook_secret_file",
+        "not both",
+    ),
+    (
+        "three secrets",
+        minimal(github=TOKEN + 'webhook_secret_files = ["webhook-secret", "app.pem", "token"]'),
+        "github.webhook_secret_files",
+        "at most 2",
+    ),
+    (
+        "missing secret in list",
+        minimal(github=TOKEN + 'webhook_secret_files = ["webhook-secret", "next"]'),
+        "github.webhook_secret_files[2]",
+        "does not exist",
+    ),
+    (
+        "bad repository",
+        minimal(github=GITHUB + 'repositories = ["acme"]'),
+        "github.repositories[1]",
+        '"owner/name"',
+    ),
+    (
+        "bad api url",
+        minimal(github=GITHUB + 'api_url = "ftp://example.com"'),
+        "github.api_url",
+        "not an http(s) URL",
+    ),
+    (
+        "unset variable",
+        minimal(github=GITHUB.replace('"app.pem"', '"${CREDENTIALS_DIRECTORY}/app.pem"')),
+        "github.private_key_file",
+        "CREDENTIALS_DIRECTORY is not set",
+    ),
+    (
+        "empty labels",
+        minimal(pools='[[pool]]\nname = "default"\nlabels = []'),
+        'pool "default".labels',
+        "at least one label",
+    ),
+    (
+        "missing labels",
+        minimal(pools='[[pool]]\nname = "default"'),
+        'pool "default".labels',
+        "missing",
+    ),
+    (
+        "duplicate label",
+        minimal(pools='[[pool]]\nname = "a"\nlabels = ["linux", "Linux"]'),
+        'pool "a".labels[2]',
+        "listed twice",
+    ),
+    ("missing pool name", minimal(pools='[[pool]]\nlabels = ["x"]'), "pool[1].name", "missing"),
+    (
+        "bad pool name",
+        minimal(pools='[[pool]]\nname = "my pool"\nlabels = ["x"]'),
+        "pool[1].name",
+        "not valid",
+    ),
+    ("duplicate pool names", minimal(extra=POOL), 'pool "default".name', "already named"),
+    ("no pool", minimal(pools=""), "pool", "at least one pool"),
+    (
+        "pool as table",
+        minimal(pools='[pool]\nname = "x"\nlabels = ["x"]'),
+        "pool",
+        "expected an array of tables ([[pool]]), got a table",
+    ),
+    ("section not a table", "server = 5\n" + minimal(), "server", "expected a table ([server])"),
+    (
+        "min_idle > max_runners",
+        minimal(pool="min_idle = 5\nmax_runners = 4"),
+        'pool "default".min_idle',
+        "5 is more than max_runners (4)",
+    ),
+    (
+        "negative number",
+        minimal(pool="max_concurrent = -1"),
+        'pool "default".max_concurrent',
+        "must not be negative, got -1",
+    ),
+    (
+        "zero max_runners",
+        minimal(pool="max_runners = 0"),
+        'pool "default".max_runners',
+        "at least 1",
+    ),
+    (
+        "org scope without orgs",
+        minimal(pool='scope = "organization"'),
+        'pool "default".scope',
+        "github.organizations",
+    ),
+    (
+        "memory beyond host",
+        minimal(pool='memory = "1000TiB"'),
+        'pool "default".memory',
+        "memory budget",
+    ),
+    (
+        "too many cpus",
+        minimal(pool="cpus = 100000.0"),
+        'pool "default".cpus',
+        "must be between 0.01 and",
+    ),
+    (
+        "warm pool beyond global cap",
+        minimal(pool="min_idle = 3\nmax_runners = 4", extra=SCHEDULER + "max_runners = 2"),
+        "scheduler.max_runners",
+        "min_idle together (3)",
+    ),
+    (
+        "memory share",
+        minimal(extra=SCHEDULER + "host_memory_share = 1.5"),
+        "scheduler.host_memory_share",
+        "between 0.01 and 1",
+    ),
+    (
+        "reserved env",
+        minimal(pool='env = { ACTIONS_RUNNER_INPUT_JITCONFIG = "x" }'),
+        'pool "default".env.ACTIONS_RUNNER_INPUT_JITCONFIG',
+        "set by gantryd",
+    ),
+    (
+        "env value type",
+        minimal(pool="env = { DEBUG = 1 }"),
+        'pool "default".env.DEBUG',
+        "expected a string, got an integer",
+    ),
+    (
+        "reserved docker label",
+        minimal(pool='docker_labels = { "io.gantryd.job" = "1" }'),
+        'pool "default".docker_labels.io.gantryd.job',
+        "gantryd's own",
+    ),
+    (
+        "bad redis url",
+        minimal(extra=QUEUE + 'backend = "redis"\nredis_url = "http://localhost"'),
+        "queue.redis_url",
+        "redis://",
+    ),
+    (
+        "rule without priority",
+        minimal(extra='[[priority]]\nrepository = "acme/*"'),
+        "priority[1].priority",
+        "missing",
+    ),
+    (
+        "rule unknown key",
+        minimal(extra="[[priority]]\npriority = 1\nrepo = 'a/b'"),
+        "priority[1].repo",
+        "did you mean repository",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"), [case[1:] for case in INVALID], ids=[case[0] for case in INVALID]
+)
+def test_invalid_file_names_file_and_key(etc: Path, text: str, key: str, fragment: str) -> None:
+    path = write(etc, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    message = str(caught.value)
+    assert caught.value.key == key
+    assert message.startswith(f"{path}: {key}: ")
+    assert fragment in message
+
+
+def test_minimal_file_is_valid(etc: Path) -> None:
+    """The base of the invalid cases is itself valid, so each case fails for its own reason."""
+    config = load_config(write(etc, minimal()))
+    assert config.github.private_key_file == etc / "app.pem"
+    assert config.github.app_id == "1"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.toml: cannot read: No such file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_toml_syntax_error_gives_line_and_column(etc: Path) -> None:
+    path = write(etc, minimal() + "\n[server]\nlisten = 0.0.0.0:80\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert re.search(r"invalid TOML: .*line \d+, column \d+", str(caught.value))
+    assert str(path) in str(caught.value)
+
+
+def test_file_not_utf8(etc: Path) -> None:
+    path = etc / "config.toml"
+    path.write_bytes(b'[server]\ninstance = "\xff"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)
+
+
+# --- paths, credentials, warnings -----------------------------------------------------------
+
+
+def test_paths_are_relative_to_the_file_and_expand_variables(etc: Path) -> None:
+    github = GITHUB.replace('"app.pem"', '"${CREDENTIALS_DIRECTORY}/app.pem"')
+    text = minimal(github=github, extra='[server]\nstate_dir = "state"\n[queue]\npath = "q.db"')
+    config = load_config(write(etc, text), environ={"CREDENTIALS_DIRECTORY": str(etc)})
+    assert config.github.private_key_file == etc / "app.pem"
+    assert config.server.state_dir == etc / "state"
+    assert config.queue_path == etc / "q.db"
+
+
+def test_two_webhook_secrets_for_rotation(etc: Path) -> None:
+    (etc / "next").write_text("n3xt")
+    (etc / "next").chmod(0o600)
+    github = '[github]\ntoken_file = "token"\nwebhook_secret_files = ["webhook-secret", "next"]'
+    config = load_config(write(etc, minimal(github=github)))
+    assert config.github.webhook_secret_files == (etc / "webhook-secret", etc / "next")
+    assert config.github.private_key_file is None
+    assert config.github.token_file == etc / "token"
+
+
+def test_empty_credentials_file(etc: Path) -> None:
+    (etc / "webhook-secret").write_text("\n")
+    with pytest.raises(ConfigError, match=r"github\.webhook_secret_file: .* is empty"):
+        load_config(write(etc, minimal()))
+
+
+WARNINGS = [
+    (
+        "runner_group with repository scope",
+        minimal(pool='runner_group = "ci"'),
+        'pool "default".runner_group: has no effect',
+    ),
+    (
+        "redis key with sqlite",
+        minimal(extra=QUEUE + 'redis_prefix = "x"'),
+        "queue.redis_prefix: has no effect",
+    ),
+    (
+        "sqlite key with redis",
+        minimal(extra=QUEUE + 'backend = "redis"\nsynchronous = "normal"'),
+        "queue.synchronous: has no effect",
+    ),
+    (
+        "per-repository cap not below pool cap",
+        minimal(pool="max_concurrent = 4"),
+        'pool "default".max_concurrent: has no effect',
+    ),
+    (
+        "pool cap above global cap",
+        minimal(pool="max_runners = 20"),
+        'pool "default".max_runners: 20 is more than scheduler.max_runners',
+    ),
+    (
+        "rule after a catch-all",
+        minimal(extra="[[priority]]\npriority = 1\n[[priority]]\npriority = 2\nbranch = 'main'"),
+        "priority[2]: has no effect",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "warning"), [case[1:] for case in WARNINGS], ids=[case[0] for case in WARNINGS]
+)
+def test_settings_without_effect_warn(etc: Path, text: str, warning: str) -> None:
+    config = load_config(write(etc, text))
+    assert [w for w in config.warnings if w.startswith(warning)], config.warnings
+
+
+def test_credentials_readable_by_others_warn(etc: Path) -> None:
+    (etc / "app.pem").chmod(0o644)
+    config = load_config(write(etc, minimal()))
+    assert config.warnings == (
+        f"github.private_key_file: {etc}/app.pem has mode 0644: group or others can use it; "
+        f"chmod 600 {etc}/app.pem",
+    )
+
+
+def test_warnings_do_not_affect_equality(etc: Path) -> None:
+    config = load_config(write(etc, minimal()))
+    assert dataclasses.replace(config, warnings=("x",)) == config
+
+
+def test_priority_rules_and_pool_options(etc: Path) -> None:
+    text = minimal(
+        pool='min_idle = 1\nmemory = "512MiB"\ncpus = 0.5\nenv = { A = "1" }\n'
+        'secrets = ["NPM_TOKEN"]',
+        extra="[[priority]]\npriority = 10\nrepository = 'acme/*'\nlabels = ['big']",
+    )
+    config = load_config(write(etc, text))
+    pool = config.pools[0]
+    assert (pool.min_idle, pool.memory, pool.cpus) == (1, 512 * 1024**2, 0.5)
+    assert dict(pool.env) == {"A": "1"}
+    assert pool.secrets == ("NPM_TOKEN",)
+    assert config.priorities[0].repository == "acme/*"
+    assert config.priorities[0].labels == ("big",)
+    assert config.priorities[0].branch is None
+
+
+# --- value formats --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("7d", 604800),
+        ("250ms", 0.25),
+        ("90", 90),
+        ("1.5h", 5400),
+        ("1m1ms", 60.001),
+        ("0s", 0),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["10x", "", "h", "1h 30m", "-5s", "1.h", "s5", "1H", "5min"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
+
+
+units = st.integers(min_value=0, max_value=10_000)
+
+
+@given(days=units, hours=units, minutes=units, seconds=units, millis=units)
+def test_generated_durations_round_trip(
+    days: int, hours: int, minutes: int, seconds: int, millis: int
+) -> None:
+    parts = zip((days, hours, minutes, seconds, millis), ("d", "h", "m", "s", "ms"), strict=True)
+    text = "".join(f"{count}{unit}" for count, unit in parts if count) or "0s"
+    total_ms = (((days * 24 + hours) * 60 + minutes) * 60 + seconds) * 1000 + millis
+    parsed = parse_duration(text)
+    assert parsed == float(Fraction(total_ms, 1000))
+    assert parse_duration(format_duration(parsed)) == parsed
+
+
+@given(st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False))
+def test_any_duration_formats_back_exactly(seconds: float) -> None:
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("2GiB", 2 * 1024**3),
+        ("512MiB", 512 * 1024**2),
+        ("1GB", 10**9),
+        ("100k", 100_000),
+        ("100K", 100_000),
+        ("4096", 4096),
+        ("1.5GiB", 3 * 1024**3 // 2),
+        ("10B", 10),
+        ("2gib", 2 * 1024**3),
+        ("1 TiB", 1024**4),
+        ("64KiB", 65536),
+    ],
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["2GX", "GiB", "5iB", "-1", "1 0", "", "2 G iB"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size(text)
+
+
+@given(st.integers(min_value=0, max_value=2**60))
+def test_sizes_round_trip(size: int) -> None:
+    assert parse_size(format_size(size)) == size
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("0.0.0.0:8080", ("0.0.0.0", 8080)),
+        ("[::1]:80", ("::1", 80)),
+        ("localhost:0", ("localhost", 0)),
+        ("gantry.example.com:443", ("gantry.example.com", 443)),
+    ],
+)
+def test_parse_listen(text: str, parsed: tuple[str, int]) -> None:
+    assert parse_listen(text) == parsed
+
+
+# --- reload diff and summary ----------------------------------------------------------------
+
+
+@pytest.fixture
+def config(etc: Path) -> Config:
+    return load_config(example(etc))
+
+
+def test_nothing_changed_needs_no_restart(config: Config) -> None:
+    assert restart_required(config, config) == []
+
+
+def test_pool_and_limit_changes_apply_live(config: Config) -> None:
+    pool = dataclasses.replace(config.pools[0], memory=1024**3, max_runners=8)
+    new = dataclasses.replace(
+        config, pools=(pool,), scheduler=dataclasses.replace(config.scheduler, max_runners=20)
+    )
+    assert restart_required(config, new) == []
+
+
+@pytest.mark.parametrize(
+    ("table", "changes", "expected"),
+    [
+        ("server", {"listen": "127.0.0.1:1"}, ["server.listen"]),
+        ("server", {"metrics_listen": "127.0.0.1:2"}, ["server.metrics_listen"]),
+        # state_dir also moves the default queue file
+        ("server", {"state_dir": Path("/srv/g")}, ["server.state_dir", "queue.path"]),
+        ("server", {"runtime_dir": Path("/run/x")}, ["server.runtime_dir"]),
+        ("queue", {"backend": "redis"}, ["queue.backend"]),
+        ("queue", {"path": Path("/srv/q.db")}, ["queue.path"]),
+        ("queue", {"path": Path("/var/lib/gantryd/queue.db")}, []),  # same file, spelled out
+        ("queue", {"redis_url": "redis://127.0.0.1:6380/0"}, ["queue.redis_url"]),
+        ("queue", {"redis_prefix": "other", "retry_attempts": 9}, ["queue.redis_prefix"]),
+    ],
+)
+def test_restart_required(
+    config: Config, table: str, changes: dict[str, object], expected: list[str]
+) -> None:
+    section = dataclasses.replace(getattr(config, table), **changes)
+    assert restart_required(config, dataclasses.replace(config, **{table: section})) == expected
+
+
+def test_describe(config: Config) -> None:
+    text = describe(config)
+    assert "0.0.0.0:8080/webhook" in text
+    assert "127.0.0.1:9464" in text
+    assert "GitHub App 123456" in text
+    assert "sqlite /var/lib/gantryd/queue.db" in text
+    assert 'pool "default"  labels self-hosted, linux, x64' in text
+    assert "ghcr.io/actions/actions-runner:latest" in text
+    assert "2GiB memory" in text
+
+
+def test_describe_hides_redis_password(config: Config) -> None:
+    queue = dataclasses.replace(
+        config.queue, backend="redis", redis_url="redis://:hunter2@h:6379/0"
+    )
+    text = describe(dataclasses.replace(config, queue=queue))
+    assert "hunter2" not in text
+    assert "redis://:***@h:6379/0" in text

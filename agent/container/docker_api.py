@@ -1,0 +1,280 @@
+"""The only module that imports docker-py: blocking calls moved to worker threads.
+
+Each kind of work gets its own thread limiter so a slow image pull or the long-lived event stream
+never starves container creation (STYLE: "a thread limiter per kind of work"). docker-py's errors
+become ``DockerError`` / ``ContainerNotFound`` here, so callers never see docker-py types.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+import docker.types
+import requests.exceptions
+import trio
+
+from agent.container.security import HostOptions
+
+LABEL_PREFIX = "io.gantryd."
+MANAGED_LABEL = "io.gantryd.managed"
+
+
+class DockerError(Exception):
+    """Docker refused or could not be reached; the message is Docker's own."""
+
+
+class ContainerNotFound(DockerError):
+    pass
+
+
+class ImageNotFound(DockerError):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerSpec:
+    name: str
+    image: str
+    command: tuple[str, ...]
+    labels: Mapping[str, str]
+    environment: Mapping[str, str]
+    host: HostOptions
+    stdin_open: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerInfo:
+    id: str
+    name: str
+    labels: Mapping[str, str]
+    state: str  # created | running | exited | ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerEvent:
+    action: str  # start | die | oom | destroy
+    container_id: str
+    labels: Mapping[str, str]
+    exit_code: int | None
+    time_nano: int
+
+
+def _translate(exc: Exception) -> DockerError:
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return ImageNotFound(str(exc.explanation or exc))
+    if isinstance(exc, docker.errors.NotFound):
+        return ContainerNotFound(str(exc.explanation or exc))
+    if isinstance(exc, docker.errors.APIError):
+        return DockerError(str(exc.explanation or exc))
+    return DockerError(f"Docker Engine unreachable: {exc}")
+
+
+_DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
+class DockerAPI:
+    """A docker-py API client driven from trio. Create once; close with ``close()``."""
+
+    def __init__(self, base_url: str | None = None, *, timeout: float = 60.0) -> None:
+        self._base_url = base_url
+        self._timeout = timeout
+        self._api = self._client()
+        self._control = trio.CapacityLimiter(8)  # create/start/stop/remove/inspect
+        self._pulls = trio.CapacityLimiter(2)
+
+    def _client(self) -> docker.APIClient:
+        try:
+            return docker.APIClient(base_url=self._base_url, timeout=int(self._timeout))
+        except docker.errors.DockerException as exc:
+            raise _translate(exc) from exc
+
+    def close(self) -> None:
+        self._api.close()
+
+    async def _call(
+        self, fn: Any, *args: Any, limiter: trio.CapacityLimiter | None = None, **kwargs: Any
+    ) -> Any:
+        def run() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except _DOCKER_ERRORS as exc:
+                raise _translate(exc) from exc
+
+        return await trio.to_thread.run_sync(run, limiter=limiter or self._control)
+
+    async def ping(self) -> None:
+        await self._call(self._api.ping)
+
+    async def image_present(self, image: str) -> bool:
+        try:
+            await self._call(self._api.inspect_image, image)
+        except ImageNotFound:
+            return False
+        except ContainerNotFound:
+            return False
+        return True
+
+    async def pull(self, image: str) -> str:
+        """Pull an image; return its digest (or id). Docker's error message is kept."""
+        repository, _, tag = (
+            image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
+        )
+
+        def run() -> str:
+            try:
+                for line in self._api.pull(repository, tag=tag, stream=True, decode=True):
+                    if "error" in line:
+                        raise DockerError(str(line["error"]))
+                info = self._api.inspect_image(image)
+            except _DOCKER_ERRORS as exc:
+                raise _translate(exc) from exc
+            digests = info.get("RepoDigests") or []
+            return str(digests[0] if digests else info["Id"])
+
+        return await trio.to_thread.run_sync(run, limiter=self._pulls)
+
+    async def create(self, spec: ContainerSpec) -> str:
+        h = spec.host
+        host_config = self._api.create_host_config(
+            cap_drop=list(h.cap_drop) or None,
+            security_opt=list(h.security_opt) or None,
+            read_only=h.read_only,
+            pids_limit=h.pids_limit,
+            mem_limit=h.memory,
+            memswap_limit=h.memory_swap,
+            nano_cpus=h.nano_cpus,
+            ulimits=[docker.types.Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in h.ulimits],
+            tmpfs=dict(h.tmpfs),
+            network_mode=h.network_mode,
+            log_config=docker.types.LogConfig(
+                type=h.log_config["type"], config=h.log_config["config"]
+            ),
+            init=h.init,
+            privileged=False,
+        )
+        created = await self._call(
+            self._api.create_container,
+            spec.image,
+            command=list(spec.command),
+            name=spec.name,
+            user=h.user,
+            labels=dict(spec.labels),
+            environment=dict(spec.environment),
+            host_config=host_config,
+            stdin_open=spec.stdin_open,
+            detach=not spec.stdin_open,
+        )
+        return str(created["Id"])
+
+    async def start_with_stdin(self, container_id: str, data: bytes) -> None:
+        """Start a container and write ``data`` to its stdin, then close it.
+
+        This is how secrets reach the runner: they never appear in the container's Env or Cmd
+        (``docker inspect``) and never touch the disk. The container must have been created
+        with ``stdin_open`` (docker-py then sets StdinOnce, so stdin closes when we detach).
+        """
+
+        def run() -> None:
+            try:
+                attached = self._api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
+                raw: socket.socket = getattr(attached, "_sock", attached)
+                try:
+                    self._api.start(container_id)
+                    raw.sendall(data)
+                finally:
+                    raw.close()
+                    attached.close()
+            except _DOCKER_ERRORS as exc:
+                raise _translate(exc) from exc
+
+        await trio.to_thread.run_sync(run, limiter=self._control)
+
+    async def stop(self, container_id: str, *, grace: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds (Docker's own stop sequence)."""
+        await self._call(self._api.stop, container_id, timeout=int(grace))
+
+    async def remove(self, container_id: str) -> bool:
+        """Force-remove a container and its anonymous volumes; False if it was already gone."""
+        try:
+            await self._call(self._api.remove_container, container_id, force=True, v=True)
+        except ContainerNotFound:
+            return False
+        return True
+
+    async def inspect(self, container_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(self._api.inspect_container, container_id)
+        return result
+
+    async def list_managed(self, **labels: str) -> list[ContainerInfo]:
+        filters = [f"{MANAGED_LABEL}=true"] + [f"{LABEL_PREFIX}{k}={v}" for k, v in labels.items()]
+        rows = await self._call(self._api.containers, all=True, filters={"label": filters})
+        return [
+            ContainerInfo(
+                id=row["Id"],
+                name=(row.get("Names") or ["?"])[0].lstrip("/"),
+                labels=row.get("Labels") or {},
+                state=row.get("State", ""),
+            )
+            for row in rows
+        ]
+
+    @asynccontextmanager
+    async def events(
+        self, *, since: int | None = None
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[ContainerEvent]]:
+        """Stream start/die/oom/destroy events of gantryd's containers.
+
+        The blocking stream runs in its own thread on its own client (never behind the control
+        limiter); leaving the context closes the stream, which ends the thread.
+        """
+        api = self._client()
+        send, receive = trio.open_memory_channel[ContainerEvent](64)
+        stream: Any = None
+
+        def pump(token: trio.lowlevel.TrioToken) -> None:
+            nonlocal stream
+            try:
+                stream = api.events(
+                    since=since,
+                    decode=True,
+                    filters={
+                        "type": "container",
+                        "label": [f"{MANAGED_LABEL}=true"],
+                        "event": ["start", "die", "oom", "destroy"],
+                    },
+                )
+                for raw in stream:
+                    attributes = raw.get("Actor", {}).get("Attributes", {})
+                    code = attributes.get("exitCode")
+                    event = ContainerEvent(
+                        action=raw.get("Action", raw.get("status", "")),
+                        container_id=raw.get("Actor", {}).get("ID", raw.get("id", "")),
+                        labels={k: v for k, v in attributes.items() if k.startswith(LABEL_PREFIX)},
+                        exit_code=int(code) if code is not None else None,
+                        time_nano=int(raw.get("timeNano", 0)),
+                    )
+                    trio.from_thread.run(send.send, event, trio_token=token)
+            except (trio.Cancelled, trio.RunFinishedError, trio.BrokenResourceError):
+                pass
+            except _DOCKER_ERRORS:
+                pass  # the stream broke: closing the channel tells the consumer to reconnect
+            finally:
+                with suppress(trio.RunFinishedError):
+                    trio.from_thread.run_sync(send.close, trio_token=token)
+
+        async with trio.open_nursery() as nursery:
+            token = trio.lowlevel.current_trio_token()
+            nursery.start_soon(lambda: trio.to_thread.run_sync(pump, token, abandon_on_cancel=True))
+            try:
+                yield receive
+            finally:
+                if stream is not None:
+                    stream.close()
+                api.close()
+                nursery.cancel_scope.cancel()

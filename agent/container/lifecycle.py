@@ -1,0 +1,78 @@
+"""The runner state machine: what a runner container is doing and which moves are legal.
+
+    CREATING -> STARTING -> IDLE -> BUSY -> FINISHED -> REMOVED
+         \\_________\\________\\_______\\__________-> FAILED -> REMOVED
+
+IDLE means the runner process is up and waiting for GitHub to give it a job. A runner is made
+for one job (``made_for``) but GitHub may hand it any queued job its labels cover (DESIGN §1), so
+the job it actually runs (``running_job``) can differ; the pool manager swaps associations.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from agent.github.client import RunnerTarget
+from agent.queue.base import Lease
+
+
+class RunnerState(enum.StrEnum):
+    CREATING = "creating"  # registering at GitHub, creating the container
+    STARTING = "starting"  # container started, runner connecting
+    IDLE = "idle"  # connected, waiting for a job
+    BUSY = "busy"  # GitHub assigned it a job (in_progress seen)
+    FINISHED = "finished"  # its job completed; the container exits by itself
+    FAILED = "failed"  # gantryd gave up on it (exit before a job, timeout, Docker error)
+    REMOVED = "removed"  # container and registration are gone
+
+
+_ALLOWED: dict[RunnerState, frozenset[RunnerState]] = {
+    RunnerState.CREATING: frozenset({RunnerState.STARTING, RunnerState.FAILED}),
+    RunnerState.STARTING: frozenset({RunnerState.IDLE, RunnerState.BUSY, RunnerState.FAILED}),
+    RunnerState.IDLE: frozenset({RunnerState.BUSY, RunnerState.FAILED, RunnerState.REMOVED}),
+    RunnerState.BUSY: frozenset({RunnerState.FINISHED, RunnerState.FAILED}),
+    RunnerState.FINISHED: frozenset({RunnerState.REMOVED}),
+    RunnerState.FAILED: frozenset({RunnerState.REMOVED}),
+    RunnerState.REMOVED: frozenset(),
+}
+
+WAITING_STATES = frozenset({RunnerState.CREATING, RunnerState.STARTING, RunnerState.IDLE})
+LIVE_STATES = frozenset(RunnerState) - {RunnerState.REMOVED}
+
+
+class IllegalTransition(Exception):
+    def __init__(self, name: str, old: RunnerState, new: RunnerState) -> None:
+        super().__init__(f"runner {name}: {old} -> {new} is not a legal transition")
+
+
+@dataclass(kw_only=True)
+class Runner:
+    """One runner container and its GitHub registration. Owned by the pool manager."""
+
+    name: str
+    pool: str
+    target: RunnerTarget
+    installation_id: int | None
+    labels: tuple[str, ...]
+    created_at: float
+    state: RunnerState = RunnerState.CREATING
+    state_since: float = 0.0
+    runner_id: int | None = None  # GitHub's id, known once registered
+    container_id: str | None = None
+    made_for: int | None = None  # the job this runner was provisioned for
+    lease: Lease | None = field(default=None, repr=False)  # that job's claim, while it waits
+    running_job: int | None = None  # the job GitHub gave it
+    exit_code: int | None = None
+    reason: str | None = None  # why it failed, for the report
+
+    def move(self, new: RunnerState, *, now: float) -> None:
+        if new not in _ALLOWED[self.state]:
+            raise IllegalTransition(self.name, self.state, new)
+        self.state = new
+        self.state_since = now
+
+    @property
+    def waiting(self) -> bool:
+        """Still available for a job (not yet given one)."""
+        return self.state in WAITING_STATES

@@ -1,0 +1,199 @@
+"""``gantryd serve``: one trio.run whose root nursery owns every long-lived service.
+
+Services (each runs until cancelled, started with ``nursery.start`` so READY=1 is only sent
+once all of them are truly up): the pool manager with its Docker event watcher, the scheduler,
+the status reporter, the reconciler and the HTTP intake. Signals: SIGHUP reloads the
+configuration (the old one stays on any error); SIGTERM/SIGINT stop intake and scheduling and
+exit 0, leaving runner containers running (DESIGN §2).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from agent.config import Config, GitHubConfig
+from agent.container.docker_api import DockerAPI, DockerError
+from agent.container.pool_manager import JobEvent, PoolManager
+from agent.github.auth import (
+    AppAuth,
+    CredentialsError,
+    Secret,
+    TokenAuth,
+    load_private_key,
+    read_secret_file,
+)
+from agent.github.client import GitHubClient
+from agent.orchestrator.manager import Scheduler, Wakeup
+from agent.orchestrator.reconciler import Reconciler
+from agent.orchestrator.status_reporter import StatusReporter
+from agent.orchestrator.webhook import WebhookApp
+from agent.queue import open_queue
+from agent.queue.base import JobQueue
+from agent.reload import LiveConfig
+from agent.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+JOB_EVENTS_BUFFER = 256
+HTTP_GRACEFUL_TIMEOUT = 3.0
+
+
+class StartupError(Exception):
+    """gantryd cannot start for a reason outside the config file (Docker down, queue locked)."""
+
+
+def instance_name(config: Config) -> str:
+    """This host's name in runner names and container labels (DNS-label safe)."""
+    raw = config.server.instance or socket.gethostname()
+    return re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")[:32] or "host"
+
+
+def load_auth(github: GitHubConfig) -> AppAuth | TokenAuth:
+    if github.token_file is not None:
+        return TokenAuth(read_secret_file(github.token_file))
+    assert github.private_key_file is not None  # guaranteed by config validation
+    return AppAuth(app_id=github.app_id, key=load_private_key(github.private_key_file))
+
+
+def load_webhook_secrets(github: GitHubConfig) -> tuple[Secret, ...]:
+    return tuple(read_secret_file(path) for path in github.webhook_secret_files)
+
+
+async def serve_http(
+    app: WebhookApp,
+    listen: str,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the intake app with hypercorn's trio worker; started() with the bound URLs."""
+    config = hypercorn.config.Config()
+    config.bind = [listen]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
+    config.read_timeout = 10
+    await hypercorn.trio.serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+
+@dataclass
+class Daemon:
+    """The running services of one ``gantryd serve``."""
+
+    live: LiveConfig
+    notifier: Notifier
+    docker_url: str | None = None
+    exit_settle: float = 30.0
+    pools: PoolManager | None = None
+    scheduler: Scheduler | None = None
+    queue: JobQueue | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start every service; started() with the intake URL once all are ready."""
+        config = self.live.current
+        try:
+            auth = load_auth(config.github)
+            self._secrets = load_webhook_secrets(config.github)
+        except CredentialsError as exc:
+            raise StartupError(str(exc)) from exc
+        docker = DockerAPI(self.docker_url)
+        try:
+            await docker.ping()
+        except DockerError as exc:
+            docker.close()
+            raise StartupError(f"cannot reach the Docker Engine: {exc}") from exc
+        try:
+            async with (
+                open_queue(config) as queue,
+                GitHubClient(
+                    config.github.api_url,
+                    auth,
+                    timeout=config.github.request_timeout,
+                    max_concurrency=config.github.max_concurrency,
+                ) as github,
+            ):
+                await self._run_services(config, queue, github, docker, task_status)
+        finally:
+            docker.close()
+
+    async def _run_services(
+        self,
+        config: Config,
+        q: JobQueue,
+        github: GitHubClient,
+        docker: DockerAPI,
+        task_status: trio.TaskStatus[str],
+    ) -> None:
+        self.queue = q
+        wakeup = Wakeup()
+        send_events, receive_events = trio.open_memory_channel[JobEvent](JOB_EVENTS_BUFFER)
+        self.pools = PoolManager(
+            live=self.live,
+            queue=q,
+            github=github,
+            docker=docker,
+            instance=instance_name(config),
+            on_capacity=wakeup.set,
+            exit_settle=self.exit_settle,
+        )
+        self.scheduler = Scheduler(live=self.live, queue=q, pools=self.pools, wakeup=wakeup)
+        app = WebhookApp(
+            live=self.live,
+            queue=q,
+            secrets=lambda: self._secrets,
+            job_events=send_events,
+            on_enqueue=wakeup.set,
+        )
+        async with send_events, trio.open_nursery() as nursery:
+            await nursery.start(self.pools.run, receive_events)
+            await nursery.start(self.scheduler.run)
+            await nursery.start(StatusReporter(queue=q).run)
+            await nursery.start(Reconciler(live=self.live, queue=q).run)
+            binds = await nursery.start(serve_http, app, config.server.listen)
+            url = binds[0].replace("0.0.0.0", "127.0.0.1")
+            log.info("gantryd ready: intake on %s, %d pool(s)", url, len(config.pools))
+            self.notifier.ready(f"serving on {url}")
+            task_status.started(url)
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read config and webhook secrets together; keep both on any error."""
+        self.notifier.reloading()
+        result = self.live.reload()
+        if result.ok:
+            try:
+                self._secrets = load_webhook_secrets(self.live.current.github)
+            except CredentialsError as exc:
+                log.error("reload: keeping the old webhook secrets: %s", exc)
+        status = "reloaded" if result.ok else f"reload failed, old config kept: {result.error}"
+        self.notifier.ready(status)
+        return result.ok
+
+
+async def serve_until_signalled(
+    daemon: Daemon, *, on_ready: Callable[[str], Awaitable[None]] | None = None
+) -> None:
+    """Run the daemon; SIGHUP reloads, SIGTERM/SIGINT stop it cleanly."""
+    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(daemon.run)
+            if on_ready is not None:
+                await on_ready(url)
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: reloading %s", daemon.live.current.path)
+                    daemon.reload()
+                    continue
+                log.info(
+                    "%s: stopping; runner containers keep running", signal.Signals(signum).name
+                )
+                daemon.notifier.stopping()
+                nursery.cancel_scope.cancel()
+                break

@@ -1,0 +1,206 @@
+"""``gantryd demo``: gantryd against the built-in GitHub stand-in, on this machine's Docker.
+
+The stack is real except GitHub: the emulator (agent/emulator) issues App tokens and JIT
+configs and sends signed webhooks; gantryd queues the jobs in SQLite and runs each in a fresh
+container of the locally built stand-in runner image, which takes its job from the emulator.
+``demo_stack`` is also what the end-to-end tests drive.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from agent.config import load_config
+from agent.daemon import Daemon
+from agent.emulator.server import serve_emulator
+from agent.emulator.state import Emulator
+from agent.reload import LiveConfig
+from agent.systemd import Notifier
+
+RUNNER_IMAGE = "gantryd/stand-in-runner:latest"
+APP_ID = 424242
+INSTALLATION_ID = 1001
+DEMO_REPOSITORIES = ("octo-org/app", "octo-org/lib")
+POOL_LABELS = ("self-hosted", "linux", "x64")
+
+
+@dataclass
+class Stack:
+    emulator: Emulator
+    daemon: Daemon
+    intake_url: str
+    config_path: Path
+    webhook_secret: str
+    instance: str
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    path.chmod(0o600)
+
+
+def write_demo_config(
+    workdir: Path,
+    *,
+    api_url: str,
+    key: rsa.RSAPrivateKey,
+    webhook_secret: str,
+    instance: str,
+    image: str = RUNNER_IMAGE,
+    extra_pool: str = "",
+) -> Path:
+    """A complete config.toml for the stand-in stack; credentials files beside it, mode 0600."""
+    _write_private(
+        workdir / "app.pem",
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    _write_private(workdir / "webhook-secret", webhook_secret.encode())
+    path = workdir / "config.toml"
+    path.write_text(
+        f"""\
+[server]
+listen = "127.0.0.1:0"
+state_dir = "{workdir}"
+runtime_dir = "{workdir}/run"
+instance = "{instance}"
+
+[github]
+api_url = "{api_url}"
+app_id = {APP_ID}
+private_key_file = "app.pem"
+webhook_secret_file = "webhook-secret"
+
+[queue]
+retry_attempts = 2
+retry_delay = "1s"
+
+[scheduler]
+max_runners = 4
+concurrency = 4
+
+[[pool]]
+name = "default"
+labels = {list(POOL_LABELS)!r}
+image = "{image}"
+network = "host"
+read_only_rootfs = true
+memory = "256MiB"
+cpus = 1.0
+pids_limit = 256
+nofile = 4096
+tmp_size = "64MiB"
+pull_policy = "never"
+bootstrap_timeout = "2m"
+{extra_pool}
+""".replace("'", '"')
+    )
+    return path
+
+
+@asynccontextmanager
+async def demo_stack(
+    workdir: Path,
+    *,
+    repositories: Sequence[str] = DEMO_REPOSITORIES,
+    exit_settle: float = 5.0,
+    extra_pool: str = "",
+) -> AsyncIterator[Stack]:
+    """Emulator + gantryd serving in this trio run; leaving the block stops both."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    webhook_secret = secrets.token_hex(20)
+    instance = f"demo-{secrets.token_hex(3)}"
+    emulator = Emulator(
+        app_id=APP_ID,
+        app_public_key=key.public_key(),
+        installations={INSTALLATION_ID: list(repositories)},
+    )
+    async with trio.open_nursery() as nursery:
+        api_url = await nursery.start(serve_emulator, emulator)
+        config_path = write_demo_config(
+            workdir,
+            api_url=api_url,
+            key=key,
+            webhook_secret=webhook_secret,
+            instance=instance,
+            extra_pool=extra_pool,
+        )
+        daemon = Daemon(
+            live=LiveConfig(load_config(config_path)),
+            notifier=Notifier({}),
+            exit_settle=exit_settle,
+        )
+        intake_url = await nursery.start(daemon.run)
+        emulator.add_hook(intake_url + "/webhook", webhook_secret)
+        yield Stack(emulator, daemon, intake_url, config_path, webhook_secret, instance)
+        nursery.cancel_scope.cancel()
+
+
+async def _demo(jobs: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="gantryd-demo-") as tmp:
+        async with demo_stack(Path(tmp)) as stack:
+            emulator = stack.emulator
+            print(f"demo: emulator at {emulator.base_url}, gantryd intake at {stack.intake_url}")
+            started = time.monotonic()
+            hosted = emulator.create_job(
+                DEMO_REPOSITORIES[0], ["ubuntu-latest"], "true", name="hosted"
+            )
+            print(
+                f"demo: job {hosted.id} asks for ubuntu-latest: GitHub-hosted, gantryd ignores it"
+            )
+            created = []
+            for i in range(jobs):
+                repository = DEMO_REPOSITORIES[i % len(DEMO_REPOSITORIES)]
+                failing = i == jobs - 1 and jobs > 1
+                script = f'echo "job {i + 1}: building {repository} as $(id -un)"; ' + (
+                    "echo 'tests failed' >&2; exit 1" if failing else "echo ok"
+                )
+                job = emulator.create_job(
+                    repository, ["self-hosted", "linux"], script, name=f"job-{i + 1}"
+                )
+                created.append((job.id, repository, failing))
+                print(
+                    f"demo: queued job {job.id} in {repository}"
+                    + (" (its script exits 1)" if failing else "")
+                )
+            with trio.fail_after(300):
+                for job_id, _, _ in created:
+                    await emulator.wait_job(job_id, "completed")
+            elapsed = time.monotonic() - started
+            print(f"\ndemo: all {jobs} jobs completed in {elapsed:.1f}s")
+            print(f"{'job':>14}  {'repository':<14} {'conclusion':<10} runner")
+            ok = True
+            for job_id, repository, failing in created:
+                job = emulator.job(job_id)
+                conclusion = str(job.conclusion.value if job.conclusion else None)
+                print(f"{job_id:>14}  {repository:<14} {conclusion:<10} {job.runner_name}")
+                ok &= conclusion == ("failure" if failing else "success")
+            assert stack.daemon.pools is not None
+            with trio.fail_after(30):
+                await stack.daemon.pools.wait_no_runners()
+        print("demo: every runner container was removed" if ok else "demo: unexpected results")
+        return 0 if ok else 1
+
+
+def run_demo(*, jobs: int = 5) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("httpx", "httpcore", "hypercorn.error", "hypercorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return trio.run(_demo, jobs)

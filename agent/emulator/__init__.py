@@ -1,0 +1,29 @@
+"""A local stand-in for GitHub, strict enough to prove gantryd against (DESIGN §7).
+
+Layout, lower layers first (each imports only from those above it):
+
+- `errors`, `jwt`, `models`, `jitconfig`, `webhooks` — GitHub's error answers, App JWT checks,
+  the records and their JSON, the JIT config format, signed webhook deliveries and `Faults`;
+- `state` — `Emulator`: all state and GitHub's rules, with a Python API for tests;
+- `asgi` — a raw ASGI app (routing, lifespan); `rest`, `broker`, `control` — the route tables
+  for GitHub's REST API, the stand-in runner's protocol and the test/demo control API;
+- `server` — `serve_emulator` (hypercorn, trio worker); `cli` — ``python -m agent.emulator``.
+
+Facts come from /work/shared/reference/github-api.md; code cites its sections as "§n.n".
+"""
+
+from agent.emulator.models import Conclusion, Job, JobStatus
+from agent.emulator.server import build_app, serve_emulator
+from agent.emulator.state import Emulator
+from agent.emulator.webhooks import Faults, signature_256
+
+__all__ = [
+    "Conclusion",
+    "Emulator",
+    "Faults",
+    "Job",
+    "JobStatus",
+    "build_app",
+    "serve_emulator",
+    "signature_256",
+]

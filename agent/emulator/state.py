@@ -1,0 +1,798 @@
+"""The emulated GitHub: App, installations, tokens, runners, jobs and webhooks, in memory.
+
+`Emulator` holds all state and enforces GitHub's rules; the HTTP modules (`rest`, `broker`,
+`control`) only translate requests into its methods. Everything runs on one trio thread, so a
+method either completes its change or raises `GitHubError` having changed nothing. Waiters are
+woken through one `trio.Event` that is replaced after every change (`_notify`): no polling.
+
+The rules, with their source in reference/github-api.md:
+
+- App JWTs verified as in `agent.emulator.jwt` (§5.1); installation tokens last
+  ``token_lifetime`` (1 h on GitHub, §5.2) and are then "Bad credentials" (401).
+- A token only sees its installation's repositories (404 otherwise: they are private) and only
+  acts with its permissions (403 naming the missing one; permission per endpoint from §3.1, §4).
+- ``generate-jitconfig`` requires ``name``, ``runner_group_id`` and 1..100 ``labels`` (422), names
+  are unique per scope (409) (§3.2); deleting a busy runner is refused with 422 (§3.4).
+- A queued job goes to *any* connected idle runner whose labels are a case-insensitive superset of
+  the job's and whose scope covers the job's repository — not necessarily the runner made for it
+  (§2.1, §10 point 6, DESIGN §1). A JIT runner runs one job and is then removed (§3.2, §8.2).
+- ``workflow_job`` webhooks ``queued`` / ``in_progress`` / ``completed`` (§2.1) carry the job
+  as it was at that moment (§2.2), signed, to every hook that covers the job (`webhooks`).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import math
+import random
+import secrets
+import string
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+import httpx
+import trio
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from agent.emulator import errors
+from agent.emulator.errors import GitHubError
+from agent.emulator.jitconfig import encode_jit_config
+from agent.emulator.jwt import verify_app_jwt
+from agent.emulator.models import (
+    Account,
+    AccountType,
+    Conclusion,
+    Installation,
+    InstallationToken,
+    Job,
+    JobStatus,
+    Repository,
+    Runner,
+    RunnerGroup,
+    RunnerScope,
+    Session,
+    account_json,
+    job_json,
+    repository_json,
+)
+from agent.emulator.webhooks import (
+    ZEN,
+    Delivery,
+    Faults,
+    Hook,
+    Outgoing,
+    Sender,
+    delivery_headers,
+    encode_body,
+    new_guid,
+)
+
+# What the App may do in every installation unless told otherwise (reference §5.3).
+DEFAULT_PERMISSIONS: Mapping[str, str] = {
+    "actions": "read",
+    "administration": "write",
+    "checks": "write",
+    "metadata": "read",
+    "organization_self_hosted_runners": "write",
+    "statuses": "write",
+}
+_LEVELS = {"read": 1, "write": 2, "admin": 3}
+
+SESSION_IDLE = 60.0  # seconds without a poll after which a runner's session is gone (offline)
+MAX_LABELS = 100  # generate-jitconfig "Maximum items: 100" (§3.2)
+DEFAULT_GROUP_ID = 1  # repository runners and every org's "Default" group (§3.2)
+SENDER = Account(login="octocat", id=583231, type=AccountType.USER)  # who "pushed" the jobs
+
+
+class Emulator:
+    """GitHub, as far as gantryd can see it; see the module docstring for the rules.
+
+    ``installations`` maps an installation id to the ``owner/repo`` names it covers; an App is
+    installed on one account, so all of them must share one owner. Owners are organizations
+    unless listed in ``user_accounts``. ``clock`` gives epoch seconds (inject one to expire
+    tokens in tests). `run` (in a nursery) sends the webhooks; `serve_emulator` does both.
+    """
+
+    def __init__(
+        self,
+        *,
+        app_id: int,
+        app_public_key: RSAPublicKey,
+        installations: Mapping[int, Sequence[str]],
+        token_lifetime: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+        client_id: str | None = None,
+        user_accounts: Collection[str] = (),
+        permissions: Mapping[int, Mapping[str, str]] | None = None,
+        faults: Faults | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.app_id = app_id
+        self._public_key = app_public_key
+        self._issuers = {str(app_id)} | ({client_id} if client_id else set())
+        self.token_lifetime = token_lifetime
+        self._clock = clock
+        self.faults = faults or Faults()
+        self._rng = random.Random(seed)
+        self.base_url = "http://127.0.0.1"  # set by serve_emulator once the port is bound
+        self._users = {login.lower() for login in user_accounts}
+        self._account_ids = itertools.count(9_919_000)
+        self._repo_ids = itertools.count(376_034_443)
+        self._runner_ids = itertools.count(1)
+        self._group_ids = itertools.count(DEFAULT_GROUP_ID + 1)
+        self._label_ids = itertools.count(1)
+        self._hook_ids = itertools.count(292_430_182)
+        self._job_ids = itertools.count(14_541_957_942)  # int64 range, as on GitHub (§2.2)
+        self._run_ids = itertools.count(4_747_967_848)
+        self._accounts: dict[str, Account] = {}
+        self._repos: dict[str, Repository] = {}
+        self._installations: dict[int, Installation] = {}
+        self._tokens: dict[str, InstallationToken] = {}
+        self._groups: dict[str, list[RunnerGroup]] = {}
+        self._labels: dict[str, int] = {}
+        self._runners: dict[int, Runner] = {}
+        self._jobs: dict[int, Job] = {}
+        self._queued: dict[int, Job] = {}  # insertion order = the order jobs were queued
+        self._hooks: list[Hook] = []
+        self.deliveries: list[Delivery] = []
+        self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._sender: Sender | None = None
+        for installation_id, names in installations.items():
+            self._install(installation_id, names, (permissions or {}).get(installation_id))
+
+    # ---------------------------------------------------------------- set-up
+
+    def _install(
+        self, installation_id: int, names: Sequence[str], permissions: Mapping[str, str] | None
+    ) -> None:
+        owners = {name.partition("/")[0].lower() for name in names}
+        if len(owners) != 1 or any(name.count("/") != 1 for name in names):
+            raise ValueError(
+                f"installation {installation_id}: give 'owner/repo' names of one owner "
+                f"(an App is installed on one account), got {list(names)!r}"
+            )
+        repos = [self._repository(name) for name in names]
+        if any(i.account is repos[0].owner for i in self._installations.values()):
+            raise ValueError(
+                f"installation {installation_id}: the App is already installed on "
+                f"{repos[0].owner.login} (one installation per account)"
+            )
+        self._installations[installation_id] = Installation(
+            id=installation_id,
+            account=repos[0].owner,
+            repositories=tuple(repo.full_name for repo in repos),
+            permissions=dict(permissions if permissions is not None else DEFAULT_PERMISSIONS),
+        )
+
+    def _repository(self, full_name: str) -> Repository:
+        owner, _, name = full_name.partition("/")
+        key = full_name.lower()
+        if key not in self._repos:
+            account = self._accounts.get(owner.lower())
+            if account is None:
+                kind = (
+                    AccountType.USER if owner.lower() in self._users else AccountType.ORGANIZATION
+                )
+                account = Account(login=owner, id=next(self._account_ids), type=kind)
+                self._accounts[owner.lower()] = account
+                if kind is AccountType.ORGANIZATION:
+                    default = RunnerGroup(id=DEFAULT_GROUP_ID, name="Default", default=True)
+                    self._groups[owner.lower()] = [default]
+            self._repos[key] = Repository(id=next(self._repo_ids), owner=account, name=name)
+        return self._repos[key]
+
+    def add_runner_group(self, org: str, name: str) -> RunnerGroup:
+        """Create an organization runner group (the UI's job on GitHub; here for tests)."""
+        groups = self._groups.get(org.lower())
+        if groups is None:
+            raise ValueError(f"{org!r} is not an organization known to the emulator")
+        group = RunnerGroup(id=next(self._group_ids), name=name)
+        groups.append(group)
+        return group
+
+    # ---------------------------------------------------------------- App (JWT) endpoints
+
+    def authenticate_app(self, jwt: str) -> None:
+        """Raise GitHub's 401 unless ``jwt`` is a valid JWT of this App (§5.1)."""
+        verify_app_jwt(jwt, public_key=self._public_key, issuers=self._issuers, now=self._clock())
+
+    def issue_token(
+        self, jwt: str, installation_id: int, request: Mapping[str, Any] | None = None
+    ) -> InstallationToken:
+        """``POST /app/installations/{id}/access_tokens`` (§5.2), optional narrowing body."""
+        self.authenticate_app(jwt)
+        installation = self._installations.get(installation_id)
+        if installation is None:
+            raise errors.not_found()
+        request = request or {}
+        permissions = dict(installation.permissions)
+        wanted = request.get("permissions")
+        if wanted is not None:
+            if not isinstance(wanted, dict) or any(
+                _LEVELS.get(str(level), 99) > _LEVELS.get(permissions.get(name, ""), 0)
+                for name, level in wanted.items()
+            ):
+                raise GitHubError(
+                    422, "The permissions requested are not granted to this installation."
+                )
+            permissions = {str(name): str(level) for name, level in wanted.items()}
+        repositories = self._narrow_repositories(installation, request)
+        now = self._clock()
+        for key in [key for key, token in self._tokens.items() if token.expires_at <= now]:
+            del self._tokens[key]
+        token = InstallationToken(
+            token="ghs_"
+            + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(36)),
+            installation_id=installation_id,
+            expires_at=now + self.token_lifetime,
+            permissions=permissions,
+            repositories=repositories,
+        )
+        self._tokens[token.token] = token
+        return token
+
+    def _narrow_repositories(
+        self, installation: Installation, request: Mapping[str, Any]
+    ) -> tuple[str, ...] | None:
+        names = request.get("repositories")
+        ids = request.get("repository_ids")
+        if names is None and ids is None:
+            return None
+        by_name = {self._repos[n.lower()].name.lower(): n for n in installation.repositories}
+        by_id = {self._repos[n.lower()].id: n for n in installation.repositories}
+        chosen: list[str] = []
+        for name in names or ():
+            if not isinstance(name, str) or name.lower() not in by_name:
+                break
+            chosen.append(by_name[name.lower()])
+        else:
+            for repo_id in ids or ():
+                if repo_id not in by_id:
+                    break
+                chosen.append(by_id[repo_id])
+            else:
+                return tuple(dict.fromkeys(chosen))
+        raise GitHubError(
+            422,
+            "There is at least one repository that does not exist or is not accessible to the "
+            "parent installation.",
+        )
+
+    def installation_for(
+        self, jwt: str, *, repository: str | None = None, org: str | None = None
+    ) -> dict[str, Any]:
+        """``GET /repos/{o}/{r}/installation`` and ``GET /orgs/{org}/installation`` (§5.2)."""
+        self.authenticate_app(jwt)
+        for installation in self._installations.values():
+            if repository is not None and repository.lower() in (
+                name.lower() for name in installation.repositories
+            ):
+                return self._installation_json(installation)
+            if (
+                org is not None
+                and installation.account.type is AccountType.ORGANIZATION
+                and installation.account.login.lower() == org.lower()
+            ):
+                return self._installation_json(installation)
+        raise errors.not_found()
+
+    def _installation_json(self, installation: Installation) -> dict[str, Any]:
+        return {
+            "id": installation.id,
+            "app_id": self.app_id,
+            "account": account_json(installation.account),
+            "target_id": installation.account.id,
+            "target_type": installation.account.type.value,
+            "repository_selection": "selected",
+            "access_tokens_url": (
+                f"{self.base_url}/app/installations/{installation.id}/access_tokens"
+            ),
+            "repositories_url": f"{self.base_url}/installation/repositories",
+            "permissions": dict(installation.permissions),
+            "events": ["workflow_job"],
+        }
+
+    # ---------------------------------------------------------------- installation-token auth
+
+    def authorize(
+        self,
+        token: str,
+        *,
+        permission: tuple[str, str],
+        repository: str | None = None,
+        org: str | None = None,
+        docs: str = errors.REST_DOCS,
+    ) -> Installation:
+        """The installation behind ``token``, if it may act with ``permission`` on the target.
+
+        Unknown or expired token: 401 "Bad credentials" (§5.2). A repository outside the
+        token's reach is invisible: 404 (private) or 403 (public). An organization not the
+        installation's account: 403. A missing permission: 403 naming it.
+        """
+        grant = self._tokens.get(token)
+        if grant is None or grant.expires_at <= self._clock():
+            raise errors.bad_credentials()
+        installation = self._installations[grant.installation_id]
+        if repository is not None:
+            repo = self._repos.get(repository.lower())
+            reach = (
+                grant.repositories if grant.repositories is not None else installation.repositories
+            )
+            if repo is None or repo.full_name not in reach:
+                if repo is not None and not repo.private:
+                    raise errors.not_accessible(*permission, docs)
+                raise errors.not_found(docs)
+        if org is not None and installation.account.login.lower() != org.lower():
+            raise errors.not_accessible(*permission, docs)
+        name, level = permission
+        if _LEVELS.get(grant.permissions.get(name, ""), 0) < _LEVELS[level]:
+            raise errors.not_accessible(name, level, docs)
+        return installation
+
+    def maybe_fail(self) -> None:
+        """Answer 502 at the configured rate (`Faults.server_error_rate`)."""
+        if self._rng.random() < self.faults.server_error_rate:
+            raise GitHubError(502, "Server Error")
+
+    # ---------------------------------------------------------------- runners (§3)
+
+    def scope_for(self, *, repository: str | None = None, org: str | None = None) -> RunnerScope:
+        """The canonical scope of a route (names as GitHub spells them)."""
+        if repository is not None:
+            return RunnerScope(repository=self._repos[repository.lower()].full_name)
+        assert org is not None
+        return RunnerScope(organization=self._accounts[org.lower()].login)
+
+    def generate_jitconfig(
+        self, scope: RunnerScope, body: object, *, docs: str = errors.REST_DOCS
+    ) -> tuple[Runner, str]:
+        """Register a JIT runner; return it and its ``encoded_jit_config`` (§3.2)."""
+        name, group_id, labels, work_folder = _validate_jit_request(body, docs)
+        group = self._group(scope, group_id)
+        if group is None:
+            raise errors.not_found(docs)
+        if any(r.scope == scope and r.name.lower() == name.lower() for r in self._runners.values()):
+            raise GitHubError(
+                409,
+                f"Already exists - A runner with the name {name} already exists.",
+                documentation_url=docs,
+            )
+        unique = list(dict.fromkeys(labels))
+        runner = Runner(
+            id=next(self._runner_ids),
+            name=name,
+            scope=scope,
+            labels=tuple(unique),
+            label_ids=tuple(self._label_id(label) for label in unique),
+            runner_group=group,
+            work_folder=work_folder,
+            secret=secrets.token_urlsafe(32),
+        )
+        self._runners[runner.id] = runner
+        target = scope.repository or scope.organization
+        encoded = encode_jit_config(
+            runner_id=runner.id,
+            runner_name=runner.name,
+            pool_id=group.id,
+            pool_name=group.name,
+            server_url=f"{self.base_url}/_runner",
+            github_url=f"{self.base_url}/{target}",
+            work_folder=work_folder,
+            secret=runner.secret,
+        )
+        self._notify()
+        return runner, encoded
+
+    def _group(self, scope: RunnerScope, group_id: int) -> RunnerGroup | None:
+        if scope.repository is not None:
+            # Repository runners live in the Default group, id 1 (§3.2, [C]); another id names
+            # no group at repository level.
+            default = RunnerGroup(id=DEFAULT_GROUP_ID, name="Default", default=True)
+            return default if group_id == DEFAULT_GROUP_ID else None
+        assert scope.organization is not None
+        groups = self._groups.get(scope.organization.lower(), [])
+        return next((g for g in groups if g.id == group_id), None)
+
+    def _label_id(self, label: str) -> int:
+        return self._labels.setdefault(label.lower(), next(self._label_ids))
+
+    def runner_groups(self, org: str) -> list[RunnerGroup]:
+        return list(self._groups.get(org.lower(), []))
+
+    def runners(self, scope: RunnerScope, *, name: str | None = None) -> list[Runner]:
+        return [
+            r
+            for r in self._runners.values()
+            if r.scope == scope and (name is None or r.name == name)
+        ]
+
+    def runner(self, scope: RunnerScope, runner_id: int, *, docs: str = errors.REST_DOCS) -> Runner:
+        runner = self._runners.get(runner_id)
+        if runner is None or runner.scope != scope:
+            raise errors.not_found(docs)
+        return runner
+
+    def is_online(self, runner: Runner) -> bool:
+        """Online while a broker session is open and the runner keeps polling."""
+        session = runner.session
+        if session is None:
+            return False
+        return session.polls > 0 or self._clock() - session.last_seen <= SESSION_IDLE
+
+    def delete_runner(
+        self, scope: RunnerScope, runner_id: int, *, docs: str = errors.REST_DOCS
+    ) -> None:
+        """``DELETE .../actions/runners/{id}``: 204, 404 unknown, 422 when busy (§3.4)."""
+        runner = self.runner(scope, runner_id, docs=docs)
+        if runner.job_id is not None:
+            raise GitHubError(
+                422,
+                f'Bad request - Runner "{runner.name}" is still running a job"',
+                documentation_url=docs,
+            )
+        self._remove_runner(runner)
+
+    def _remove_runner(self, runner: Runner) -> None:
+        del self._runners[runner.id]
+        runner.session = None
+        self._notify()
+
+    # ---------------------------------------------------------------- broker (runner side)
+
+    def _runner_by_secret(self, secret: str) -> Runner:
+        for runner in self._runners.values():
+            if secrets.compare_digest(runner.secret, secret):
+                return runner
+        raise errors.bad_credentials()  # never registered, or removed (deleted / job done)
+
+    def open_session(self, secret: str, *, os_name: str = "Linux") -> Session:
+        """The runner connects: online from now on. A live second session is a conflict (409),
+        which the real runner reports as SessionConflict (exit code 5, reference §8.3)."""
+        runner = self._runner_by_secret(secret)
+        if self.is_online(runner):
+            raise GitHubError(409, "A session for this runner already exists.")
+        runner.session = Session(id=secrets.token_hex(16), last_seen=self._clock())
+        runner.os = os_name
+        self._dispatch()
+        self._notify()
+        return runner.session
+
+    def close_session(self, secret: str, session_id: str) -> None:
+        runner = self._runner_by_secret(secret)
+        if runner.session is not None and runner.session.id == session_id:
+            runner.session = None
+            self._notify()
+
+    async def wait_message(self, secret: str, session_id: str) -> Job:
+        """Long-poll: the job assigned to this runner, once there is one (the caller times out).
+
+        The same job is returned again until its result is reported, so a poll whose answer is
+        lost does not lose the job.
+        """
+        runner = self._runner_by_secret(secret)
+        session = runner.session
+        if session is None or session.id != session_id:
+            raise errors.not_found()
+        session.polls += 1
+        session.last_seen = self._clock()
+        try:
+            self._dispatch()
+            while runner.job_id is None:
+                await self._changed.wait()
+                if runner.session is not session:
+                    raise errors.not_found()  # closed, replaced, or the runner was deleted
+            return self._jobs[runner.job_id]
+        finally:
+            session.polls -= 1
+            session.last_seen = self._clock()
+
+    def report_result(self, secret: str, job_id: int, exit_code: int, log: bytes) -> Job:
+        """The runner finished: the job completes, and the JIT runner is removed (§3.2)."""
+        runner = self._runner_by_secret(secret)
+        if runner.job_id != job_id:
+            raise errors.not_found()
+        job = self._jobs[job_id]
+        job.status = JobStatus.COMPLETED
+        job.conclusion = Conclusion.SUCCESS if exit_code == 0 else Conclusion.FAILURE
+        job.completed_at = self._clock()
+        job.exit_code = exit_code
+        job.log = log
+        runner.job_id = None
+        self._emit(job, "completed")
+        self._remove_runner(runner)
+        return job
+
+    def _dispatch(self) -> None:
+        """Give queued jobs, oldest first, to connected idle runners that match (§2.1)."""
+        for job in list(self._queued.values()):
+            runner = next((r for r in self._runners.values() if self._can_take(r, job)), None)
+            if runner is not None:
+                self._assign(job, runner)
+
+    def _can_take(self, runner: Runner, job: Job) -> bool:
+        if runner.job_id is not None or runner.ran_job or not self.is_online(runner):
+            return False
+        have = {label.lower() for label in runner.labels}
+        return runner.scope.covers(job.repository) and all(
+            label.lower() in have for label in job.labels
+        )
+
+    def _assign(self, job: Job, runner: Runner) -> None:
+        del self._queued[job.id]
+        job.status = JobStatus.IN_PROGRESS
+        job.started_at = self._clock()
+        job.runner_id, job.runner_name = runner.id, runner.name
+        job.runner_group_id = runner.runner_group.id
+        job.runner_group_name = runner.runner_group.name
+        runner.job_id = job.id
+        runner.ran_job = True
+        self._emit(job, "in_progress")
+        self._notify()
+
+    # ---------------------------------------------------------------- jobs (control side)
+
+    def create_job(
+        self,
+        repository: str,
+        labels: Sequence[str],
+        script: str,
+        *,
+        name: str = "build",
+        workflow_name: str = "CI",
+        head_branch: str = "main",
+        installation: int | None = None,
+    ) -> Job:
+        """A workflow job is queued (as a push would make it): ``queued`` webhook, then dispatch."""
+        repo = self._repos.get(repository.lower())
+        if repo is None:
+            raise GitHubError(404, f"Repository {repository!r} is not in any installation")
+        covering = [i.id for i in self._installations.values() if repo.full_name in i.repositories]
+        if installation is None:
+            installation = covering[0]
+        elif installation not in covering:
+            raise GitHubError(422, f"Installation {installation} does not cover {repo.full_name}")
+        if not labels or not all(isinstance(label, str) and label for label in labels):
+            raise GitHubError(422, "A job needs at least one non-empty label (runs-on)")
+        job = Job(
+            id=next(self._job_ids),
+            run_id=next(self._run_ids),
+            repository=repo,
+            installation_id=installation,
+            labels=tuple(labels),
+            script=script,
+            name=name,
+            workflow_name=workflow_name,
+            head_branch=head_branch,
+            head_sha=secrets.token_hex(20),
+            created_at=self._clock(),
+        )
+        self._jobs[job.id] = job
+        self._queued[job.id] = job
+        self._emit(job, "queued")
+        self._dispatch()
+        self._notify()
+        return job
+
+    def job(
+        self, job_id: int, *, repository: str | None = None, docs: str = errors.REST_DOCS
+    ) -> Job:
+        """A job by id; with ``repository``, only if it belongs to it (else 404 like GitHub)."""
+        job = self._jobs.get(job_id)
+        if job is None or (
+            repository is not None and job.repository.full_name.lower() != repository.lower()
+        ):
+            raise errors.not_found(docs)
+        return job
+
+    def cancel_job(self, job_id: int) -> Job:
+        """Cancel a queued job: it completes ``cancelled`` with no runner (§2.1, ARC notes)."""
+        job = self.job(job_id)
+        if job.status is not JobStatus.QUEUED:
+            raise GitHubError(409, f"Cannot cancel a job that is {job.status.value}.")
+        del self._queued[job.id]
+        job.status = JobStatus.COMPLETED
+        job.conclusion = Conclusion.CANCELLED
+        job.completed_at = self._clock()
+        self._emit(job, "completed")
+        self._notify()
+        return job
+
+    # ---------------------------------------------------------------- waiting
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            await self._changed.wait()
+
+    async def wait_job(self, job_id: int, status: JobStatus | str) -> Job:
+        """Wait until the job has ``status``; the caller bounds the wait (``fail_after``)."""
+        job = self.job(job_id)
+        await self._wait_until(lambda: job.status == status)
+        return job
+
+    async def wait_runner(self, runner_id: int, *, online: bool = True) -> None:
+        """Wait until the runner is online (or, with ``online=False``, offline or removed)."""
+
+        def reached() -> bool:
+            runner = self._runners.get(runner_id)
+            return (runner is not None and self.is_online(runner)) == online
+
+        await self._wait_until(reached)
+
+    async def wait_deliveries(self, count: int) -> list[Delivery]:
+        """Wait until ``count`` delivery attempts have finished; return all attempts so far."""
+        await self._wait_until(lambda: sum(d.status != "pending" for d in self.deliveries) >= count)
+        return list(self.deliveries)
+
+    # ---------------------------------------------------------------- webhooks
+
+    def add_hook(
+        self,
+        url: str,
+        secret: str | bytes,
+        *,
+        content_type: str = "json",
+        repository: str | None = None,
+        org: str | None = None,
+    ) -> Hook:
+        """Register a webhook (the App's, or with ``repository``/``org`` one of those) and send
+        it a ``ping`` (§1.5)."""
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook URL must be http(s), got {url!r}")
+        if content_type not in ("json", "form"):
+            raise ValueError(f"content_type must be 'json' or 'form', got {content_type!r}")
+        repo = self._repos[repository.lower()] if repository is not None else None
+        if repo is not None:
+            target: tuple[str, int, str | None] = ("repository", repo.id, repo.full_name)
+        elif org is not None:
+            account = self._accounts[org.lower()]
+            target = ("organization", account.id, account.login)
+        else:
+            target = ("integration", self.app_id, None)
+        send, receive = trio.open_memory_channel[Outgoing](math.inf)
+        hook = Hook(
+            id=next(self._hook_ids),
+            url=url,
+            secret=secret.encode() if isinstance(secret, str) else secret,
+            content_type=content_type,
+            target_type=target[0],
+            target_id=target[1],
+            target_name=target[2],
+            outbox_send=send,
+            outbox_receive=receive,
+        )
+        self._hooks.append(hook)
+        payload: dict[str, Any] = {
+            "zen": ZEN,
+            "hook_id": hook.id,
+            "hook": hook.hook_json(self.app_id),
+        }
+        if repo is not None:
+            payload["repository"] = repository_json(repo, self.base_url)
+        payload["sender"] = account_json(SENDER)
+        self._enqueue(hook, "ping", payload, job=None)
+        if self._nursery is not None and self._sender is not None:
+            self._nursery.start_soon(self._sender.run_hook, hook)
+        return hook
+
+    def _covers(self, hook: Hook, job: Job) -> bool:
+        if hook.target_type == "integration":
+            return True
+        if hook.target_type == "repository":
+            return hook.target_name == job.repository.full_name
+        return hook.target_name == job.repository.owner.login
+
+    def _emit(self, job: Job, action: str) -> None:
+        """Queue a ``workflow_job`` event with the job as it is now, for every covering hook."""
+        for hook in self._hooks:
+            if not self._covers(hook, job):
+                continue
+            payload: dict[str, Any] = {
+                "action": action,
+                "workflow_job": job_json(job, self.base_url),
+                "repository": repository_json(job.repository, self.base_url),
+                "sender": account_json(SENDER),
+            }
+            owner = job.repository.owner
+            if owner.type is AccountType.ORGANIZATION:
+                payload["organization"] = {
+                    "login": owner.login,
+                    "id": owner.id,
+                    "node_id": account_json(owner)["node_id"],
+                }
+            if hook.target_type == "integration":
+                payload["installation"] = {
+                    "id": job.installation_id,
+                    "node_id": base64.b64encode(
+                        f"Installation{job.installation_id}".encode()
+                    ).decode(),
+                }
+            self._enqueue(hook, "workflow_job", payload, job=job)
+
+    def _enqueue(self, hook: Hook, event: str, payload: dict[str, Any], *, job: Job | None) -> None:
+        body = encode_body(hook, payload)
+        guid = new_guid()
+        installation = payload.get("installation")
+        hook.outbox_send.send_nowait(
+            Outgoing(
+                guid=guid,
+                hook_id=hook.id,
+                event=event,
+                action=payload.get("action"),
+                installation_id=installation["id"] if installation else None,
+                repository_id=job.repository.id if job else None,
+                job_id=job.id if job else None,
+                body=body,
+                headers=delivery_headers(hook, event, guid, body),
+            )
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send webhook deliveries until cancelled. Deliveries queued before start wait for it."""
+        if self._nursery is not None:
+            raise RuntimeError("this Emulator is already running")
+        async with httpx.AsyncClient(trust_env=False) as client, trio.open_nursery() as nursery:
+            self._sender = Sender(
+                client,
+                self.deliveries,
+                faults=lambda: self.faults,
+                rng=self._rng,
+                on_recorded=self._notify,
+            )
+            self._nursery = nursery
+            try:
+                for hook in self._hooks:
+                    nursery.start_soon(self._sender.run_hook, hook)
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+                self._sender = None
+
+
+def _validate_jit_request(body: object, docs: str) -> tuple[str, int, list[str], str]:
+    """GitHub's JSON-schema check of the generate-jitconfig body (§3.2), its 422 messages."""
+    if not isinstance(body, dict):
+        raise errors.invalid_request(f"{_show(body)} is not an object.", docs)
+    for key in ("name", "runner_group_id", "labels"):
+        if key not in body:
+            raise errors.invalid_request(f'"{key}" wasn\'t supplied.', docs)
+    name, group_id, labels = body["name"], body["runner_group_id"], body["labels"]
+    work_folder = body.get("work_folder", "_work")
+    if not isinstance(name, str):
+        raise errors.invalid_request(f"For 'properties/name', {_show(name)} is not a string.", docs)
+    if not isinstance(group_id, int) or isinstance(group_id, bool):
+        raise errors.invalid_request(
+            f"For 'properties/runner_group_id', {_show(group_id)} is not an integer.", docs
+        )
+    if not isinstance(labels, list):
+        raise errors.invalid_request(
+            f"For 'properties/labels', {_show(labels)} is not an array.", docs
+        )
+    if not 1 <= len(labels) <= MAX_LABELS:
+        bound = (
+            "fewer items than the minimum of 1"
+            if not labels
+            else f"more items than the maximum of {MAX_LABELS}"
+        )
+        raise errors.invalid_request(f"For 'properties/labels', {_show(labels)} has {bound}.", docs)
+    for label in labels:
+        if not isinstance(label, str):
+            raise errors.invalid_request(f"For 'items', {_show(label)} is not a string.", docs)
+    if not isinstance(work_folder, str):
+        raise errors.invalid_request(
+            f"For 'properties/work_folder', {_show(work_folder)} is not a string.", docs
+        )
+    return name, group_id, labels, work_folder
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,1 @@
+"""Everything GitHub-facing: App/token authentication and the REST client."""

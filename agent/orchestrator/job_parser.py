@@ -1,0 +1,173 @@
+"""workflow_job payloads -> typed events, label -> pool routing, and priority rules.
+
+Label matching follows GitHub (reference §2.1): a job runs on a runner that has all of the job's
+labels, compared case-insensitively. When several pools match, the closest fit wins: the pool
+with the fewest labels beyond the job's, so a plain ``[self-hosted, linux]`` job lands in the
+general pool rather than in the ``gpu`` pool that also covers it; ties go by order in the file.
+Priority: the first matching ``[[priority]]`` rule, else the pool's default; higher is served
+first.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+from agent.config import Config, PoolConfig, PriorityRule
+from agent.queue.base import JobSpec
+
+
+class PayloadError(ValueError):
+    """The payload lacks a field GitHub always sends, or it has the wrong type."""
+
+    def __init__(self, field: str, problem: str = "is missing") -> None:
+        super().__init__(f"payload field {field} {problem}")
+        self.field = field
+
+
+class Action(enum.StrEnum):
+    QUEUED = "queued"
+    WAITING = "waiting"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkflowJobEvent:
+    action: Action
+    job_id: int
+    run_id: int
+    run_attempt: int
+    repository: str
+    organization: str | None
+    installation_id: int | None
+    labels: tuple[str, ...]
+    name: str
+    workflow_name: str
+    head_sha: str
+    head_branch: str
+    html_url: str
+    runner_name: str | None
+    conclusion: str | None
+
+
+def _get(obj: Mapping[str, Any], path: str) -> Any:
+    node: Any = obj
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise PayloadError(path)
+        node = node[part]
+    return node
+
+
+def _int(obj: Mapping[str, Any], path: str) -> int:
+    value = _get(obj, path)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadError(path, "must be an integer")
+    return value
+
+
+def _str(obj: Mapping[str, Any], path: str, *, nullable: bool = False) -> str:
+    value = _get(obj, path)
+    if value is None and nullable:
+        return ""
+    if not isinstance(value, str):
+        raise PayloadError(path, "must be a string")
+    return value
+
+
+def _optional_str(job: Mapping[str, Any], key: str) -> str | None:
+    value = job.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def parse_workflow_job(payload: Any) -> WorkflowJobEvent:
+    """Validate the fields gantryd relies on; raise PayloadError naming the first bad one."""
+    if not isinstance(payload, Mapping):
+        raise PayloadError("(body)", "must be a JSON object")
+    action_text = _str(payload, "action")
+    try:
+        action = Action(action_text)
+    except ValueError:
+        raise PayloadError("action", f"has unknown value {action_text!r}") from None
+    labels = _get(payload, "workflow_job.labels")
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise PayloadError("workflow_job.labels", "must be a list of strings")
+    installation = payload.get("installation")
+    installation_id = installation.get("id") if isinstance(installation, Mapping) else None
+    organization = payload.get("organization")
+    job = _get(payload, "workflow_job")
+    return WorkflowJobEvent(
+        action=action,
+        job_id=_int(payload, "workflow_job.id"),
+        run_id=_int(payload, "workflow_job.run_id"),
+        run_attempt=_int(payload, "workflow_job.run_attempt"),
+        repository=_str(payload, "repository.full_name"),
+        organization=organization.get("login") if isinstance(organization, Mapping) else None,
+        installation_id=installation_id if isinstance(installation_id, int) else None,
+        labels=tuple(labels),
+        name=_str(payload, "workflow_job.name"),
+        workflow_name=_str(payload, "workflow_job.workflow_name", nullable=True),
+        head_sha=_str(payload, "workflow_job.head_sha"),
+        head_branch=_str(payload, "workflow_job.head_branch", nullable=True),
+        html_url=_str(payload, "workflow_job.html_url"),
+        runner_name=_optional_str(job, "runner_name"),
+        conclusion=_optional_str(job, "conclusion"),
+    )
+
+
+def match_pool(labels: tuple[str, ...], pools: tuple[PoolConfig, ...]) -> PoolConfig | None:
+    """The closest-fitting pool whose labels include all the job's labels, or None."""
+    wanted = {label.casefold() for label in labels}
+    if not wanted:
+        return None  # GitHub never queues a job without runs-on; treat as not ours
+    best: PoolConfig | None = None
+    best_have: set[str] = set()
+    for pool in pools:
+        have = {label.casefold() for label in pool.labels}
+        if wanted <= have and (best is None or len(have) < len(best_have)):
+            best, best_have = pool, have
+    return best
+
+
+def _rule_matches(rule: PriorityRule, event: WorkflowJobEvent) -> bool:
+    checks = (
+        (rule.repository, event.repository),
+        (rule.organization, event.repository.split("/", 1)[0]),
+        (rule.workflow, event.workflow_name),
+        (rule.job, event.name),
+        (rule.branch, event.head_branch),
+    )
+    if any(p is not None and not fnmatchcase(value, p) for p, value in checks):
+        return False
+    have = {label.casefold() for label in event.labels}
+    return all(label.casefold() in have for label in rule.labels)
+
+
+def priority_for(event: WorkflowJobEvent, pool: PoolConfig, rules: tuple[PriorityRule, ...]) -> int:
+    return next((r.priority for r in rules if _rule_matches(r, event)), pool.priority)
+
+
+def job_spec(event: WorkflowJobEvent, config: Config) -> JobSpec | None:
+    """The queue entry for a job gantryd serves, or None when no pool matches its labels."""
+    pool = match_pool(event.labels, config.pools)
+    if pool is None:
+        return None
+    return JobSpec(
+        job_id=event.job_id,
+        run_id=event.run_id,
+        run_attempt=event.run_attempt,
+        repository=event.repository,
+        installation_id=event.installation_id,
+        labels=event.labels,
+        pool=pool.name,
+        priority=priority_for(event, pool, config.priorities),
+        name=event.name,
+        workflow_name=event.workflow_name,
+        head_sha=event.head_sha,
+        head_branch=event.head_branch,
+        html_url=event.html_url,
+    )

@@ -1,0 +1,47 @@
+"""Fixtures shared across the suite: the real Docker Engine and the stand-in runner image."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNNER_IMAGE = "gantryd/stand-in-runner:latest"
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """A docker-py client for assertions; fails (never skips) when no engine answers."""
+    client = docker.from_env()
+    client.ping()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def runner_image(docker_client: docker.DockerClient) -> str:
+    """The stand-in runner image, built locally (no registry is reachable)."""
+    subprocess.run(["bash", str(ROOT / "images/runner/build.sh")], check=True, capture_output=True)
+    docker_client.images.get(RUNNER_IMAGE)
+    return RUNNER_IMAGE
+
+
+def managed_containers(client: docker.DockerClient, instance: str) -> list[str]:
+    """Names of gantryd's containers for one instance, running or not."""
+    found = client.containers.list(
+        all=True,
+        filters={"label": ["io.gantryd.managed=true", f"io.gantryd.instance={instance}"]},
+    )
+    return [c.name for c in found]
+
+
+def remove_managed(client: docker.DockerClient, instance: str) -> None:
+    for container in client.containers.list(
+        all=True,
+        filters={"label": ["io.gantryd.managed=true", f"io.gantryd.instance={instance}"]},
+    ):
+        container.remove(force=True)

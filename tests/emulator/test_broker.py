@@ -1,0 +1,74 @@
+"""The stand-in runner's protocol over HTTP (agent/emulator/broker.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+import trio
+
+from agent.emulator import Conclusion, Emulator, JobStatus, broker
+
+
+async def jit_runner(http: httpx.AsyncClient, token: str, name: str = "r") -> tuple[str, str]:
+    """Register a runner via REST; return (serverUrl, runner secret) from its JIT config."""
+    response = await http.post(
+        "/repos/acme/app/actions/runners/generate-jitconfig",
+        json={"name": name, "runner_group_id": 1, "labels": ["self-hosted", "gantryd"]},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    files = json.loads(base64.b64decode(response.json()["encoded_jit_config"]))
+    server = json.loads(base64.b64decode(files[".runner"]))["serverUrl"]
+    secret = json.loads(base64.b64decode(files[".credentials"]))["data"]["token"]
+    return server, secret
+
+
+async def test_one_job_through_the_broker(
+    http: httpx.AsyncClient, token_for: Callable[[int], str], emulator: Emulator
+) -> None:
+    server, secret = await jit_runner(http, token_for(11))
+    headers = {"Authorization": f"Bearer {secret}"}
+    opened = await http.post(f"{server}/sessions", json={"os": "Linux"}, headers=headers)
+    assert opened.status_code == 201
+    session = opened.json()["sessionId"]
+    conflict = await http.post(f"{server}/sessions", headers=headers)
+    assert conflict.status_code == 409
+    job = emulator.create_job("acme/app", ["gantryd"], "echo hi\n")
+    message = await http.get(f"{server}/sessions/{session}/message", headers=headers)
+    assert message.status_code == 200
+    assert message.json()["job_id"] == job.id
+    assert base64.b64decode(message.json()["script"]) == b"echo hi\n"
+    done = await http.post(
+        f"{server}/jobs/{job.id}/result", params={"exit_code": 0}, content=b"hi\n", headers=headers
+    )
+    assert done.status_code == 204
+    assert (job.status, job.conclusion, job.log) == (
+        JobStatus.COMPLETED,
+        Conclusion.SUCCESS,
+        b"hi\n",
+    )
+    # The JIT runner is gone after its job: its credentials no longer work.
+    again = await http.post(f"{server}/sessions", headers=headers)
+    assert again.status_code == 401
+
+
+async def test_idle_poll_answers_204(
+    http: httpx.AsyncClient,
+    token_for: Callable[[int], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(broker, "POLL_SECONDS", 0.2)
+    server, secret = await jit_runner(http, token_for(11))
+    headers = {"Authorization": f"Bearer {secret}"}
+    session = (await http.post(f"{server}/sessions", headers=headers)).json()["sessionId"]
+    with trio.fail_after(10):
+        message = await http.get(f"{server}/sessions/{session}/message", headers=headers)
+    assert (message.status_code, message.content) == (204, b"")
+
+
+async def test_bad_credentials(http: httpx.AsyncClient, base_url: str) -> None:
+    response = await http.post("/_runner/sessions", headers={"Authorization": "Bearer nope"})
+    assert response.status_code == 401

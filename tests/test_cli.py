@@ -1,0 +1,186 @@
+"""The `gantryd` command as a user runs it: check-config, and serve with signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+ROOT = Path(__file__).resolve().parent.parent
+GANTRYD = [sys.executable, "-m", "agent"]
+EX_CONFIG = 78
+
+
+@pytest.fixture
+def credentials(tmp_path: Path) -> Path:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "app.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    secret = tmp_path / "webhook-secret"
+    secret.write_text("s3cret\n")
+    for path in (pem, secret):
+        path.chmod(0o600)
+    return tmp_path
+
+
+def example_config(directory: Path, **replace: str) -> Path:
+    """The shipped example, pointed at credentials in ``directory``, with edits applied."""
+    text = (ROOT / "config.example.toml").read_text()
+    text = text.replace("/etc/gantryd/app.pem", str(directory / "app.pem"))
+    text = text.replace('"/etc/gantryd/webhook-secret"', f'"{directory / "webhook-secret"}"')
+    text = text.replace('state_dir = "/var/lib/gantryd"', f'state_dir = "{directory}"')
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = directory / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*GANTRYD, "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def test_example_config_is_valid(credentials: Path) -> None:
+    result = check_config(example_config(credentials))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout and "default" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ('log_level = "info"', 'log_level = "info"\nlisten_port = 8080', "listen_port"),
+        ("max_runners = 10", 'max_runners = "ten"', "scheduler.max_runners"),
+        ('retry_delay = "30s"', 'retry_delay = "10x"', "queue.retry_delay"),
+        ('memory = "2GiB"', 'memory = "2 gigs"', "memory"),
+        ('labels = ["self-hosted", "linux", "x64"]', "labels = []", "labels"),
+        ("min_idle = 0", "min_idle = 9", "min_idle"),
+        ('webhook_secret_file = "', 'webhook_secret_file = "/nonexistent/', "webhook_secret"),
+    ],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "bad-duration",
+        "bad-size",
+        "empty-labels",
+        "min-idle-above-max",
+        "missing-credentials",
+    ],
+)
+def test_invalid_config_exits_78_naming_file_and_key(
+    credentials: Path, old: str, new: str, key: str
+) -> None:
+    path = example_config(credentials, **{old: new})
+    result = check_config(path)
+    assert result.returncode == EX_CONFIG
+    assert str(path) in result.stderr and key in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_exits_78(tmp_path: Path) -> None:
+    result = check_config(tmp_path / "nope.toml")
+    assert result.returncode == EX_CONFIG and "nope.toml" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@dataclass
+class Served:
+    child: subprocess.Popen[str]
+    config: Path
+    url: str
+    notify: socket.socket  # what the daemon tells "systemd"
+
+    def next_status(self) -> str:
+        """Notifications up to the next READY=1 (after a reload), joined."""
+        seen = []
+        while True:
+            message = self.notify.recv(4096).decode()
+            seen.append(message)
+            if "READY=1" in message:
+                return "\n".join(seen)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def served(credentials: Path) -> Iterator[Served]:
+    """`gantryd serve` as a child process, with a notify socket standing in for systemd's."""
+    port = _free_port()
+    config = example_config(
+        credentials,
+        **{
+            'listen = "0.0.0.0:8080"': f'listen = "127.0.0.1:{port}"',
+            'metrics_listen = "127.0.0.1:9464"': f'metrics_listen = "127.0.0.1:{_free_port()}"',
+            'memory = "2GiB"': 'memory = "256MiB"',
+        },
+    )
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(credentials / "notify.sock"))
+    notify.settimeout(30)
+    env = {**os.environ, "NOTIFY_SOCKET": str(credentials / "notify.sock")}
+    child = subprocess.Popen(
+        [*GANTRYD, "serve", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        message = notify.recv(4096).decode()
+        assert "READY=1" in message, message
+        yield Served(child, config, f"http://127.0.0.1:{port}", notify)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=30)
+        notify.close()
+
+
+def test_sighup_with_broken_file_keeps_serving_and_sigterm_exits_cleanly(
+    served: Served,
+) -> None:
+    child, config = served.child, served.config
+    good = config.read_text()
+    config.write_text(good.replace("max_runners = 10", "max_runners = -1"))
+    child.send_signal(signal.SIGHUP)
+    status = served.next_status()
+    assert "RELOADING=1" in status and "reload failed" in status
+    assert httpx.get(served.url + "/healthz", timeout=10).status_code == 200
+    config.write_text(good.replace('log_level = "info"', 'log_level = "debug"'))
+    child.send_signal(signal.SIGHUP)
+    assert "STATUS=reloaded" in served.next_status()
+    child.send_signal(signal.SIGTERM)
+    assert "STOPPING=1" in served.notify.recv(4096).decode()
+    _, stderr = child.communicate(timeout=30)
+    assert child.returncode == 0, stderr
+    assert "reload failed, keeping the running configuration" in stderr
+    assert "scheduler.max_runners" in stderr
+    assert "Traceback" not in stderr

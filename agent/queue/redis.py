@@ -1,0 +1,608 @@
+"""The Redis queue backend, for several build servers sharing one queue.
+
+Same semantics as the SQLite backend (one conformance suite runs on both). Every transition is one
+Lua script, so it is atomic on the server: two hosts can never claim the same job. All keys live
+under one hash tag, ``{prefix}:…``, so they share a cluster slot and scripts may touch any of them.
+
+Server settings this backend needs (checked where possible, documented in docs/queue.md):
+
+- ``maxmemory-policy noeviction`` — an evicted job is a lost job. Checked at open; any other
+  policy is refused with ``QueueUnavailable``.
+- ``appendonly yes`` with ``appendfsync always`` (a 2xx to GitHub survives power loss, like
+  SQLite's ``synchronous=FULL``) or ``everysec`` (up to one second of accepted jobs may be lost on
+  power loss or a server crash, like ``synchronous=NORMAL``). RDB snapshots alone lose minutes.
+
+Layout: ``job:<id>`` hash per job; ``ready:<pool>`` sorted set of claimable jobs (all scores 0,
+members ``<inverted priority>:<seq>:<id>`` so lexical order is priority then FIFO); ``delayed``
+(score ``not_before``), ``active`` (score lease expiry) and ``final`` (score finish time) sorted
+sets of job ids; ``deliveries`` (score first seen); ``outbox`` (score = seq) with its data in
+``outbox:data``; ``counts`` and ``readycount`` hashes kept by the scripts; ``notify`` list
+(at most one element) for ``wait_ready``.
+
+redis-py's asyncio client does not run on trio, so the blocking client runs in worker threads
+behind a limiter. Time is the injected ``clock``, never Redis ``TIME``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, TypeVar
+
+import redis
+import redis.exceptions
+import trio
+
+from agent.queue._codec import dump_spec, load_spec, tombstone_spec
+from agent.queue.base import (
+    Counts,
+    EnqueueOutcome,
+    FailOutcome,
+    JobSpec,
+    JobState,
+    Lease,
+    OutboxEntry,
+    QueuedJob,
+    QueueUnavailable,
+    RetryPolicy,
+    StaleLease,
+)
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+_FIELDS = (
+    "state", "spec", "attempts", "enqueued_at", "not_before", "updated_at",
+    "runner_name", "conclusion", "last_error", "token", "expires",
+)  # fmt: skip
+
+# Shared by every script. KEYS[1] is the "{prefix}:" every key starts with.
+_LIB = """
+local P = KEYS[1]
+local FINAL = {done = true, dead = true, cancelled = true}
+local FIELDS = {'state', 'spec', 'attempts', 'enqueued_at', 'not_before', 'updated_at',
+                'runner_name', 'conclusion', 'last_error', 'token', 'expires'}
+local function jkey(id) return P .. 'job:' .. id end
+local function count(pool, state, d)
+  redis.call('HINCRBY', P .. 'counts', pool .. '\\t' .. state, d)
+end
+local function move(id, pool, from, to, now)
+  count(pool, from, -1); count(pool, to, 1)
+  redis.call('HSET', jkey(id), 'state', to, 'updated_at', now)
+end
+local function notify()
+  redis.call('LPUSH', P .. 'notify', '1'); redis.call('LTRIM', P .. 'notify', 0, 0)
+end
+local function to_ready(id)
+  local j = redis.call('HMGET', jkey(id), 'pool', 'priority', 'rkey')
+  redis.call('ZADD', P .. 'ready:' .. j[1], 0, j[3])
+  redis.call('HINCRBY', P .. 'readycount', j[1] .. '\\t' .. j[2], 1)
+end
+local function unqueue(id)
+  if redis.call('ZREM', P .. 'delayed', id) == 1 then return end
+  local j = redis.call('HMGET', jkey(id), 'pool', 'priority', 'rkey')
+  if redis.call('ZREM', P .. 'ready:' .. j[1], j[3]) == 1 then
+    redis.call('HINCRBY', P .. 'readycount', j[1] .. '\\t' .. j[2], -1)
+  end
+end
+local function place(id, not_before, now)
+  if tonumber(not_before) <= tonumber(now) then to_ready(id); notify()
+  else redis.call('ZADD', P .. 'delayed', not_before, id) end
+end
+local function promote(now)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now)) do
+    redis.call('ZREM', P .. 'delayed', id); to_ready(id)
+  end
+end
+local function outbox(id, state, detail)
+  local seq = redis.call('INCR', P .. 'seq')
+  redis.call('ZADD', P .. 'outbox', seq, id)
+  redis.call('HSET', P .. 'outbox:data', id, state .. '\\n' .. detail)
+end
+local function new_delivery(delivery, now)
+  return delivery == '' or redis.call('ZADD', P .. 'deliveries', 'NX', now, delivery) == 1
+end
+local function leave(id, state, now)
+  -- take a non-final job out of whichever index its state puts it in
+  if state == 'claimed' then redis.call('ZREM', P .. 'active', id)
+  elseif state == 'queued' then unqueue(id) end
+  redis.call('HDEL', jkey(id), 'token', 'expires')
+end
+local function finalize(id, pool, state, to, now)
+  leave(id, state, now); move(id, pool, state, to, now)
+  redis.call('ZADD', P .. 'final', now, id)
+end
+local function leased(id, token)
+  local j = redis.call('HMGET', jkey(id), 'state', 'token', 'pool', 'attempts')
+  if j[1] ~= 'claimed' or j[2] ~= token then return nil end
+  return j
+end
+local function fields(id) return redis.call('HMGET', jkey(id), unpack(FIELDS)) end
+"""
+
+_ENQUEUE = """
+local id, pool, priority, rkey_head, spec, now, not_before, delivery = unpack(ARGV)
+if not new_delivery(delivery, now) then return 'duplicate_delivery' end
+local st = redis.call('HGET', jkey(id), 'state')
+if st then if FINAL[st] then return 'finished' end return 'known' end
+local seq = redis.call('INCR', P .. 'seq')
+redis.call('HSET', jkey(id), 'spec', spec, 'state', 'queued', 'pool', pool, 'priority', priority,
+  'rkey', rkey_head .. string.format('%020d', seq) .. ':' .. id, 'attempts', 0,
+  'enqueued_at', now, 'not_before', not_before, 'updated_at', now)
+redis.call('SADD', P .. 'pools', pool)
+count(pool, 'queued', 1)
+place(id, not_before, now)
+outbox(id, 'queued', '{}')
+return 'created'
+"""
+
+_CLAIM = """
+local now, expires, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local pools = ARGV[4] ~= '' and cjson.decode(ARGV[4]) or redis.call('SMEMBERS', P .. 'pools')
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'active', '-inf', now)) do
+  redis.call('ZREM', P .. 'active', id)
+  redis.call('HDEL', jkey(id), 'token', 'expires')
+  move(id, redis.call('HGET', jkey(id), 'pool'), 'claimed', 'queued', now)
+  to_ready(id)
+end
+promote(now)
+if n <= 0 then return {} end
+local heads = {}
+for _, pool in ipairs(pools) do
+  if redis.call('SISMEMBER', P .. 'paused', pool) == 0 then
+    for _, m in ipairs(redis.call('ZRANGE', P .. 'ready:' .. pool, 0, n - 1)) do
+      table.insert(heads, {m, pool})
+    end
+  end
+end
+table.sort(heads, function(a, b) return a[1] < b[1] end)
+local out = {}
+for i = 1, math.min(n, #heads) do
+  local m, pool = heads[i][1], heads[i][2]
+  local id = string.match(m, ':([^:]+)$')
+  local token = ARGV[4 + i]
+  redis.call('ZREM', P .. 'ready:' .. pool, m)
+  local priority = redis.call('HGET', jkey(id), 'priority')
+  redis.call('HINCRBY', P .. 'readycount', pool .. '\\t' .. priority, -1)
+  move(id, pool, 'queued', 'claimed', now)
+  redis.call('HSET', jkey(id), 'token', token, 'expires', expires)
+  redis.call('ZADD', P .. 'active', expires, id)
+  table.insert(out, fields(id))
+end
+return out
+"""
+
+_HEARTBEAT = """
+local id, token, now, expires = unpack(ARGV)
+if not leased(id, token) then return false end
+redis.call('HSET', jkey(id), 'expires', expires, 'updated_at', now)
+redis.call('ZADD', P .. 'active', expires, id)
+return fields(id)
+"""
+
+_ACK = """
+local id, token, now = unpack(ARGV)
+local j = leased(id, token)
+if not j then return 0 end
+finalize(id, j[3], 'claimed', 'done', now)
+return 1
+"""
+
+_FAIL = """
+local id, token, now, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local j = leased(id, token)
+if not j then return false end
+local failures = tonumber(j[4]) + 1
+local retry_at = ARGV[4 + failures]
+redis.call('HSET', jkey(id), 'attempts', failures, 'last_error', reason)
+if retry_at == nil then
+  finalize(id, j[3], 'claimed', 'dead', now)
+  redis.call('HSET', jkey(id), 'conclusion', reason)
+  outbox(id, 'dead', cjson.encode({reason = reason}))
+  return ''
+end
+leave(id, 'claimed', now)
+move(id, j[3], 'claimed', 'queued', now)
+redis.call('HSET', jkey(id), 'not_before', retry_at)
+place(id, retry_at, now)
+outbox(id, 'queued',
+  cjson.encode({reason = reason, attempts = failures, retry_at = tonumber(retry_at)}))
+return retry_at
+"""
+
+_RELEASE = """
+local id, token, now = unpack(ARGV)
+local j = leased(id, token)
+if not j then return 0 end
+leave(id, 'claimed', now)
+move(id, j[3], 'claimed', 'queued', now)
+to_ready(id); notify()
+return 1
+"""
+
+_MARK_RUNNING = """
+local id, runner, now, delivery = unpack(ARGV)
+if not new_delivery(delivery, now) then return 0 end
+local j = redis.call('HMGET', jkey(id), 'state', 'pool')
+if not j[1] or FINAL[j[1]] then return 0 end
+leave(id, j[1], now)
+move(id, j[2], j[1], 'running', now)
+redis.call('HSET', jkey(id), 'runner_name', runner)
+outbox(id, 'running', cjson.encode({runner_name = runner}))
+return 1
+"""
+
+_FINISH = """
+local id, conclusion, now, delivery, tombstone = unpack(ARGV)
+if not new_delivery(delivery, now) then return 0 end
+local j = redis.call('HMGET', jkey(id), 'state', 'pool')
+if not j[1] then
+  redis.call('HSET', jkey(id), 'spec', tombstone, 'state', 'done', 'pool', '', 'priority', 0,
+    'attempts', 0, 'enqueued_at', now, 'not_before', now, 'updated_at', now,
+    'conclusion', conclusion)
+  count('', 'done', 1)
+  redis.call('ZADD', P .. 'final', now, id)
+  return 1
+end
+if FINAL[j[1]] then return 0 end
+finalize(id, j[2], j[1], 'done', now)
+redis.call('HSET', jkey(id), 'conclusion', conclusion)
+outbox(id, 'done', cjson.encode({conclusion = conclusion}))
+return 1
+"""
+
+_CANCEL = """
+local id, reason, now = unpack(ARGV)
+local j = redis.call('HMGET', jkey(id), 'state', 'pool')
+if not j[1] or FINAL[j[1]] then return 0 end
+finalize(id, j[2], j[1], 'cancelled', now)
+redis.call('HSET', jkey(id), 'conclusion', reason)
+outbox(id, 'cancelled', cjson.encode({reason = reason}))
+return 1
+"""
+
+_RECORD_DELIVERY = """
+return new_delivery(ARGV[1], ARGV[2]) and 1 or 0
+"""
+
+_POSITION = """
+local id, now = unpack(ARGV)
+promote(now)
+local j = redis.call('HMGET', jkey(id), 'state', 'pool', 'rkey')
+if j[1] ~= 'queued' then return false end
+return redis.call('ZLEXCOUNT', P .. 'ready:' .. j[2], '-', '(' .. j[3]) + 1
+"""
+
+_COUNTS = """
+promote(ARGV[1])
+return {redis.call('HGETALL', P .. 'counts'), redis.call('HGETALL', P .. 'readycount')}
+"""
+
+_RESUME = """
+redis.call('SREM', P .. 'paused', ARGV[1])
+notify()
+"""
+
+_OUTBOX = """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', P .. 'outbox', 0, tonumber(ARGV[1]) - 1)) do
+  table.insert(out, {id, redis.call('ZSCORE', P .. 'outbox', id),
+    redis.call('HGET', P .. 'outbox:data', id), redis.call('HGET', jkey(id), 'spec')})
+end
+return out
+"""
+
+_ACK_OUTBOX = """
+local id, seq = unpack(ARGV)
+if redis.call('ZSCORE', P .. 'outbox', id) == seq then
+  redis.call('ZREM', P .. 'outbox', id); redis.call('HDEL', P .. 'outbox:data', id)
+end
+"""
+
+_PRUNE = """
+local cutoff, batch = '(' .. ARGV[1], tonumber(ARGV[2])
+local ids = redis.call('ZRANGEBYSCORE', P .. 'final', '-inf', cutoff, 'LIMIT', 0, batch)
+for _, id in ipairs(ids) do
+  local j = redis.call('HMGET', jkey(id), 'state', 'pool')
+  count(j[2], j[1], -1)
+  redis.call('DEL', jkey(id)); redis.call('ZREM', P .. 'final', id)
+  redis.call('ZREM', P .. 'outbox', id); redis.call('HDEL', P .. 'outbox:data', id)
+end
+local d = redis.call('ZRANGEBYSCORE', P .. 'deliveries', '-inf', cutoff, 'LIMIT', 0, batch)
+if #d > 0 then redis.call('ZREM', P .. 'deliveries', unpack(d)) end
+return {#ids, #d}
+"""
+
+
+def _rkey_head(priority: int) -> str:
+    """Fixed-width inverted priority: lexical order of members = higher priority first."""
+    return f"{(1 << 62) - priority:020d}:"
+
+
+def _job(values: Sequence[str | None]) -> QueuedJob:
+    d = dict(zip(_FIELDS, values, strict=True))
+    return QueuedJob(
+        spec=load_spec(d["spec"] or ""),
+        state=JobState(d["state"] or ""),
+        attempts=int(d["attempts"] or 0),
+        enqueued_at=float(d["enqueued_at"] or 0),
+        not_before=float(d["not_before"] or 0),
+        updated_at=float(d["updated_at"] or 0),
+        runner_name=d["runner_name"],
+        conclusion=d["conclusion"],
+        last_error=d["last_error"],
+    )
+
+
+def _lease(values: Sequence[str | None]) -> Lease:
+    return Lease(job=_job(values), token=values[9] or "", expires_at=float(values[10] or 0))
+
+
+def _pairs(flat: Sequence[str]) -> list[tuple[str, int]]:
+    return [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
+class RedisQueue:
+    """``JobQueue`` on a Redis server. Create with ``open_redis_queue``."""
+
+    def __init__(
+        self, client: redis.Redis[str], *, prefix: str, retry: RetryPolicy, clock: Clock
+    ) -> None:
+        self._client = client
+        self._keys = [f"{{{prefix}}}:"]
+        self._retry = retry
+        self._clock = clock
+        self._random = random.Random()
+        self._limiter = trio.CapacityLimiter(4)
+        self._wait_limiter = trio.CapacityLimiter(1)
+        self._scripts = {
+            name: client.register_script(_LIB + body)
+            for name, body in {
+                "enqueue": _ENQUEUE,
+                "claim": _CLAIM,
+                "heartbeat": _HEARTBEAT,
+                "ack": _ACK,
+                "fail": _FAIL,
+                "release": _RELEASE,
+                "mark_running": _MARK_RUNNING,
+                "finish": _FINISH,
+                "cancel": _CANCEL,
+                "record_delivery": _RECORD_DELIVERY,
+                "position": _POSITION,
+                "counts": _COUNTS,
+                "resume": _RESUME,
+                "outbox": _OUTBOX,
+                "ack_outbox": _ACK_OUTBOX,
+                "prune": _PRUNE,
+            }.items()
+        }
+
+    async def _run(
+        self,
+        fn: Callable[[], T],
+        limiter: trio.CapacityLimiter | None = None,
+        *,
+        abandon_on_cancel: bool = False,
+    ) -> T:
+        def call() -> T:
+            try:
+                return fn()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                raise QueueUnavailable(f"Redis unreachable: {exc}") from exc
+            except redis.exceptions.ResponseError as exc:
+                if str(exc).startswith(("OOM", "READONLY", "LOADING", "MISCONF", "BUSY")):
+                    raise QueueUnavailable(f"Redis refused the write: {exc}") from exc
+                raise
+
+        return await trio.to_thread.run_sync(
+            call, limiter=limiter or self._limiter, abandon_on_cancel=abandon_on_cancel
+        )
+
+    async def _script(self, name: str, *args: Any) -> Any:
+        script = self._scripts[name]
+        return await self._run(partial(script, keys=self._keys, args=list(args)))
+
+    async def wait_ready(self, timeout: float) -> bool:  # noqa: ASYNC109 - BLPOP's own timeout
+        """Block until some host made work ready since the last wake-up, or ``timeout`` passes
+        (False). Idle claimers cost one parked BLPOP; delays are noticed by polling.
+
+        Cancellation returns at once and abandons the BLPOP thread; a wake-up it then pops is
+        lost, which costs at most one poll interval (``timeout``) for the next waiter.
+        """
+        key = f"{self._keys[0]}notify"
+        popped = await self._run(
+            partial(self._client.blpop, [key], timeout=timeout),
+            self._wait_limiter,
+            abandon_on_cancel=True,
+        )
+        return popped is not None
+
+    def _enqueue_args(
+        self, spec: JobSpec, delivery_id: str | None, not_before: float | None
+    ) -> list[Any]:
+        now = self._clock()
+        nb = now if not_before is None else not_before
+        return [
+            spec.job_id, spec.pool, spec.priority, _rkey_head(spec.priority),
+            dump_spec(spec), repr(now), repr(nb), delivery_id or "",
+        ]  # fmt: skip
+
+    async def enqueue(
+        self, spec: JobSpec, *, delivery_id: str | None = None, not_before: float | None = None
+    ) -> EnqueueOutcome:
+        result = await self._script("enqueue", *self._enqueue_args(spec, delivery_id, not_before))
+        return EnqueueOutcome(result)
+
+    async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[EnqueueOutcome]:
+        """``enqueue`` of each spec in one round trip (each still atomic on its own)."""
+        script = self._scripts["enqueue"]
+
+        def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for spec in specs:
+                script(keys=self._keys, args=self._enqueue_args(spec, None, None), client=pipe)
+            return pipe.execute()
+
+        return [EnqueueOutcome(r) for r in await self._run(run)]
+
+    async def claim(
+        self, n: int, *, lease_seconds: float, pools: Sequence[str] | None = None
+    ) -> list[Lease]:
+        now = self._clock()
+        tokens = [secrets.token_hex(16) for _ in range(max(n, 0))]
+        rows = await self._script(
+            "claim", repr(now), repr(now + lease_seconds), n,
+            "" if pools is None else json.dumps(list(pools)), *tokens,
+        )  # fmt: skip
+        return [_lease(r) for r in rows]
+
+    async def heartbeat(self, lease: Lease, *, lease_seconds: float) -> Lease:
+        now = self._clock()
+        row = await self._script(
+            "heartbeat", lease.job_id, lease.token, repr(now), repr(now + lease_seconds)
+        )
+        if row is None:
+            raise StaleLease(lease.job_id, lease.token)
+        return _lease(row)
+
+    async def ack(self, lease: Lease) -> None:
+        if not await self._script("ack", lease.job_id, lease.token, repr(self._clock())):
+            raise StaleLease(lease.job_id, lease.token)
+
+    async def fail(self, lease: Lease, reason: str) -> FailOutcome:
+        now = self._clock()
+        draw = self._random.random()
+        retry_ats = []
+        for failures in range(1, self._retry.attempts + 1):
+            delay = self._retry.backoff(failures, draw)
+            assert delay is not None
+            retry_ats.append(repr(now + delay))
+        result = await self._script(
+            "fail", lease.job_id, lease.token, repr(now), reason, *retry_ats
+        )
+        if result is None:
+            raise StaleLease(lease.job_id, lease.token)
+        if result == "":
+            return FailOutcome(dead=True, retry_at=None)
+        return FailOutcome(dead=False, retry_at=float(result))
+
+    async def release(self, lease: Lease) -> None:
+        if not await self._script("release", lease.job_id, lease.token, repr(self._clock())):
+            raise StaleLease(lease.job_id, lease.token)
+
+    async def mark_running(
+        self, job_id: int, runner_name: str, *, delivery_id: str | None = None
+    ) -> bool:
+        now = repr(self._clock())
+        return bool(await self._script("mark_running", job_id, runner_name, now, delivery_id or ""))
+
+    async def finish(self, job_id: int, conclusion: str, *, delivery_id: str | None = None) -> bool:
+        now = repr(self._clock())
+        tombstone = dump_spec(tombstone_spec(job_id))
+        return bool(
+            await self._script("finish", job_id, conclusion, now, delivery_id or "", tombstone)
+        )
+
+    async def cancel(self, job_id: int, reason: str) -> bool:
+        return bool(await self._script("cancel", job_id, reason, repr(self._clock())))
+
+    async def record_delivery(self, delivery_id: str) -> bool:
+        return bool(await self._script("record_delivery", delivery_id, repr(self._clock())))
+
+    async def get(self, job_id: int) -> QueuedJob | None:
+        key = f"{self._keys[0]}job:{job_id}"
+        values = await self._run(partial(self._client.hmget, key, list(_FIELDS)))
+        return None if values[0] is None else _job(values)
+
+    async def position(self, job_id: int) -> int | None:
+        result = await self._script("position", job_id, repr(self._clock()))
+        return None if result is None else int(result)
+
+    async def counts(self) -> Counts:
+        states, ready = await self._script("counts", repr(self._clock()))
+        by_pool_state: dict[tuple[str, JobState], int] = {}
+        by_state: dict[JobState, int] = {}
+        for field, n in _pairs(states):
+            if n:
+                pool, state = field.rsplit("\t", 1)
+                by_pool_state[pool, JobState(state)] = n
+                by_state[JobState(state)] = by_state.get(JobState(state), 0) + n
+        ready_by: dict[tuple[str, int], int] = {}
+        for field, n in _pairs(ready):
+            if n:
+                pool, priority = field.rsplit("\t", 1)
+                ready_by[pool, int(priority)] = n
+        return Counts(
+            by_state=by_state, by_pool_state=by_pool_state, ready_by_pool_priority=ready_by
+        )
+
+    async def pause(self, pool: str) -> None:
+        await self._run(partial(self._client.sadd, f"{self._keys[0]}paused", pool))
+
+    async def resume(self, pool: str) -> None:
+        await self._script("resume", pool)
+
+    async def outbox(self, limit: int) -> list[OutboxEntry]:
+        rows = await self._script("outbox", limit) if limit > 0 else []
+        entries = []
+        for job_id, seq, data, spec in rows:
+            state, detail = data.split("\n", 1)
+            entries.append(
+                OutboxEntry(
+                    job_id=int(job_id),
+                    seq=int(seq),
+                    state=JobState(state),
+                    spec=load_spec(spec),
+                    detail=json.loads(detail),
+                )
+            )
+        return entries
+
+    async def ack_outbox(self, job_id: int, seq: int) -> None:
+        await self._script("ack_outbox", job_id, seq)
+
+    async def prune(self, *, older_than: float, batch: int = 500) -> int:
+        """Delete in scripts of at most ``batch`` jobs so the server never stalls long."""
+        total = 0
+        while True:
+            jobs, deliveries = await self._script("prune", repr(older_than), batch)
+            total += int(jobs) + int(deliveries)
+            if jobs < batch and deliveries < batch:
+                return total
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._client.close, limiter=self._limiter)
+
+
+def _check_server(client: redis.Redis[str]) -> None:
+    info = client.info("memory")
+    policy = info.get("maxmemory_policy", "noeviction")
+    if policy != "noeviction":
+        raise QueueUnavailable(
+            f"Redis maxmemory-policy is {policy!r}: the server may evict queued jobs. "
+            "Set `maxmemory-policy noeviction` in redis.conf (see docs/queue.md)"
+        )
+
+
+@asynccontextmanager
+async def open_redis_queue(
+    url: str,
+    *,
+    prefix: str = "gantryd",
+    retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing the default is safe
+    clock: Clock = time.time,
+) -> AsyncIterator[RedisQueue]:
+    """Connect to ``url``, refuse a server that evicts keys, and close the pool on exit."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    queue = RedisQueue(client, prefix=prefix, retry=retry, clock=clock)
+    try:
+        await queue._run(partial(_check_server, client))
+        yield queue
+    finally:
+        await queue.aclose()

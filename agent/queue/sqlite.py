@@ -1,0 +1,542 @@
+"""The SQLite (WAL) queue backend: the default, embedded, durable on ``synchronous=FULL``.
+
+Every transition is one ``BEGIN IMMEDIATE`` transaction on the single writer connection of
+``agent.db`` (state change, delivery id and outbox row together, or nothing). Claims take the
+head of a partial index of QUEUED rows with ``UPDATE … WHERE job_id IN (SELECT … ORDER BY
+priority DESC, seq LIMIT n) RETURNING …``, so the cost of a claim does not grow with the backlog.
+Time comes from the injected ``clock`` (unix seconds) so tests drive lease expiry and delays.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+import trio
+
+from agent.db import Database, open_database
+from agent.queue._codec import dump_spec, load_spec, tombstone_spec
+from agent.queue.base import (
+    FINAL_STATES,
+    Counts,
+    EnqueueOutcome,
+    FailOutcome,
+    JobSpec,
+    JobState,
+    Lease,
+    OutboxEntry,
+    QueuedJob,
+    RetryPolicy,
+    StaleLease,
+)
+
+Clock = Callable[[], float]
+
+_COLUMNS = (
+    "job_id, state, spec, attempts, enqueued_at, not_before, updated_at, "
+    "runner_name, conclusion, last_error, lease_token, lease_expires"
+)
+_FINAL_SQL = "('done', 'dead', 'cancelled')"
+
+
+def _schema_v1(db: sqlite_utils.Database) -> None:
+    db.table("jobs").create(
+        {
+            "job_id": int,
+            "seq": int,  # enqueue order: FIFO among equal priorities
+            "pool": str,
+            "priority": int,
+            "state": str,
+            "spec": str,  # JobSpec as JSON
+            "attempts": int,
+            "enqueued_at": float,
+            "not_before": float,
+            "updated_at": float,
+            "lease_token": str,
+            "lease_expires": float,
+            "runner_name": str,
+            "conclusion": str,
+            "last_error": str,
+        },
+        pk="job_id",
+        not_null={"seq", "pool", "priority", "state", "spec", "attempts", "enqueued_at"},
+    )
+    db.table("deliveries").create({"delivery_id": str, "seen_at": float}, pk="delivery_id")
+    db.table("deliveries").create_index(["seen_at"])
+    db.table("outbox").create(
+        {"job_id": int, "seq": int, "state": str, "detail": str},
+        pk="job_id",
+        not_null={"seq", "state", "detail"},
+    )
+    db.table("outbox").create_index(["seq"])
+    db.table("paused").create({"pool": str}, pk="pool")
+    db.table("counters").create({"name": str, "value": int}, pk="name")
+    db.table("counters").insert({"name": "seq", "value": 0})
+    # Partial indexes: each hot query reads only the rows of its state.
+    db.execute("CREATE INDEX jobs_ready ON jobs (priority DESC, seq) WHERE state = 'queued'")
+    db.execute("CREATE INDEX jobs_leased ON jobs (lease_expires) WHERE state = 'claimed'")
+    db.execute(f"CREATE INDEX jobs_final ON jobs (updated_at) WHERE state IN {_FINAL_SQL}")
+
+
+MIGRATIONS = (_schema_v1,)
+
+
+def _job(row: sqlite3.Row | tuple[Any, ...]) -> QueuedJob:
+    return QueuedJob(
+        spec=load_spec(row[2]),
+        state=JobState(row[1]),
+        attempts=row[3],
+        enqueued_at=row[4],
+        not_before=row[5],
+        updated_at=row[6],
+        runner_name=row[7],
+        conclusion=row[8],
+        last_error=row[9],
+    )
+
+
+def _next_seq(conn: sqlite3.Connection) -> int:
+    row = conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'seq' RETURNING value")
+    return int(row.fetchone()[0])
+
+
+def _outbox(
+    conn: sqlite3.Connection,
+    job_id: int,
+    state: JobState,
+    detail: dict[str, Any],
+    seq: int | None = None,
+) -> None:
+    """Upsert the job's pending report: the latest state wins, under a new ``seq``."""
+    conn.execute(
+        "INSERT INTO outbox (job_id, seq, state, detail) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (job_id) DO UPDATE SET "
+        "seq = excluded.seq, state = excluded.state, detail = excluded.detail",
+        (job_id, seq or _next_seq(conn), state.value, json.dumps(detail)),
+    )
+
+
+def _new_delivery(conn: sqlite3.Connection, delivery_id: str | None, now: float) -> bool:
+    if delivery_id is None:
+        return True
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO deliveries (delivery_id, seen_at) VALUES (?, ?)", (delivery_id, now)
+    )
+    return cur.rowcount == 1
+
+
+def _state(conn: sqlite3.Connection, job_id: int) -> JobState | None:
+    row = conn.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    return None if row is None else JobState(row[0])
+
+
+def _check_lease(conn: sqlite3.Connection, lease: Lease) -> tuple[Any, ...]:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ? AND state = 'claimed' AND lease_token = ?",
+        (lease.job_id, lease.token),
+    ).fetchone()
+    if row is None:
+        raise StaleLease(lease.job_id, lease.token)
+    return tuple(row)
+
+
+class SQLiteQueue:
+    """``JobQueue`` on a SQLite file. Create with ``open_sqlite_queue``."""
+
+    def __init__(self, db: Database, *, retry: RetryPolicy, clock: Clock) -> None:
+        self._db = db
+        self._retry = retry
+        self._clock = clock
+        self._random = random.Random()
+        self._ready = trio.Event()
+
+    def _wake(self) -> None:
+        self._ready.set()
+
+    async def wait_ready(self, timeout: float) -> bool:  # noqa: ASYNC109 - shared with Redis
+        """Wait until this process made work ready (enqueue, release, fail, resume) since the
+        last call, or ``timeout`` seconds pass (False): other hosts and delays are polled."""
+        with trio.move_on_after(timeout):
+            await self._ready.wait()
+            self._ready = trio.Event()
+            return True
+        return False
+
+    async def enqueue(
+        self, spec: JobSpec, *, delivery_id: str | None = None, not_before: float | None = None
+    ) -> EnqueueOutcome:
+        outcome = await self._db.write(self._enqueue_tx(spec, delivery_id, not_before))
+        if outcome is EnqueueOutcome.CREATED:
+            self._wake()
+        return outcome
+
+    async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[EnqueueOutcome]:
+        """``enqueue`` of each spec, in one transaction (one fsync): reconciler sweeps, backlogs."""
+        txs = [self._enqueue_tx(spec, None, None) for spec in specs]
+        outcomes = await self._db.write(lambda conn: [tx(conn) for tx in txs])
+        if EnqueueOutcome.CREATED in outcomes:
+            self._wake()
+        return outcomes
+
+    def _enqueue_tx(
+        self, spec: JobSpec, delivery_id: str | None, not_before: float | None
+    ) -> Callable[[sqlite3.Connection], EnqueueOutcome]:
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> EnqueueOutcome:
+            if not _new_delivery(conn, delivery_id, now):
+                return EnqueueOutcome.DUPLICATE_DELIVERY
+            seq = _next_seq(conn)
+            cur = conn.execute(
+                "INSERT INTO jobs (job_id, seq, pool, priority, state, spec, attempts, "
+                "enqueued_at, not_before, updated_at) VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?) "
+                "ON CONFLICT (job_id) DO NOTHING",
+                (
+                    spec.job_id,
+                    seq,
+                    spec.pool,
+                    spec.priority,
+                    dump_spec(spec),
+                    now,
+                    now if not_before is None else not_before,
+                    now,
+                ),
+            )
+            if cur.rowcount == 0:
+                state = _state(conn, spec.job_id)
+                return EnqueueOutcome.FINISHED if state in FINAL_STATES else EnqueueOutcome.KNOWN
+            _outbox(conn, spec.job_id, JobState.QUEUED, {}, seq)
+            return EnqueueOutcome.CREATED
+
+        return tx
+
+    async def claim(
+        self, n: int, *, lease_seconds: float, pools: Sequence[str] | None = None
+    ) -> list[Lease]:
+        now = self._clock()
+        pool_filter = ""
+        args: list[Any] = [now + lease_seconds, now, now]
+        if pools is not None:
+            pool_filter = f"AND pool IN ({', '.join('?' * len(pools))})"
+            args.extend(pools)
+        args.append(n)
+        sql = (
+            "UPDATE jobs SET state = 'claimed', lease_token = lower(hex(randomblob(16))), "
+            "lease_expires = ?, updated_at = ? WHERE job_id IN ("
+            "SELECT job_id FROM jobs WHERE state = 'queued' AND not_before <= ? "
+            f"AND pool NOT IN (SELECT pool FROM paused) {pool_filter} "
+            f"ORDER BY priority DESC, seq LIMIT ?) RETURNING {_COLUMNS}, priority, seq"
+        )
+
+        def tx(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            conn.execute(
+                "UPDATE jobs SET state = 'queued', lease_token = NULL, lease_expires = NULL, "
+                "updated_at = ? WHERE state = 'claimed' AND lease_expires <= ?",
+                (now, now),
+            )
+            return [tuple(r) for r in conn.execute(sql, args)] if n > 0 else []
+
+        rows = await self._db.write(tx)
+        rows.sort(key=lambda r: (-r[12], r[13]))
+        return [Lease(job=_job(r), token=r[10], expires_at=r[11]) for r in rows]
+
+    async def heartbeat(self, lease: Lease, *, lease_seconds: float) -> Lease:
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> Lease:
+            _check_lease(conn, lease)
+            row = conn.execute(
+                f"UPDATE jobs SET lease_expires = ?, updated_at = ? WHERE job_id = ? "
+                f"RETURNING {_COLUMNS}",
+                (now + lease_seconds, now, lease.job_id),
+            ).fetchone()
+            return Lease(job=_job(row), token=lease.token, expires_at=row[11])
+
+        return await self._db.write(tx)
+
+    async def ack(self, lease: Lease) -> None:
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            _check_lease(conn, lease)
+            conn.execute(
+                "UPDATE jobs SET state = 'done', lease_token = NULL, lease_expires = NULL, "
+                "updated_at = ? WHERE job_id = ?",
+                (now, lease.job_id),
+            )
+
+        await self._db.write(tx)
+
+    async def fail(self, lease: Lease, reason: str) -> FailOutcome:
+        now = self._clock()
+        draw = self._random.random()
+
+        def tx(conn: sqlite3.Connection) -> FailOutcome:
+            row = _check_lease(conn, lease)
+            failures = row[3] + 1
+            delay = self._retry.backoff(failures, draw)
+            if delay is None:
+                conn.execute(
+                    "UPDATE jobs SET state = 'dead', attempts = ?, last_error = ?, "
+                    "conclusion = ?, lease_token = NULL, lease_expires = NULL, updated_at = ? "
+                    "WHERE job_id = ?",
+                    (failures, reason, reason, now, lease.job_id),
+                )
+                _outbox(conn, lease.job_id, JobState.DEAD, {"reason": reason})
+                return FailOutcome(dead=True, retry_at=None)
+            conn.execute(
+                "UPDATE jobs SET state = 'queued', attempts = ?, last_error = ?, not_before = ?, "
+                "lease_token = NULL, lease_expires = NULL, updated_at = ? WHERE job_id = ?",
+                (failures, reason, now + delay, now, lease.job_id),
+            )
+            _outbox(
+                conn,
+                lease.job_id,
+                JobState.QUEUED,
+                {"reason": reason, "attempts": failures, "retry_at": now + delay},
+            )
+            return FailOutcome(dead=False, retry_at=now + delay)
+
+        outcome = await self._db.write(tx)
+        if not outcome.dead:
+            self._wake()
+        return outcome
+
+    async def release(self, lease: Lease) -> None:
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            _check_lease(conn, lease)
+            conn.execute(
+                "UPDATE jobs SET state = 'queued', lease_token = NULL, lease_expires = NULL, "
+                "updated_at = ? WHERE job_id = ?",
+                (now, lease.job_id),
+            )
+
+        await self._db.write(tx)
+        self._wake()
+
+    async def mark_running(
+        self, job_id: int, runner_name: str, *, delivery_id: str | None = None
+    ) -> bool:
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            if not _new_delivery(conn, delivery_id, now):
+                return False
+            state = _state(conn, job_id)
+            if state is None or state in FINAL_STATES:
+                return False
+            conn.execute(
+                "UPDATE jobs SET state = 'running', runner_name = ?, lease_token = NULL, "
+                "lease_expires = NULL, updated_at = ? WHERE job_id = ?",
+                (runner_name, now, job_id),
+            )
+            _outbox(conn, job_id, JobState.RUNNING, {"runner_name": runner_name})
+            return True
+
+        return await self._db.write(tx)
+
+    async def finish(self, job_id: int, conclusion: str, *, delivery_id: str | None = None) -> bool:
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            if not _new_delivery(conn, delivery_id, now):
+                return False
+            state = _state(conn, job_id)
+            if state is None:
+                conn.execute(
+                    "INSERT INTO jobs (job_id, seq, pool, priority, state, spec, attempts, "
+                    "enqueued_at, not_before, updated_at, conclusion) "
+                    "VALUES (?, ?, '', 0, 'done', ?, 0, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        _next_seq(conn),
+                        dump_spec(tombstone_spec(job_id)),
+                        now,
+                        now,
+                        now,
+                        conclusion,
+                    ),
+                )
+                return True
+            if state in FINAL_STATES:
+                return False
+            conn.execute(
+                "UPDATE jobs SET state = 'done', conclusion = ?, lease_token = NULL, "
+                "lease_expires = NULL, updated_at = ? WHERE job_id = ?",
+                (conclusion, now, job_id),
+            )
+            _outbox(conn, job_id, JobState.DONE, {"conclusion": conclusion})
+            return True
+
+        return await self._db.write(tx)
+
+    async def cancel(self, job_id: int, reason: str) -> bool:
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            state = _state(conn, job_id)
+            if state is None or state in FINAL_STATES:
+                return False
+            conn.execute(
+                "UPDATE jobs SET state = 'cancelled', conclusion = ?, lease_token = NULL, "
+                "lease_expires = NULL, updated_at = ? WHERE job_id = ?",
+                (reason, now, job_id),
+            )
+            _outbox(conn, job_id, JobState.CANCELLED, {"reason": reason})
+            return True
+
+        return await self._db.write(tx)
+
+    async def record_delivery(self, delivery_id: str) -> bool:
+        now = self._clock()
+        return await self._db.write(lambda conn: _new_delivery(conn, delivery_id, now))
+
+    async def get(self, job_id: int) -> QueuedJob | None:
+        def q(conn: sqlite3.Connection) -> QueuedJob | None:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
+            found = row.fetchone()
+            return None if found is None else _job(found)
+
+        return await self._db.read(q)
+
+    async def position(self, job_id: int) -> int | None:
+        now = self._clock()
+
+        def q(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT pool, priority, seq FROM jobs WHERE job_id = ? AND state = 'queued'",
+                (job_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            pool, priority, seq = row
+            ahead = conn.execute(
+                "SELECT count(*) FROM jobs WHERE state = 'queued' AND pool = ? "
+                "AND (priority > ? OR (priority = ? AND seq < ?)) AND not_before <= ?",
+                (pool, priority, priority, seq, now),
+            ).fetchone()[0]
+            return int(ahead) + 1
+
+        return await self._db.read(q)
+
+    async def counts(self) -> Counts:
+        now = self._clock()
+
+        def q(conn: sqlite3.Connection) -> Counts:
+            by_pool_state = {
+                (pool, JobState(state)): n
+                for pool, state, n in conn.execute(
+                    "SELECT pool, state, count(*) FROM jobs GROUP BY pool, state"
+                )
+            }
+            by_state: dict[JobState, int] = {}
+            for (_, state), n in by_pool_state.items():
+                by_state[state] = by_state.get(state, 0) + n
+            ready = {
+                (pool, priority): n
+                for pool, priority, n in conn.execute(
+                    "SELECT pool, priority, count(*) FROM jobs "
+                    "WHERE state = 'queued' AND not_before <= ? GROUP BY pool, priority",
+                    (now,),
+                )
+            }
+            return Counts(
+                by_state=by_state, by_pool_state=by_pool_state, ready_by_pool_priority=ready
+            )
+
+        return await self._db.read(q)
+
+    async def pause(self, pool: str) -> None:
+        await self._db.write(
+            lambda conn: conn.execute("INSERT OR IGNORE INTO paused (pool) VALUES (?)", (pool,))
+        )
+
+    async def resume(self, pool: str) -> None:
+        await self._db.write(
+            lambda conn: conn.execute("DELETE FROM paused WHERE pool = ?", (pool,))
+        )
+        self._wake()
+
+    async def outbox(self, limit: int) -> list[OutboxEntry]:
+        def q(conn: sqlite3.Connection) -> list[OutboxEntry]:
+            rows = conn.execute(
+                "SELECT o.job_id, o.seq, o.state, o.detail, j.spec FROM outbox o "
+                "JOIN jobs j USING (job_id) ORDER BY o.seq LIMIT ?",
+                (limit,),
+            )
+            return [
+                OutboxEntry(
+                    job_id=job_id,
+                    seq=seq,
+                    state=JobState(state),
+                    spec=load_spec(spec),
+                    detail=json.loads(detail),
+                )
+                for job_id, seq, state, detail, spec in rows
+            ]
+
+        return await self._db.read(q)
+
+    async def ack_outbox(self, job_id: int, seq: int) -> None:
+        await self._db.write(
+            lambda conn: conn.execute(
+                "DELETE FROM outbox WHERE job_id = ? AND seq = ?", (job_id, seq)
+            )
+        )
+
+    async def prune(self, *, older_than: float, batch: int = 500) -> int:
+        """Delete in transactions of at most ``batch`` rows so writers never wait long."""
+
+        def jobs_tx(conn: sqlite3.Connection) -> int:
+            ids = [
+                (r[0],)
+                for r in conn.execute(
+                    f"SELECT job_id FROM jobs WHERE state IN {_FINAL_SQL} AND updated_at < ? "
+                    "LIMIT ?",
+                    (older_than, batch),
+                )
+            ]
+            conn.executemany("DELETE FROM outbox WHERE job_id = ?", ids)
+            conn.executemany("DELETE FROM jobs WHERE job_id = ?", ids)
+            return len(ids)
+
+        def deliveries_tx(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM deliveries WHERE delivery_id IN (SELECT delivery_id FROM "
+                "deliveries WHERE seen_at < ? LIMIT ?)",
+                (older_than, batch),
+            ).rowcount
+
+        total = 0
+        for tx in (jobs_tx, deliveries_tx):
+            while True:
+                deleted = await self._db.write(tx)
+                total += deleted
+                if deleted < batch:
+                    break
+        return total
+
+    async def aclose(self) -> None:
+        await self._db.aclose()
+
+
+@asynccontextmanager
+async def open_sqlite_queue(
+    path: Path | str,
+    *,
+    synchronous: str = "full",
+    retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing the default is safe
+    clock: Clock = time.time,
+) -> AsyncIterator[SQLiteQueue]:
+    """Open (creating or migrating) the queue database at ``path``; close it on exit."""
+    async with open_database(Path(path), migrations=MIGRATIONS, synchronous=synchronous) as db:
+        yield SQLiteQueue(db, retry=retry, clock=clock)

@@ -25,6 +25,7 @@ chaos: setup
 
 bench: setup
 	.venv/bin/python bench/queue.py
+	.venv/bin/python bench/intake.py
 
 deb:
 	bash packaging/build-deb.sh

@@ -4,6 +4,10 @@ Label matching follows GitHub (reference §2.1): a job runs on a runner that has
 labels, compared case-insensitively. When several pools match, the closest fit wins: the pool
 with the fewest labels beyond the job's, so a plain ``[self-hosted, linux]`` job lands in the
 general pool rather than in the ``gpu`` pool that also covers it; ties go by order in the file.
+(Issue 4 words it "the most specific pool wins". Read as "the pool with most labels", a plain
+job would take a gpu runner whenever one exists, so this reads it as the most specific *fit*:
+specificity is measured against the job, and a pool naming labels the job did not ask for is
+less specific a match for it.)
 Priority: the first matching ``[[priority]]`` rule, else the pool's default; higher is served
 first.
 """
@@ -64,9 +68,12 @@ def _get(obj: Mapping[str, Any], path: str) -> Any:
 
 
 def _int(obj: Mapping[str, Any], path: str) -> int:
+    """GitHub's ids and attempt numbers: positive int64 (job ids exceed 2**31, reference §2.2)."""
     value = _get(obj, path)
     if isinstance(value, bool) or not isinstance(value, int):
         raise PayloadError(path, "must be an integer")
+    if not 0 < value < 2**63:
+        raise PayloadError(path, "must be a positive 64-bit integer")
     return value
 
 
@@ -117,6 +124,20 @@ def parse_workflow_job(payload: Any) -> WorkflowJobEvent:
         runner_name=_optional_str(job, "runner_name"),
         conclusion=_optional_str(job, "conclusion"),
     )
+
+
+def parse_rest_job(
+    job: Mapping[str, Any], *, repository: str, installation_id: int | None
+) -> WorkflowJobEvent:
+    """A queued job found through ``GET .../runs/{id}/jobs`` (reference §4: the same fields as
+    the webhook's ``workflow_job``), as if its ``queued`` delivery had arrived."""
+    payload = {
+        "action": Action.QUEUED.value,
+        "workflow_job": job,
+        "repository": {"full_name": repository},
+        "installation": {"id": installation_id},
+    }
+    return parse_workflow_job(payload)
 
 
 def match_pool(labels: tuple[str, ...], pools: tuple[PoolConfig, ...]) -> PoolConfig | None:

@@ -1,21 +1,29 @@
 """Webhook intake: the HTTP front door GitHub posts ``workflow_job`` deliveries to.
 
 A delivery is answered 2xx only once what it says is committed to the queue (GitHub never
-retries a failed delivery, reference §1.3), and always within ``server.response_deadline``:
-if the queue cannot commit in time the answer is 503 and the reconciler recovers the job later.
+retries a failed delivery, reference §1.3), and always within ``server.response_deadline``.
+The queue work runs as a task of the app's own nursery (opened by the ASGI lifespan) and the
+request waits for it with that deadline: a commit stuck behind a locked database cannot hold
+the answer (a write already inside a transaction is not abandoned, ``agent.db``). Past the
+deadline the answer is 503 while the write carries on; if it then commits, GitHub's redelivery
+or the reconciler's sweep of the same job is a no-op (delivery-id and job-id dedupe), so a job
+is neither lost nor counted twice.
 
 Every answer says why in a short plain-text body: 401 (signature), 400 (the bad field),
-413 (too large), 415 (content type), 503 (queue unavailable), 200/201/202 otherwise.
+408 (body too slow), 413 (too large), 415 (content type), 503 (queue unavailable or not in
+time), 2xx otherwise, including the reason an event was ignored. The order of checks never
+lets an unsigned request reach the queue: size, signature, content type, payload.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -23,7 +31,13 @@ import trio
 
 from agent.container.pool_manager import JobEvent
 from agent.github.auth import Secret
-from agent.orchestrator.job_parser import Action, PayloadError, job_spec, parse_workflow_job
+from agent.orchestrator.job_parser import (
+    Action,
+    PayloadError,
+    WorkflowJobEvent,
+    job_spec,
+    parse_workflow_job,
+)
 from agent.queue.base import EnqueueOutcome, JobQueue, QueueError
 from agent.reload import LiveConfig
 
@@ -34,11 +48,30 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+"""Returns None when the dependency is usable, else what is wrong (shown by /readyz)."""
+
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+
 
 @dataclass(frozen=True)
 class Answer:
     status: int
     text: str
+
+
+NOT_IN_TIME = Answer(
+    503, "queue did not commit in time; GitHub will not retry, the reconciler will find the job"
+)
+
+
+@dataclass
+class IntakeStats:
+    """Counters for metrics: answers by status, ignored deliveries by reason."""
+
+    answers: collections.Counter[int] = field(default_factory=collections.Counter)
+    ignored: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 class _TooLarge(Exception):
@@ -49,8 +82,12 @@ class _Disconnected(Exception):
     pass
 
 
+class _UnsupportedType(Exception):
+    pass
+
+
 def signature_valid(body: bytes, header: str | None, secrets: Iterable[Secret]) -> bool:
-    """Constant-time check of X-Hub-Signature-256 against each configured secret."""
+    """Constant-time check of X-Hub-Signature-256 against every configured secret (rotation)."""
     if not header or not header.startswith("sha256="):
         return False
     given = header.encode("ascii", "replace")
@@ -93,24 +130,44 @@ async def _respond(send: Send, answer: Answer) -> None:
 
 
 def _decode(body: bytes, content_type: str) -> Any:
-    """JSON or form-encoded (``payload=``) bodies, as GitHub may send either."""
+    """JSON or form-encoded (``payload=``) bodies, as GitHub may send either (§1.1)."""
     media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/json":
-        return json.loads(body)
-    if media == "application/x-www-form-urlencoded":
-        fields = parse_qs(body.decode("utf-8"), strict_parsing=False)
-        if "payload" not in fields:
-            raise PayloadError("payload", "(form field) is missing")
-        return json.loads(fields["payload"][0])
+    try:
+        if media == JSON:
+            return json.loads(body)
+        if media == FORM:
+            fields = parse_qs(body.decode("utf-8"))
+            if "payload" not in fields:
+                raise PayloadError("payload", "(form field) is missing")
+            return json.loads(fields["payload"][0])
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     raise _UnsupportedType(media or "(none)")
 
 
-class _UnsupportedType(Exception):
+@dataclass
+class _Pending:
+    """The outcome of work handed to the app's nursery, for the request waiting on it."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    answer: Answer | None = None
+    error: Exception | None = None
+
+
+Work = Callable[[], Awaitable[tuple[Answer, JobEvent | None]]]
+
+
+def _nothing(repository: str, installation_id: int | None) -> None:
     pass
 
 
 class WebhookApp:
-    """The ASGI application serving /webhook, /healthz and /readyz."""
+    """The ASGI application serving the webhook path, /healthz and /readyz.
+
+    ``readiness`` maps a name to a check run by /readyz (database writable, Docker answering,
+    credentials loaded: the daemon supplies them). ``on_repository`` learns every repository
+    that sent a job gantryd serves, for the reconciler's sweep.
+    """
 
     def __init__(
         self,
@@ -120,12 +177,18 @@ class WebhookApp:
         secrets: Callable[[], tuple[Secret, ...]],
         job_events: trio.MemorySendChannel[JobEvent],
         on_enqueue: Callable[[], None],
+        readiness: Mapping[str, ReadinessCheck] | None = None,
+        on_repository: Callable[[str, int | None], None] = _nothing,
     ) -> None:
         self._live = live
         self._queue = queue
         self._secrets = secrets
         self._job_events = job_events
         self._on_enqueue = on_enqueue
+        self._readiness = dict(readiness or {})
+        self._on_repository = on_repository
+        self._nursery: trio.Nursery | None = None
+        self.stats = IntakeStats()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -133,48 +196,82 @@ class WebhookApp:
             return
         if scope["type"] != "http":
             return
-        path, method = scope["path"], scope["method"]
-        server = self._live.current.server
-        if path in ("/healthz", "/readyz") and method == "GET":
-            await _respond(send, Answer(200, "ok"))
-        elif path != server.webhook_path:
-            await _respond(
-                send, Answer(404, f"not found; GitHub should post to {server.webhook_path}")
-            )
-        elif method != "POST":
-            await _respond(send, Answer(405, "method not allowed; use POST"))
-        else:
-            headers = {
-                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
-            }
-            answer = Answer(
-                503,
-                "queue did not commit in time; GitHub will not retry, "
-                "the reconciler will find the job",
-            )
-            with trio.move_on_after(server.response_deadline):
-                answer = await self._delivery(headers, receive, server.max_body)
-            await _respond(send, answer)
+        started = trio.current_time()
+        try:
+            answer = await self._route(scope, receive, started)
+        except Exception:
+            log.exception("intake: %s %s failed", scope.get("method"), scope.get("path"))
+            answer = Answer(500, "internal error")
+        self.stats.answers[answer.status] += 1
+        await _respond(send, answer)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        """Own the nursery of queue work for as long as the server runs; hypercorn shuts the
+        listeners first, so work still running at shutdown is waited for, not dropped."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    self._nursery = nursery
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    self._nursery = None
+                    break
+        await send({"type": "lifespan.shutdown.complete"})
 
-    async def _delivery(self, headers: dict[str, str], receive: Receive, limit: int) -> Answer:
+    async def _route(self, scope: Scope, receive: Receive, started: float) -> Answer:
+        path, method = scope["path"], scope["method"]
+        server = self._live.current.server
+        if path == "/healthz" and method == "GET":
+            return Answer(200, "ok")
+        if path == "/readyz" and method == "GET":
+            return await self._ready(server.response_deadline)
+        if path != server.webhook_path:
+            return Answer(404, f"not found; GitHub should post to {server.webhook_path}")
+        if method != "POST":
+            return Answer(405, "method not allowed; use POST")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        limit = server.max_body
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return Answer(413, f"body larger than server.max_body ({limit} bytes)")
-        try:
-            body = await _read_body(receive, limit)
-        except _TooLarge:
-            return Answer(413, f"body larger than server.max_body ({limit} bytes)")
-        except _Disconnected:
-            return Answer(400, "client disconnected before sending the whole body")
+        body: bytes | None = None
+        with trio.move_on_after(server.read_timeout):
+            try:
+                body = await _read_body(receive, limit)
+            except _TooLarge:
+                return Answer(413, f"body larger than server.max_body ({limit} bytes)")
+            except _Disconnected:
+                return Answer(400, "client disconnected before sending the whole body")
+        if body is None:
+            return Answer(
+                408, f"body not received within server.read_timeout ({server.read_timeout:g}s)"
+            )
+        return await self._delivery(headers, body, started + server.response_deadline)
+
+    async def _ready(self, deadline: float) -> Answer:
+        problems: dict[str, str] = {}
+
+        async def probe(name: str, check: ReadinessCheck) -> None:
+            try:
+                problem = await check()
+            except Exception as exc:  # a probe failing in any way means "not ready"
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem is not None:
+                problems[name] = problem
+
+        with trio.move_on_after(deadline) as scope:
+            async with trio.open_nursery() as nursery:
+                for name, check in self._readiness.items():
+                    nursery.start_soon(probe, name, check)
+        if scope.cancelled_caught:
+            for name in self._readiness:
+                problems.setdefault(name, f"no answer within {deadline:g}s")
+        if problems:
+            return Answer(503, "not ready: " + "; ".join(f"{k}: {v}" for k, v in problems.items()))
+        return Answer(200, "ready: " + ", ".join(self._readiness) if self._readiness else "ready")
+
+    async def _delivery(self, headers: dict[str, str], body: bytes, deadline: float) -> Answer:
         if not signature_valid(body, headers.get("x-hub-signature-256"), self._secrets()):
             log.warning("webhook rejected: missing or wrong X-Hub-Signature-256")
             return Answer(401, "missing or invalid X-Hub-Signature-256")
@@ -183,63 +280,129 @@ class WebhookApp:
         try:
             payload = _decode(body, headers.get("content-type", ""))
         except _UnsupportedType as exc:
-            return Answer(415, f"unsupported content type {exc}; use application/json")
-        except (ValueError, PayloadError) as exc:
-            return Answer(400, f"malformed body: {exc}")
-        try:
-            return await self._dispatch(event, delivery, payload)
+            return Answer(415, f"unsupported content type {exc}; use {JSON} or {FORM}")
         except PayloadError as exc:
             return Answer(400, str(exc))
-        except QueueError as exc:
-            log.error("queue could not commit delivery=%s: %s", delivery, exc)
-            return Answer(503, "queue unavailable; the reconciler will recover the job")
-
-    async def _dispatch(self, event: str, delivery: str | None, payload: Any) -> Answer:
+        except ValueError as exc:
+            return Answer(400, f"malformed body: {exc}")
         if event == "ping":
-            if delivery:
-                await self._queue.record_delivery(delivery)
-            return Answer(200, "pong")
+            return await self._committed(deadline, self._ping(delivery))
         if event != "workflow_job":
+            self.stats.ignored["event"] += 1
             return Answer(202, f"ignored: event {event or '(none)'} is not workflow_job")
-        job = parse_workflow_job(payload)
-        config = self._live.current
-        spec = job_spec(job, config)
-        if spec is None:
+        try:
+            job = parse_workflow_job(payload)
+        except PayloadError as exc:
+            return Answer(400, str(exc))
+        return await self._committed(deadline, self._workflow_job(job, delivery))
+
+    async def _committed(self, deadline: float, work: Work) -> Answer:
+        """Run ``work`` in the app's nursery; its answer if it comes by ``deadline``, else 503.
+
+        The job event (for the pool manager) is sent after the answer is known, so a slow
+        consumer never delays GitHub's 2xx.
+        """
+        pending = _Pending()
+
+        async def run() -> None:
+            try:
+                answer, event = await work()
+            except QueueError as exc:
+                log.error("queue could not commit: %s", exc)
+                pending.answer = Answer(503, "queue unavailable; the reconciler will recover it")
+                pending.done.set()
+                return
+            except Exception as exc:
+                pending.error = exc
+                pending.done.set()
+                return
+            pending.answer = answer
+            pending.done.set()
+            if event is not None:
+                await self._job_events.send(event)
+
+        if self._nursery is None:  # served without the lifespan protocol: work inline
+            await run()
+        else:
+            self._nursery.start_soon(run)
+            with trio.move_on_at(deadline):
+                await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.answer or NOT_IN_TIME
+
+    def _ping(self, delivery: str | None) -> Work:
+        async def work() -> tuple[Answer, JobEvent | None]:
             if delivery:
                 await self._queue.record_delivery(delivery)
-            return Answer(200, f"ignored: no pool has labels {list(job.labels)}")
-        where = f"job={job.job_id} repository={job.repository} pool={spec.pool}"
-        if job.action is Action.QUEUED:
-            outcome = await self._queue.enqueue(spec, delivery_id=delivery)
-            log.info("webhook queued %s priority=%s outcome=%s", where, spec.priority, outcome)
-            if outcome is EnqueueOutcome.CREATED:
-                self._on_enqueue()
-                return Answer(201, f"queued job {job.job_id} for pool {spec.pool}")
-            return Answer(200, f"job {job.job_id}: {outcome.value}, nothing to do")
-        if job.action is Action.WAITING:
-            if delivery:
-                await self._queue.record_delivery(delivery)
-            return Answer(200, f"job {job.job_id} waits for approval; not provisioned")
-        if job.action is Action.IN_PROGRESS:
-            changed = await self._queue.mark_running(
-                job.job_id, job.runner_name or "", delivery_id=delivery
+            return Answer(200, "pong"), None
+
+        return work
+
+    def _workflow_job(self, job: WorkflowJobEvent, delivery: str | None) -> Work:
+        async def work() -> tuple[Answer, JobEvent | None]:
+            spec = job_spec(job, self._live.current)
+            if spec is not None:
+                self._on_repository(job.repository, job.installation_id)
+            if job.action is Action.QUEUED:
+                if spec is None:
+                    self.stats.ignored["no_pool"] += 1
+                    return Answer(200, f"ignored: no pool has labels {list(job.labels)}"), None
+                outcome = await self._queue.enqueue(spec, delivery_id=delivery)
+                log.info(
+                    "webhook queued job=%s repository=%s pool=%s priority=%s outcome=%s",
+                    job.job_id,
+                    job.repository,
+                    spec.pool,
+                    spec.priority,
+                    outcome.value,
+                )
+                if outcome is EnqueueOutcome.CREATED:
+                    self._on_enqueue()
+                    return Answer(201, f"queued job {job.job_id} for pool {spec.pool}"), None
+                self.stats.ignored[outcome.value] += 1
+                return Answer(200, f"job {job.job_id}: {outcome.value}, nothing to do"), None
+            if job.action is Action.WAITING:
+                self.stats.ignored["waiting"] += 1
+                return Answer(200, f"job {job.job_id} waits for approval; not provisioned"), None
+            if spec is None and await self._queue.get(job.job_id) is None:
+                self.stats.ignored["no_pool"] += 1
+                return Answer(200, f"ignored: no pool has labels {list(job.labels)}"), None
+            if job.action is Action.IN_PROGRESS:
+                return await self._in_progress(job, delivery)
+            return await self._completed(job, delivery)
+
+        return work
+
+    async def _in_progress(
+        self, job: WorkflowJobEvent, delivery: str | None
+    ) -> tuple[Answer, JobEvent | None]:
+        event = JobEvent(job_id=job.job_id, action="in_progress", runner_name=job.runner_name)
+        if await self._queue.get(job.job_id) is None:
+            # Started before its queued delivery arrived (or that one was lost): a runner has
+            # it, so it must never be provisioned; a DONE tombstone makes a late queued a no-op.
+            await self._queue.finish(
+                job.job_id, "started before gantryd saw it queued", delivery_id=delivery
             )
-            log.info("webhook in_progress %s runner=%s", where, job.runner_name)
-            await self._job_events.send(
-                JobEvent(job_id=job.job_id, action="in_progress", runner_name=job.runner_name)
-            )
-            return Answer(200, f"job {job.job_id} running" if changed else "nothing to do")
+            return Answer(200, f"job {job.job_id} already running; not provisioned"), event
+        changed = await self._queue.mark_running(
+            job.job_id, job.runner_name or "", delivery_id=delivery
+        )
+        log.info("webhook in_progress job=%s runner=%s", job.job_id, job.runner_name)
+        return Answer(200, f"job {job.job_id} running" if changed else "nothing to do"), event
+
+    async def _completed(
+        self, job: WorkflowJobEvent, delivery: str | None
+    ) -> tuple[Answer, JobEvent | None]:
         changed = await self._queue.finish(
             job.job_id, job.conclusion or "unknown", delivery_id=delivery
         )
-        log.info("webhook completed %s conclusion=%s", where, job.conclusion)
-        await self._job_events.send(
-            JobEvent(
-                job_id=job.job_id,
-                action="completed",
-                runner_name=job.runner_name,
-                conclusion=job.conclusion,
-            )
-        )
+        log.info("webhook completed job=%s conclusion=%s", job.job_id, job.conclusion)
         self._on_enqueue()
-        return Answer(200, f"job {job.job_id} done" if changed else "nothing to do")
+        event = JobEvent(
+            job_id=job.job_id,
+            action="completed",
+            runner_name=job.runner_name,
+            conclusion=job.conclusion,
+        )
+        return Answer(200, f"job {job.job_id} done" if changed else "nothing to do"), event

@@ -1,7 +1,8 @@
 """GitHub authentication: App JWTs, installation tokens, or a plain token.
 
 A GitHub App signs a short JWT (RS256, ``iat`` 60 s in the past to absorb clock drift, ``exp``
-at most 10 min later; reference §5) and trades it for an installation token that lasts an hour.
+"no more than 10 minutes into the future"; reference §5.1) and trades it for an installation
+token that lasts an hour. ``iss`` is the App id or the client id (both accepted, §5.1).
 Tokens are cached per installation and refreshed a few minutes before they expire, so a request
 never leaves with a token that dies in flight.
 
@@ -23,7 +24,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 JWT_BACKDATE = 60.0  # seconds; GitHub's recommendation against clock drift
-JWT_LIFETIME = 540.0  # seconds after iat; GitHub refuses exp - iat > 600
+# GitHub's rule is on exp - *GitHub's* now ("must be no more than 10 minutes into the future",
+# docs.github.com "Generating a JSON Web Token (JWT) for a GitHub App"; the docs' own example
+# has iat = now - 60 and exp = now + 600), not on exp - iat. exp = now + 540 leaves 60 s for a
+# clock running ahead of GitHub's, as the back-dated iat does for one running behind.
+JWT_LIFETIME = 540.0  # seconds after our now
 TOKEN_REFRESH_MARGIN = 300.0  # refresh an installation token this long before it expires
 
 
@@ -78,10 +83,9 @@ def load_private_key(path: Path) -> rsa.RSAPrivateKey:
 
 
 def make_app_jwt(app_id: str, key: rsa.RSAPrivateKey, *, now: float) -> str:
-    """An RS256 JWT identifying the App for at most JWT_LIFETIME seconds."""
-    iat = int(now - JWT_BACKDATE)
+    """An RS256 JWT identifying the App (``app_id``: App id or client id) for JWT_LIFETIME s."""
     header = {"alg": "RS256", "typ": "JWT"}
-    payload = {"iat": iat, "exp": int(iat + JWT_LIFETIME), "iss": app_id}
+    payload = {"iat": int(now - JWT_BACKDATE), "exp": int(now + JWT_LIFETIME), "iss": app_id}
     signing_input = (
         _b64url(json.dumps(header, separators=(",", ":")).encode())
         + "."

@@ -1,16 +1,20 @@
 """GitHub REST client on httpx (trio through anyio), the only place that speaks HTTP to GitHub.
 
 Every call carries a timeout, retries connection errors and 5xx with exponential backoff and
-jitter, waits out rate limits (``retry-after``, else ``x-ratelimit-reset`` when the remaining
-quota is 0; reference §7), and runs under a concurrency cap. GitHub's refusals become
-``GitHubError`` naming the endpoint, the status and GitHub's own message.
+jitter, never sends what the rate limit would refuse and waits out refusals (`RateLimitGate`,
+reference §7), and runs under a concurrency cap. GitHub's refusals become ``GitHubError`` naming
+the endpoint, the status and GitHub's own message; a missing App or token permission becomes
+``PermissionMissing`` naming the permission to grant.
+
+Paths are relative to ``api_url``, so a GitHub Enterprise Server base such as
+``https://HOST/api/v3`` keeps its prefix (reference §9; httpx joins ``base_url`` and
+``"/repos/…"`` by appending, tests/github/test_client.py proves it against the emulator).
 """
 
 from __future__ import annotations
 
 import enum
 import random
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -20,13 +24,17 @@ import httpx
 import trio
 
 from agent.github.auth import AppAuth, Secret, TokenAuth, parse_github_time
+from agent.github.ratelimit import Quota, RateLimitGate
 
 API_VERSION = "2022-11-28"
 USER_AGENT = "gantryd"
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 6  # per logical request, for 5xx and connection errors
+MAX_RATE_LIMITED = 10  # rate-limit refusals waited out per logical request
 BACKOFF_BASE = 0.5  # seconds, doubled per attempt
 BACKOFF_MAX = 30.0
 RATE_LIMIT_WAIT_MAX = 900.0  # seconds; longer waits surface as errors instead
+PER_PAGE = 100  # GitHub's maximum page size (§3.4)
+REPOSITORY_RUNNER_GROUP = 1  # repository runners always join the Default group (§3.2)
 
 
 class GitHubError(Exception):
@@ -39,6 +47,30 @@ class GitHubError(Exception):
         self.path = path
         self.status = status
         self.message = message
+
+
+class PermissionMissing(GitHubError):
+    """403 "Resource not accessible by …": the credentials lack a permission GitHub names.
+
+    GitHub lists what would have been accepted in ``X-Accepted-GitHub-Permissions`` (e.g.
+    ``checks=write``); the message tells the operator what to grant (reference §5.3).
+    """
+
+    def __init__(self, method: str, path: str, message: str, accepted: str, *, app: bool) -> None:
+        self.permission = accepted
+        shown = " or ".join(
+            ", ".join(p.strip().replace("=", ": ") for p in alternative.split(","))
+            for alternative in accepted.split(";")
+            if alternative.strip()
+        )
+        if app:
+            fix = (
+                f'grant the GitHub App the "{shown}" permission (App settings → Permissions), '
+                "then accept the new permission in each installation"
+            )
+        else:
+            fix = f'give the token the "{shown}" permission (or the matching classic scope)'
+        super().__init__(method, path, 403, f"{message}: {fix}")
 
 
 class DeleteOutcome(enum.StrEnum):
@@ -75,24 +107,19 @@ class JitConfig:
     encoded: Secret  # the runner's credentials: never logged, never in docker inspect
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunnerInfo:
+    """A registered runner as ``GET …/actions/runners`` lists it (§3.4)."""
+
+    id: int
+    name: str
+    status: str  # "online" | "offline"
+    busy: bool
+
+
 def _backoff(attempt: int) -> float:
     delay: float = min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** (attempt - 1))
     return delay * random.uniform(0.5, 1.5)
-
-
-def _rate_limit_wait(response: httpx.Response, now: float) -> float | None:
-    """Seconds to wait if the response is a rate-limit refusal, else None."""
-    if response.status_code not in (403, 429):
-        return None
-    retry_after = response.headers.get("retry-after")
-    if retry_after is not None and retry_after.isdigit():
-        return float(retry_after)
-    if response.headers.get("x-ratelimit-remaining") == "0":
-        reset = response.headers.get("x-ratelimit-reset", "")
-        return max(1.0, float(reset) - now) if reset.isdigit() else 60.0
-    if response.status_code == 429:
-        return 60.0
-    return None
 
 
 def _message(response: httpx.Response) -> str:
@@ -110,7 +137,9 @@ def _message(response: httpx.Response) -> str:
 class GitHubClient:
     """Authenticated GitHub REST calls for one set of credentials.
 
-    Use as an async context manager; it owns an httpx.AsyncClient.
+    Use as an async context manager; it owns an httpx.AsyncClient. Each credential (the App's
+    JWT, each installation, the token) has its own rate-limit budget at GitHub, so each gets its
+    own `RateLimitGate`; ``quotas`` exposes them for metrics.
     """
 
     def __init__(
@@ -128,6 +157,7 @@ class GitHubClient:
             base_url=api_url.rstrip("/"),
             timeout=timeout,
             transport=transport,
+            trust_env=False,
             headers={
                 "Accept": "application/vnd.github+json",
                 "X-GitHub-Api-Version": API_VERSION,
@@ -135,7 +165,8 @@ class GitHubClient:
             },
         )
         self._installations: dict[str, int] = {}
-        self.rate_limit_remaining: int | None = None
+        self._groups: dict[tuple[str, str], int] = {}
+        self._gates: dict[str, RateLimitGate] = {}
 
     async def __aenter__(self) -> Self:
         return self
@@ -152,7 +183,21 @@ class GitHubClient:
     def is_app(self) -> bool:
         return isinstance(self._auth, AppAuth)
 
+    @property
+    def quotas(self) -> dict[str, Quota]:
+        """Primary budget per credential ("app", "installation <id>", "token")."""
+        return {key: gate.quota for key, gate in self._gates.items()}
+
+    @property
+    def rate_limit_remaining(self) -> int | None:
+        """The lowest remaining budget of any credential, for the metrics gauge."""
+        known = [q.remaining for q in self.quotas.values() if q.remaining is not None]
+        return max(0, min(known)) if known else None
+
     # -- plumbing -------------------------------------------------------------------------
+
+    def _gate(self, key: str) -> RateLimitGate:
+        return self._gates.setdefault(key, RateLimitGate())
 
     async def _send(
         self,
@@ -160,13 +205,16 @@ class GitHubClient:
         path: str,
         *,
         authorization: str,
+        gate: str,
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> httpx.Response:
         """One logical request: retried on 5xx and connection errors, paced by rate limits."""
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        limits = self._gate(gate)
+        failures = limited = 0
+        while True:
             try:
-                async with self._limiter:
+                async with self._limiter, limits.slot():
                     response = await self._http.request(
                         method,
                         path,
@@ -174,23 +222,30 @@ class GitHubClient:
                         params=params,
                         headers={"Authorization": authorization},
                     )
+                    limits.observe(response.headers)
             except httpx.TransportError as exc:
-                if attempt == MAX_ATTEMPTS:
+                failures += 1
+                if failures >= MAX_ATTEMPTS:
                     raise GitHubError(method, path, None, str(exc) or type(exc).__name__) from exc
-                await trio.sleep(_backoff(attempt))
+                await trio.sleep(_backoff(failures))
                 continue
-            remaining = response.headers.get("x-ratelimit-remaining")
-            if remaining is not None and remaining.isdigit():
-                self.rate_limit_remaining = int(remaining)
-            wait = _rate_limit_wait(response, time.time())
-            if wait is not None and wait <= RATE_LIMIT_WAIT_MAX and attempt < MAX_ATTEMPTS:
-                await trio.sleep(wait)
-                continue
-            if response.status_code >= 500 and attempt < MAX_ATTEMPTS:
-                await trio.sleep(_backoff(attempt))
-                continue
+            wait = limits.refused(response.status_code, response.headers)
+            if wait is not None:
+                limited += 1
+                if wait > RATE_LIMIT_WAIT_MAX or limited > MAX_RATE_LIMITED:
+                    raise GitHubError(
+                        method,
+                        path,
+                        response.status_code,
+                        f"rate limited ({_message(response)}); GitHub asks to wait {wait:.0f}s",
+                    )
+                continue  # the gate now holds every request of this credential for `wait`
+            if response.status_code >= 500:
+                failures += 1
+                if failures < MAX_ATTEMPTS:
+                    await trio.sleep(_backoff(failures))
+                    continue
             return response
-        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _request(
         self,
@@ -201,12 +256,17 @@ class GitHubClient:
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> httpx.Response:
-        """A request authenticated as the installation (App) or with the token."""
+        """A request authenticated as the installation (App) or with the token.
+
+        An installation token GitHub refuses (401: expired early, revoked) is dropped and the
+        request made once more with a fresh one.
+        """
         if isinstance(self._auth, TokenAuth):
             return await self._send(
                 method,
                 path,
                 authorization=f"Bearer {self._auth.token.reveal()}",
+                gate="token",
                 json=json,
                 params=params,
             )
@@ -217,42 +277,142 @@ class GitHubClient:
                 installation_id, self._fetch_installation_token, force=refreshed
             )
             response = await self._send(
-                method, path, authorization=f"Bearer {token}", json=json, params=params
+                method,
+                path,
+                authorization=f"Bearer {token}",
+                gate=f"installation {installation_id}",
+                json=json,
+                params=params,
             )
             if response.status_code != 401 or refreshed:
                 return response
             self._auth.forget(installation_id)
         raise AssertionError("unreachable")
 
+    async def _app_request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> httpx.Response:
+        if not isinstance(self._auth, AppAuth):
+            raise GitHubError(method, path, None, "needs a GitHub App (app_id, private_key_file)")
+        return await self._send(
+            method,
+            path,
+            authorization=f"Bearer {self._auth.app_jwt()}",
+            gate="app",
+            json=json,
+            params=params,
+        )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        installation_id: int | None = None,
+        json: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        as_app: bool = False,
+    ) -> httpx.Response:
+        """Any REST call with this client's retries, rate limiting and auth; the raw answer.
+
+        ``as_app``: authenticate as the App itself (JWT: ``/app/...`` routes); otherwise as the
+        installation (App auth; ``installation_id`` required) or with the token.
+        """
+        if as_app:
+            return await self._app_request(method, path, json=json, params=params)
+        return await self._request(
+            method, path, installation_id=installation_id, json=json, params=params
+        )
+
     async def _fetch_installation_token(self, installation_id: int, jwt: str) -> tuple[str, float]:
         path = f"/app/installations/{installation_id}/access_tokens"
-        response = await self._send("POST", path, authorization=f"Bearer {jwt}")
-        if response.status_code != 201:
-            raise GitHubError("POST", path, response.status_code, _message(response))
+        response = await self._send("POST", path, authorization=f"Bearer {jwt}", gate="app")
+        self._check(response, path, 201)
         body = response.json()
         return str(body["token"]), parse_github_time(str(body["expires_at"]))
 
-    @staticmethod
-    def _check(response: httpx.Response, *expected: int) -> httpx.Response:
-        if response.status_code not in expected:
-            request = response.request
-            raise GitHubError(
-                request.method, request.url.path, response.status_code, _message(response)
-            )
-        return response
+    def _check(self, response: httpx.Response, path: str, *expected: int) -> httpx.Response:
+        """The response if its status is expected, else the error naming ``path``."""
+        if response.status_code in expected:
+            return response
+        method = response.request.method
+        accepted = response.headers.get("x-accepted-github-permissions")
+        if response.status_code == 403 and accepted:
+            raise PermissionMissing(method, path, _message(response), accepted, app=self.is_app)
+        raise GitHubError(method, path, response.status_code, _message(response))
 
-    # -- endpoints ------------------------------------------------------------------------
+    async def _installation_for(
+        self, target: RunnerTarget | str, installation_id: int | None
+    ) -> int:
+        """The installation to act as: the one given (from the payload), else looked up."""
+        if not self.is_app:
+            return 0  # unused with a token
+        if installation_id is not None:
+            return installation_id
+        if isinstance(target, str):
+            target = RunnerTarget(repository=target)
+        return await self.installation_id(target)
+
+    async def _pages(
+        self, path: str, key: str, *, installation_id: int | None, params: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Every item of a page-numbered list endpoint (``per_page`` ≤ 100, §3.4)."""
+        items: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            response = await self._request(
+                "GET",
+                path,
+                installation_id=installation_id,
+                params={**params, "per_page": PER_PAGE, "page": page},
+            )
+            batch = self._check(response, path, 200).json()[key]
+            items.extend(batch)
+            if len(batch) < PER_PAGE:
+                return items
+            page += 1
+
+    # -- App and runners (§3, §5) ---------------------------------------------------------
 
     async def installation_id(self, target: RunnerTarget) -> int:
-        """The App installation covering a repository or organization (cached)."""
-        assert isinstance(self._auth, AppAuth)
+        """The App installation covering a repository or organization (cached; §5.2)."""
         key = target.path
         if key not in self._installations:
-            response = await self._send(
-                "GET", f"{target.path}/installation", authorization=f"Bearer {self._auth.app_jwt()}"
-            )
-            self._installations[key] = int(self._check(response, 200).json()["id"])
+            path = f"{target.path}/installation"
+            response = await self._app_request("GET", path)
+            self._installations[key] = int(self._check(response, path, 200).json()["id"])
         return self._installations[key]
+
+    async def runner_group_id(
+        self, target: RunnerTarget, group: str, *, installation_id: int | None
+    ) -> int:
+        """The id of a runner group by name: 1 at repository scope, looked up for an org (§3.2)."""
+        if target.repository is not None:
+            return REPOSITORY_RUNNER_GROUP
+        key = (target.owner.lower(), group.lower())
+        if key not in self._groups:
+            path = f"{target.path}/actions/runner-groups"
+            installation = await self._installation_for(target, installation_id)
+            groups = await self._pages(
+                path, "runner_groups", installation_id=installation, params={}
+            )
+            for found in groups:
+                self._groups[(key[0], str(found["name"]).lower())] = int(found["id"])
+            if key not in self._groups:
+                names = ", ".join(str(g["name"]) for g in groups) or "none"
+                raise GitHubError(
+                    "GET",
+                    path,
+                    200,
+                    f'organization {target.owner} has no runner group "{group}" '
+                    f"(it has: {names}); fix runner_group in the pool or create the group",
+                )
+        return self._groups[key]
 
     async def generate_jitconfig(
         self,
@@ -264,33 +424,123 @@ class GitHubClient:
         installation_id: int | None,
     ) -> JitConfig:
         """Register a just-in-time runner; GitHub answers with its encoded config once only."""
-        if self.is_app and installation_id is None:
-            installation_id = await self.installation_id(target)
+        path = f"{target.path}/actions/runners/generate-jitconfig"
         response = await self._request(
             "POST",
-            f"{target.path}/actions/runners/generate-jitconfig",
-            installation_id=installation_id,
+            path,
+            installation_id=await self._installation_for(target, installation_id),
             json={"name": name, "runner_group_id": runner_group_id, "labels": list(labels)},
         )
-        body = self._check(response, 201).json()
+        body = self._check(response, path, 201).json()
         return JitConfig(
             runner_id=int(body["runner"]["id"]),
             runner_name=str(body["runner"]["name"]),
             encoded=Secret(str(body["encoded_jit_config"])),
         )
 
+    async def list_runners(
+        self, target: RunnerTarget, *, installation_id: int | None
+    ) -> list[RunnerInfo]:
+        """Every runner registered at the target (all pages)."""
+        runners = await self._pages(
+            f"{target.path}/actions/runners",
+            "runners",
+            installation_id=await self._installation_for(target, installation_id),
+            params={},
+        )
+        return [
+            RunnerInfo(
+                id=int(r["id"]), name=str(r["name"]), status=str(r["status"]), busy=r["busy"]
+            )
+            for r in runners
+        ]
+
     async def delete_runner(
         self, target: RunnerTarget, runner_id: int, *, installation_id: int | None
     ) -> DeleteOutcome:
         """Deregister a runner; 404 counts as done, 422 means a job was just assigned."""
-        if self.is_app and installation_id is None:
-            installation_id = await self.installation_id(target)
+        path = f"{target.path}/actions/runners/{runner_id}"
         response = await self._request(
-            "DELETE", f"{target.path}/actions/runners/{runner_id}", installation_id=installation_id
+            "DELETE", path, installation_id=await self._installation_for(target, installation_id)
         )
         if response.status_code == 404:
             return DeleteOutcome.NOT_FOUND
         if response.status_code == 422:
             return DeleteOutcome.BUSY
-        self._check(response, 204)
+        self._check(response, path, 204)
         return DeleteOutcome.DELETED
+
+    # -- reporting (§6) and cancelling (§4) -----------------------------------------------
+
+    async def create_check_run(
+        self, repository: str, body: Mapping[str, Any], *, installation_id: int | None
+    ) -> int:
+        """``POST /repos/{o}/{r}/check-runs`` (App only, checks: write); the new run's id."""
+        path = f"/repos/{repository}/check-runs"
+        response = await self._request(
+            "POST",
+            path,
+            installation_id=await self._installation_for(repository, installation_id),
+            json=body,
+        )
+        return int(self._check(response, path, 201).json()["id"])
+
+    async def update_check_run(
+        self,
+        repository: str,
+        check_run_id: int,
+        body: Mapping[str, Any],
+        *,
+        installation_id: int | None,
+    ) -> None:
+        path = f"/repos/{repository}/check-runs/{check_run_id}"
+        response = await self._request(
+            "PATCH",
+            path,
+            installation_id=await self._installation_for(repository, installation_id),
+            json=body,
+        )
+        self._check(response, path, 200)
+
+    async def find_check_run(
+        self, repository: str, ref: str, *, name: str, external_id: str, installation_id: int | None
+    ) -> int | None:
+        """The id of our check run on ``ref`` with this name and external id, if one exists.
+
+        Used after a crash between creating a check run and recording its id, so a restart
+        adopts it instead of creating a second one.
+        """
+        path = f"/repos/{repository}/commits/{ref}/check-runs"
+        runs = await self._pages(
+            path,
+            "check_runs",
+            installation_id=await self._installation_for(repository, installation_id),
+            params={"check_name": name},
+        )
+        return next((int(r["id"]) for r in runs if r.get("external_id") == external_id), None)
+
+    async def create_commit_status(
+        self, repository: str, sha: str, body: Mapping[str, Any], *, installation_id: int | None
+    ) -> None:
+        """``POST /repos/{o}/{r}/statuses/{sha}`` (statuses: write; §6.2)."""
+        path = f"/repos/{repository}/statuses/{sha}"
+        response = await self._request(
+            "POST",
+            path,
+            installation_id=await self._installation_for(repository, installation_id),
+            json=body,
+        )
+        self._check(response, path, 201)
+
+    async def cancel_workflow_run(
+        self, repository: str, run_id: int, *, installation_id: int | None
+    ) -> bool:
+        """``POST …/actions/runs/{id}/cancel``: True if accepted (202), False if 409 (over)."""
+        path = f"/repos/{repository}/actions/runs/{run_id}/cancel"
+        response = await self._request(
+            "POST", path, installation_id=await self._installation_for(repository, installation_id)
+        )
+        if response.status_code == 409:
+            return False
+        self._check(response, path, 202)
+        return True

@@ -10,6 +10,8 @@ import trio
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from agent.emulator.errors import GitHubError
+from agent.emulator.jwt import verify_app_jwt
 from agent.github.auth import AppAuth, Secret, make_app_jwt
 
 
@@ -30,7 +32,8 @@ def test_jwt_is_rs256_backdated_and_short(key: rsa.RSAPrivateKey) -> None:
     claims = _decode(payload)
     assert claims["iss"] == "12345"
     assert claims["iat"] == 1_000_000 - 60
-    assert isinstance(claims["exp"], int) and 0 < claims["exp"] - 1_000_000 + 60 <= 600
+    # GitHub's rule: exp no more than 10 minutes after *its* now (reference §5.1).
+    assert isinstance(claims["exp"], int) and 0 < claims["exp"] - 1_000_000 <= 600
     sig = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
     key.public_key().verify(
         sig, f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256()
@@ -62,3 +65,21 @@ def test_secret_never_shows_its_value() -> None:
     secret = Secret("hunter2")
     assert "hunter2" not in repr(secret) and "hunter2" not in str(secret)
     assert "hunter2" not in f"{secret}"
+
+
+@pytest.mark.parametrize("skew", [-59.0, 0.0, 59.0])
+def test_jwt_accepted_by_github_with_its_clock_a_minute_off(
+    key: rsa.RSAPrivateKey, skew: float
+) -> None:
+    token = make_app_jwt("Iv1.b507a08c87ecfe98", key, now=1_000_000.0)
+    claims = verify_app_jwt(
+        token, public_key=key.public_key(), issuers={"Iv1.b507a08c87ecfe98"}, now=1_000_000 + skew
+    )
+    assert claims["iss"] == "Iv1.b507a08c87ecfe98"
+
+
+@pytest.mark.parametrize("skew", [-61.0, 541.0])
+def test_jwt_refused_beyond_that(key: rsa.RSAPrivateKey, skew: float) -> None:
+    token = make_app_jwt("1", key, now=1_000_000.0)
+    with pytest.raises(GitHubError):
+        verify_app_jwt(token, public_key=key.public_key(), issuers={"1"}, now=1_000_000 + skew)

@@ -1,0 +1,71 @@
+"""The whole stack against a misbehaving GitHub: 5xx answers and 429 bursts (DESIGN §7).
+
+Real Docker, the stand-in runner image, gantryd as `gantryd serve` runs it (agent/demo.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import docker
+import pytest
+import trio
+
+from agent.demo import INSTALLATION_ID, Stack, demo_stack
+from agent.emulator import Faults
+from agent.emulator.ratelimit import RateLimitPolicy
+from tests.conftest import managed_containers, remove_managed
+
+pytestmark = pytest.mark.docker
+
+CLIENT_CONCURRENCY = 8  # [github] max_concurrency's default, which the demo config keeps
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path, runner_image: str, docker_client: docker.DockerClient
+) -> AsyncIterator[Stack]:
+    async with demo_stack(tmp_path) as running:
+        try:
+            yield running
+        finally:
+            remove_managed(docker_client, running.instance)
+
+
+async def test_jobs_run_and_check_runs_finish_despite_5xx_and_429_bursts(
+    stack: Stack, docker_client: docker.DockerClient
+) -> None:
+    emulator = stack.emulator
+    emulator.faults = Faults(server_error_rate=0.2)
+    emulator.rate_limits.policy = RateLimitPolicy(burst_rate=0.1, burst_seconds=1)
+    emulator.rate_limits.open_burst(f"installation {INSTALLATION_ID}", 3)
+    jobs = [
+        emulator.create_job(repo, ["self-hosted", "linux"], f"echo {i}", name=f"job-{i}")
+        for i, repo in enumerate(["octo-org/app", "octo-org/lib"] * 3)
+    ]
+
+    def finished() -> bool:
+        for job in jobs:
+            runs = [r for r in emulator.checks.runs.values() if r.external_id == str(job.id)]
+            if len(runs) != 1 or runs[0].status != "completed":
+                return False
+        return True
+
+    with trio.fail_after(180):
+        for job in jobs:
+            await emulator.wait_job(job.id, "completed")
+        await emulator.checks.wait_until(finished)
+    assert [emulator.job(j.id).conclusion for j in jobs] == ["success"] * len(jobs)
+    runs = list(emulator.checks.runs.values())
+    assert len(runs) == len(jobs)  # one per job, however often a report was retried
+    assert {r.conclusion for r in runs} == {"success"}
+    assert all("Ran on host" in r.output["summary"] for r in runs)
+    limits = emulator.rate_limits
+    assert limits.over_primary == 0 and limits.over_concurrency == 0
+    # Inside a 429 burst only requests already in flight may arrive; gantryd met the first.
+    assert limits.burst_arrivals[0] >= 1 and max(limits.burst_arrivals) <= CLIENT_CONCURRENCY
+    assert stack.daemon.pools is not None
+    with trio.fail_after(30):
+        await stack.daemon.pools.wait_no_runners()
+    assert managed_containers(docker_client, stack.instance) == []

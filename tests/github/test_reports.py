@@ -1,0 +1,76 @@
+"""Report texts and GitHub's limits on them (agent/github/reports.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agent.config import PoolConfig
+from agent.github.reports import MAX_DESCRIPTION, MAX_OUTPUT, Context, build_report, wanted
+from agent.queue.base import JobSpec, JobState, OutboxEntry
+
+SPEC = JobSpec(
+    job_id=5,
+    run_id=6,
+    run_attempt=1,
+    repository="acme/app",
+    installation_id=None,
+    labels=("self-hosted",),
+    pool="default",
+    name="test",
+    head_sha="a" * 40,
+)
+CTX = Context(
+    instance="build-1",
+    pool=PoolConfig(name="default", labels=("self-hosted",)),
+    position=None,
+    enqueued_at=None,
+    started_at=None,
+    finished_at=None,
+    now=1_000_000.0,
+)
+
+
+def entry(state: JobState, **detail: Any) -> OutboxEntry:
+    return OutboxEntry(job_id=5, seq=1, state=state, spec=SPEC, detail=detail)
+
+
+@pytest.mark.parametrize(
+    ("state", "detail", "status_state"),
+    [
+        (JobState.QUEUED, {}, "pending"),
+        (JobState.RUNNING, {"runner_name": "r"}, "pending"),
+        (JobState.DONE, {"conclusion": "success"}, "success"),
+        (JobState.DONE, {"conclusion": "failure"}, "failure"),
+        (JobState.DONE, {"conclusion": "timed_out"}, "failure"),
+        (JobState.DEAD, {"reason": "image pull failed"}, "error"),
+        (JobState.CANCELLED, {"reason": "operator"}, "error"),
+    ],
+)
+def test_status_states(state: JobState, detail: dict[str, Any], status_state: str) -> None:
+    body = build_report(entry(state, **detail), CTX).status_body(entry(state, **detail))
+    assert body["state"] == status_state and body["context"] == "gantryd/default"
+    assert len(body["description"]) <= MAX_DESCRIPTION
+
+
+def test_long_reasons_stay_within_githubs_limits() -> None:
+    reason = "x" * 100_000
+    dead = entry(JobState.DEAD, reason=reason)
+    report = build_report(dead, CTX)
+    body = report.check_run_body(dead, CTX)
+    assert body["conclusion"] == "failure" and body["status"] == "completed"
+    assert len(body["output"]["summary"]) == MAX_OUTPUT
+    assert len(body["output"]["title"]) <= 255
+    assert len(report.status_body(dead)["description"]) == MAX_DESCRIPTION
+
+
+def test_unknown_conclusion_becomes_neutral() -> None:
+    done = entry(JobState.DONE, conclusion="stale")
+    assert build_report(done, CTX).conclusion == "neutral"
+
+
+def test_reporting_modes() -> None:
+    assert wanted("all", JobState.QUEUED) and wanted("all", JobState.DEAD)
+    assert wanted("failures", JobState.DEAD) and not wanted("failures", JobState.DONE)
+    assert not wanted("off", JobState.DEAD)

@@ -1,7 +1,8 @@
 """The live configuration and its reload (SIGHUP): validate the whole file, then swap at once.
 
 Services hold a ``LiveConfig`` and read ``live.current`` whenever they act, so a reload applies
-to the next decision without restarting anything. A file that fails validation changes nothing.
+to the next decision without restarting anything; the log level is applied here. A file that
+fails validation changes nothing (the metrics and STATUS= show ``last_reload_ok``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class LiveConfig:
         needs_restart = tuple(restart_required(self.current, new))
         for key in needs_restart:
             log.warning("reload: %s changed but only takes effect after a restart", key)
+        if new.server.log_level != self.current.server.log_level:
+            logging.getLogger().setLevel(new.server.log_level.upper())  # applies at once
         self.current = new
         self.last_reload_ok = True
         self.last_reload_at = time.time()

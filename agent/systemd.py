@@ -2,6 +2,9 @@
 
 READY=1 once serving, RELOADING=1/READY=1 around a reload, STOPPING=1 on the way out,
 STATUS= for `systemctl status`. Without $NOTIFY_SOCKET (not started by systemd) it does nothing.
+
+``keep_alive`` is the service that sends WATCHDOG=1 from the event loop itself (so a blocked loop
+is what trips systemd's watchdog, not a stuck helper thread) and refreshes STATUS= with counts.
 """
 
 from __future__ import annotations
@@ -9,7 +12,11 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+
+import trio
+
+STATUS_INTERVAL = 5.0  # seconds between STATUS= refreshes without a watchdog
 
 
 class Notifier:
@@ -19,6 +26,11 @@ class Notifier:
         if address.startswith("@"):
             address = "\0" + address[1:]  # abstract namespace
         self._address = address or None
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        mine = not pid or pid == str(os.getpid())
+        self._watchdog = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 and mine else None
+        self.last_status = ""
 
     @property
     def enabled(self) -> bool:
@@ -42,4 +54,31 @@ class Notifier:
         self.notify("STOPPING=1")
 
     def status(self, text: str) -> None:
+        self.last_status = text
         self.notify(f"STATUS={text}")
+
+    @property
+    def watchdog_interval(self) -> float | None:
+        """How often to send WATCHDOG=1 (half of WATCHDOG_USEC), None without a watchdog."""
+        return None if self._watchdog is None else self._watchdog / 2
+
+    async def keep_alive(
+        self,
+        status: Callable[[], str],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """WATCHDOG=1 every half watchdog period, and STATUS= whenever ``status()`` changes."""
+        task_status.started()
+        if not self.enabled:
+            await trio.sleep_forever()
+        interval = min(self.watchdog_interval or STATUS_INTERVAL, STATUS_INTERVAL)
+        while True:
+            await trio.sleep(interval)  # READY=1 (sent by the daemon once all is up) comes first
+            text = status()
+            fields = ["WATCHDOG=1"] if self._watchdog is not None else []
+            if text != self.last_status:
+                self.last_status = text
+                fields.append(f"STATUS={text}")
+            if fields:
+                self.notify(*fields)

@@ -1,0 +1,401 @@
+"""The admin interface: JSON over HTTP on a unix socket (``<runtime_dir>/admin.sock``, mode 0660).
+
+Only local users in gantryd's group can reach it: the socket file's mode is the access control,
+so there is no token to leak. ``gantryd status|jobs|drain|resume|gc|secrets`` are its clients
+(``agent.control``). Endpoints::
+
+    GET    /status                  pools, runners (state, job, age, CPU, memory), queue
+    GET    /jobs                    jobs this host holds (and the queue's, when it can list)
+    GET    /jobs/{id}               one queue entry, its position and runner
+    POST   /jobs/{id}/cancel        cancel a job that has not finished
+    POST   /jobs/{id}/retry         queue a dead or cancelled job again
+    POST   /drain, /resume          stop / restart taking new jobs (running ones go on)
+    POST   /gc                      one garbage-collection pass; what it removed
+    GET    /secrets                 names and dates, never values
+    PUT    /secrets/{name}          body = the value
+    DELETE /secrets/{name}
+    POST   /secrets/rotate-key
+    GET    /secrets/audit?secret=&limit=
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import parse_qs
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from agent import __version__
+from agent.container.lifecycle import LIVE_STATES, Runner
+from agent.metrics import UsageTracker
+from agent.queue.base import JobQueue, JobState, QueuedJob, QueueError
+from agent.reload import LiveConfig
+from agent.secrets import SecretsError, SecretStore
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "admin.sock"
+SOCKET_MODE = 0o660
+MAX_BODY = 128 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+@runtime_checkable
+class ListsJobs(Protocol):
+    """A queue that can enumerate its entries (for ``jobs ls`` and the status queue table)."""
+
+    async def list_jobs(self, states: Sequence[JobState], *, limit: int) -> list[QueuedJob]: ...
+
+
+@runtime_checkable
+class RetriesJobs(Protocol):
+    """A queue that can put a dead or cancelled entry back in QUEUED with fresh attempts."""
+
+    async def retry(self, job_id: int) -> bool: ...
+
+
+class Pausable(Protocol):
+    paused: bool
+
+
+class RunnerSource(Protocol):
+    def runners(self) -> list[Runner]: ...
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _job_json(job: QueuedJob, position: int | None = None) -> dict[str, Any]:
+    spec = job.spec
+    return {
+        "id": spec.job_id,
+        "repository": spec.repository,
+        "pool": spec.pool,
+        "priority": spec.priority,
+        "name": spec.name,
+        "workflow": spec.workflow_name,
+        "state": job.state.value,
+        "attempts": job.attempts,
+        "enqueued_at": job.enqueued_at,
+        "not_before": job.not_before,
+        "runner": job.runner_name,
+        "conclusion": job.conclusion,
+        "last_error": job.last_error,
+        "position": position,
+    }
+
+
+@dataclass
+class AdminApp:
+    """ASGI app of the admin socket; the services it reads are the daemon's own objects."""
+
+    live: LiveConfig
+    queue: JobQueue
+    scheduler: Pausable
+    pools: RunnerSource
+    instance: str
+    usage: UsageTracker
+    secrets: SecretStore | None = None
+    gc: Callable[[], Awaitable[int]] | None = None  # one GC pass: how many objects it removed
+    started_at: float = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                kind = message["type"].rsplit(".", 1)[-1]
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        if scope["type"] != "http":
+            return
+        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        try:
+            body = await _read_body(receive)
+            status, answer = await self._route(scope["method"], scope["path"], query, body)
+        except AdminError as exc:
+            status, answer = exc.status, {"error": str(exc)}
+        except SecretsError as exc:
+            status, answer = 400, {"error": str(exc)}
+        except QueueError as exc:
+            status, answer = 503, {"error": f"queue unavailable: {exc}"}
+        data = json.dumps(answer).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+    async def _route(
+        self, method: str, path: str, query: dict[str, str], body: bytes
+    ) -> tuple[int, Any]:
+        parts = [p for p in path.split("/") if p]
+        match method, parts:
+            case "GET", ["status"]:
+                return 200, await self.status()
+            case "GET", ["jobs"]:
+                return 200, await self.jobs()
+            case "GET", ["jobs", job]:
+                return 200, await self.job(_job_id(job))
+            case "POST", ["jobs", job, "cancel"]:
+                return 200, await self.cancel(_job_id(job))
+            case "POST", ["jobs", job, "retry"]:
+                return 200, await self.retry(_job_id(job))
+            case "POST", ["drain"]:
+                self.scheduler.paused = True
+                log.info("drain: taking no new jobs until `gantryd resume`")
+                return 200, {"paused": True, "runners": self._live_runners()}
+            case "POST", ["resume"]:
+                self.scheduler.paused = False
+                log.info("resume: taking new jobs again")
+                return 200, {"paused": False}
+            case "POST", ["gc"]:
+                if self.gc is None:
+                    raise AdminError(501, "garbage collection is not available in this build")
+                return 200, {"removed": await self.gc()}
+            case _, ["secrets", *rest]:
+                return 200, await self._secrets(method, rest, query, body)
+        raise AdminError(404, f"no such admin endpoint: {method} {path}")
+
+    # -- status ---------------------------------------------------------------------------
+
+    def _live_runners(self) -> int:
+        return sum(1 for r in self.pools.runners() if r.state in LIVE_STATES)
+
+    def _runner_json(self, runner: Runner, now: float) -> dict[str, Any]:
+        load = self.usage.load.get(runner.container_id or "")
+        return {
+            "name": runner.name,
+            "pool": runner.pool,
+            "state": runner.state.value,
+            "job": runner.running_job or runner.made_for,
+            "repository": runner.target.repository or runner.target.organization,
+            "age": round(now - runner.created_at, 1),
+            "in_state": round(now - runner.state_since, 1),
+            "cpu": None if load is None else round(load.cpu, 3),
+            "memory": None if load is None else load.memory,
+        }
+
+    async def status(self) -> dict[str, Any]:
+        now = time.time()
+        config = self.live.current
+        counts = await self.queue.counts()
+        runners = self.pools.runners()
+        pools = []
+        for pool in config.pools:
+            mine = [r for r in runners if r.pool == pool.name]
+            pools.append(
+                {
+                    "name": pool.name,
+                    "labels": list(pool.labels),
+                    "max_runners": pool.max_runners,
+                    "runners": {
+                        s: sum(1 for r in mine if r.state.value == s)
+                        for s in sorted({r.state.value for r in mine})
+                    },
+                    "queue": {
+                        state.value: n
+                        for (p, state), n in counts.by_pool_state.items()
+                        if p == pool.name and n
+                    },
+                }
+            )
+        return {
+            "version": __version__,
+            "instance": self.instance,
+            "uptime": round(now - self.started_at, 1) if self.started_at else None,
+            "paused": self.scheduler.paused,
+            "config": {
+                "path": str(config.path),
+                "last_reload_ok": self.live.last_reload_ok,
+                "last_reload_at": self.live.last_reload_at,
+            },
+            "pools": pools,
+            "runners": [self._runner_json(r, now) for r in runners],
+            "queue": {
+                "by_state": {s.value: n for s, n in counts.by_state.items()},
+                "jobs": await self._waiting_jobs(),
+            },
+        }
+
+    async def _waiting_jobs(self) -> list[dict[str, Any]] | None:
+        """Jobs not yet running, in serving order with position; None if the queue can't list."""
+        if not isinstance(self.queue, ListsJobs):
+            return None
+        jobs = await self.queue.list_jobs([JobState.QUEUED, JobState.CLAIMED], limit=200)
+        return [_job_json(j, await self.queue.position(j.spec.job_id)) for j in jobs]
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def jobs(self) -> dict[str, Any]:
+        if isinstance(self.queue, ListsJobs):
+            states = [s for s in JobState]
+            listed = await self.queue.list_jobs(states, limit=500)
+            return {"complete": True, "jobs": [_job_json(j) for j in listed]}
+        ids = {r.running_job or r.made_for for r in self.pools.runners()} - {None}
+        found = [await self.queue.get(i) for i in sorted(i for i in ids if i is not None)]
+        return {"complete": False, "jobs": [_job_json(j) for j in found if j is not None]}
+
+    async def job(self, job_id: int) -> dict[str, Any]:
+        job = await self.queue.get(job_id)
+        if job is None:
+            raise AdminError(404, f"job {job_id} is not in the queue")
+        answer = _job_json(job, await self.queue.position(job_id))
+        held = [r.name for r in self.pools.runners() if job_id in (r.made_for, r.running_job)]
+        answer["runners"] = held
+        return answer
+
+    async def cancel(self, job_id: int) -> dict[str, Any]:
+        if not await self.queue.cancel(job_id, "cancelled by an operator (gantryd jobs cancel)"):
+            job = await self.queue.get(job_id)
+            state = "not in the queue" if job is None else f"already {job.state.value}"
+            raise AdminError(409, f"job {job_id} cannot be cancelled: {state}")
+        log.info("job %s cancelled by an operator", job_id)
+        return {"cancelled": job_id}
+
+    async def retry(self, job_id: int) -> dict[str, Any]:
+        job = await self.queue.get(job_id)
+        if job is None:
+            raise AdminError(404, f"job {job_id} is not in the queue")
+        if job.state not in (JobState.DEAD, JobState.CANCELLED):
+            raise AdminError(
+                409,
+                f"job {job_id} is {job.state.value}; only dead or cancelled jobs can be retried",
+            )
+        if not isinstance(self.queue, RetriesJobs):
+            raise AdminError(
+                501, f"the {self.live.current.queue.backend} queue cannot retry jobs yet"
+            )
+        if not await self.queue.retry(job_id):
+            raise AdminError(409, f"job {job_id} changed meanwhile; look again")
+        log.info("job %s queued again by an operator", job_id)
+        return {"retried": job_id}
+
+    # -- secrets --------------------------------------------------------------------------
+
+    async def _secrets(
+        self, method: str, rest: list[str], query: dict[str, str], body: bytes
+    ) -> Any:
+        if self.secrets is None:
+            raise AdminError(503, "the secrets store is not open")
+        return await secrets_endpoint(self.secrets, method, rest, query, body, actor="admin socket")
+
+
+async def secrets_endpoint(
+    store: SecretStore,
+    method: str,
+    rest: list[str],
+    query: dict[str, str],
+    body: bytes,
+    *,
+    actor: str,
+) -> Any:
+    """The /secrets endpoints; also what the CLI runs on the store when gantryd is stopped."""
+    match method, rest:
+        case "GET", []:
+            return {"secrets": [vars(i) for i in await store.entries()]}
+        case "PUT", [name]:
+            await store.set(name, body, actor=actor)
+            return {"set": name}
+        case "DELETE", [name]:
+            if not await store.remove(name, actor=actor):
+                raise AdminError(404, f"secret {name} is not in the store")
+            return {"removed": name}
+        case "POST", ["rotate-key"]:
+            return {"rotated": await store.rotate_key(actor=actor)}
+        case "GET", ["audit"]:
+            limit = int(query["limit"]) if query.get("limit", "").isdigit() else 100
+            entries = await store.audit(secret=query.get("secret"), limit=limit)
+            return {"audit": [{**vars(e), "action": e.action.value} for e in entries]}
+    raise AdminError(404, f"no such admin endpoint: {method} /secrets/{'/'.join(rest)}")
+
+
+def _job_id(text: str) -> int:
+    if not re.fullmatch(r"\d{1,19}", text):
+        raise AdminError(400, f"job id must be a number, not {text!r}")
+    return int(text)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise AdminError(400, "client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise AdminError(413, f"request body larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def socket_path(runtime_dir: Path) -> Path:
+    return runtime_dir / SOCKET_NAME
+
+
+def _in_use(path: Path) -> bool:
+    """Does a live process answer on this socket (another gantryd)? A stale file does not."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+class AdminSocketBusy(Exception):
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"another gantryd answers on {path}; stop it first")
+
+
+async def serve_admin(
+    app: AdminApp,
+    runtime_dir: Path,
+    *,
+    task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the admin app on ``<runtime_dir>/admin.sock`` (mode 0660) until cancelled."""
+    path = socket_path(runtime_dir)
+    await trio.to_thread.run_sync(lambda: runtime_dir.mkdir(parents=True, exist_ok=True))
+    if await trio.to_thread.run_sync(_in_use, path):
+        raise AdminSocketBusy(path)
+    config = hypercorn.config.Config()
+    config.bind = [f"unix:{path}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 1.0
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hypercorn.trio.serve, app, config)
+            os.chmod(path, SOCKET_MODE)
+            task_status.started(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a stale socket would make clients think gantryd still runs

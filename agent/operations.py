@@ -1,0 +1,175 @@
+"""The operator's side of a running daemon: metrics (listener and sampler), the admin socket, and
+systemd's watchdog and STATUS= line, started together as one service of the root nursery.
+
+Each reads the daemon's own objects (``Services``); nothing here changes how jobs are served,
+except the admin socket's drain/resume, cancel/retry and GC, which an operator asks for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import httpx
+import trio
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from agent.admin import AdminApp, serve_admin
+from agent.container.docker_api import DockerAPI
+from agent.container.pool_manager import PoolManager
+from agent.github.client import GitHubClient
+from agent.metrics import ErrorCounter, Metrics, Sampler, Sources, serve_metrics
+from agent.orchestrator.manager import Scheduler
+from agent.orchestrator.webhook import WebhookApp
+from agent.queue.base import JobQueue
+from agent.reload import LiveConfig
+from agent.secrets import SecretStore
+from agent.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """Counts GitHub requests by endpoint class and status, around the real transport, so the
+    GitHub client needs no metrics code: pass it as the client's ``transport``."""
+
+    def __init__(self, metrics: Metrics, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self._metrics = metrics
+        self._inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await self._inner.handle_async_request(request)
+        except httpx.TransportError:
+            self._metrics.github_request(request.url.path, None)
+            raise
+        self._metrics.github_request(request.url.path, response.status_code)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class CounterView(Collector):
+    """Exposes plain counters another service keeps (``collections.Counter``) as a Prometheus
+    counter at scrape time: the owner only ever increments, we never copy or reset."""
+
+    def __init__(
+        self, name: str, doc: str, label: str, read: Callable[[], Mapping[Any, int]]
+    ) -> None:
+        self._name, self._doc, self._label, self._read = name, doc, label, read
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        for key, value in sorted(self._read().items(), key=lambda kv: str(kv[0])):
+            family.add_metric([str(key)], value)
+        yield family
+
+
+@dataclass
+class Services:
+    """What the operator's side reads: the daemon's running objects."""
+
+    live: LiveConfig
+    queue: JobQueue
+    scheduler: Scheduler
+    pools: PoolManager
+    github: GitHubClient
+    docker: DockerAPI
+    intake: WebhookApp
+    notifier: Notifier
+    secrets: SecretStore | None
+    instance: str
+
+
+def status_line(services: Services, sampler: Sampler) -> str:
+    """The STATUS= text: what systemctl status shows under the unit."""
+    runners = Counter(str(r.state) for r in services.pools.runners())
+    counts = sampler.last_counts
+    queued = 0 if counts is None else sum(n for s, n in counts.by_state.items() if s == "queued")
+    text = f"running {runners['busy']}, queued {queued}, idle {runners['idle']}"
+    if services.scheduler.paused:
+        text += "; draining"
+    if not services.live.last_reload_ok:
+        text += "; last reload failed, old config in force"
+    return text
+
+
+def _register_views(metrics: Metrics, services: Services) -> None:
+    pools, intake = services.pools, services.intake
+    metrics.registry.register(
+        CounterView(
+            "gantryd_webhook_answers",
+            "Webhook deliveries answered, by HTTP status.",
+            "status",
+            lambda: intake.stats.answers,
+        )
+    )
+    metrics.registry.register(
+        CounterView(
+            "gantryd_webhooks_ignored",
+            "Deliveries that changed nothing, by reason (event, no_pool, duplicate, ...).",
+            "reason",
+            lambda: intake.stats.ignored,
+        )
+    )
+    metrics.registry.register(
+        CounterView(
+            "gantryd_runner_outcomes",
+            "What happened to runners (created, warm_hit, oom_killed, job_timeout, ...).",
+            "outcome",
+            lambda: pools.stats.outcomes,
+        )
+    )
+
+
+async def run_operations(
+    services: Services,
+    metrics: Metrics,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Metrics listener and sampler, admin socket, watchdog; started() with the metrics URL."""
+    config = services.live.current
+    _register_views(metrics, services)
+    sampler = Sampler(
+        metrics,
+        Sources(
+            runners=services.pools.runners,
+            queue_counts=services.queue.counts,
+            pools=lambda: [p.name for p in services.live.current.pools],
+            rate_limit_remaining=lambda: services.github.rate_limit_remaining,
+            docker_ping=services.docker.ping,
+            paused=lambda: services.scheduler.paused,
+            reload_state=lambda: (services.live.last_reload_ok, services.live.last_reload_at),
+        ),
+    )
+    admin = AdminApp(
+        live=services.live,
+        queue=services.queue,
+        scheduler=services.scheduler,
+        pools=services.pools,
+        instance=services.instance,
+        usage=sampler.usage,
+        secrets=services.secrets,
+        gc=services.pools.collect_garbage,
+        started_at=time.time(),
+    )
+    errors = ErrorCounter(metrics)
+    logging.getLogger().addHandler(errors)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sampler.run)
+            binds = await nursery.start(serve_metrics, metrics, config.server.metrics_listen)
+            await nursery.start(serve_admin, admin, config.server.runtime_dir)
+            status = partial(status_line, services, sampler)
+            await nursery.start(services.notifier.keep_alive, status)
+            task_status.started(binds[0] + "/metrics")
+    finally:
+        logging.getLogger().removeHandler(errors)

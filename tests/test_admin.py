@@ -1,0 +1,181 @@
+"""agent/admin.py served on a real unix socket, driven by the real `gantryd` CLI (agent/control.py).
+
+The queue is a real SQLite queue; the pool manager's place is taken by an object with its
+``runners()`` query, since no runner is started here (the e2e tests cover that part).
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trio
+
+from agent.admin import AdminApp, serve_admin
+from agent.config import load_config
+from agent.container.lifecycle import Runner, RunnerState
+from agent.github.client import RunnerTarget
+from agent.metrics import UsageTracker
+from agent.queue.base import JobSpec
+from agent.queue.sqlite import open_sqlite_queue
+from agent.reload import LiveConfig
+from agent.secrets import open_secret_store
+from tests.test_cli import credentials, example_config  # noqa: F401 - fixture
+
+ROOT = Path(__file__).resolve().parent.parent
+VALUE = "tok-value-never-printed"
+
+
+@dataclass
+class Pools:
+    held: list[Runner] = field(default_factory=list)
+
+    def runners(self) -> list[Runner]:
+        return self.held
+
+
+@dataclass
+class Paused:
+    paused: bool = False
+
+
+@dataclass
+class Admin:
+    socket: Path
+    scheduler: Paused
+    pools: Pools
+    config: Path
+
+
+def _spec(job_id: int, priority: int = 0) -> JobSpec:
+    return JobSpec(
+        job_id=job_id,
+        run_id=1,
+        run_attempt=1,
+        repository="octo-org/app",
+        installation_id=1,
+        labels=("self-hosted",),
+        pool="default",
+        priority=priority,
+    )
+
+
+@pytest.fixture
+async def admin(credentials: Path) -> AsyncIterator[Admin]:  # noqa: F811
+    config_path = example_config(credentials)
+    live = LiveConfig(load_config(config_path))
+    runtime = credentials / "run"
+    pools, scheduler = Pools(), Paused()
+    async with (
+        open_sqlite_queue(credentials / "queue.db") as queue,
+        open_secret_store(credentials) as secrets,
+        trio.open_nursery() as nursery,
+    ):
+        await queue.enqueue(_spec(11, priority=5))
+        await queue.enqueue(_spec(12))
+        (lease,) = await queue.claim(1, lease_seconds=60)
+        pools.held.append(
+            Runner(
+                name="gantryd-test-1",
+                pool="default",
+                target=RunnerTarget(repository="octo-org/app"),
+                installation_id=1,
+                labels=("self-hosted",),
+                created_at=0.0,
+                state=RunnerState.IDLE,
+                made_for=lease.job_id,
+                lease=lease,
+            )
+        )
+        app = AdminApp(
+            live=live,
+            queue=queue,
+            scheduler=scheduler,
+            pools=pools,
+            instance="test",
+            usage=UsageTracker(),
+            secrets=secrets,
+        )
+        path = await nursery.start(serve_admin, app, runtime)
+        yield Admin(path, scheduler, pools, config_path)
+        nursery.cancel_scope.cancel()
+    assert not path.exists()  # removed on the way out
+
+
+async def gantryd(admin: Admin, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "agent", *args, "--socket", str(admin.socket)]
+    return await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            command, input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=60
+        )
+    )
+
+
+async def test_status_jobs_drain_and_resume(admin: Admin) -> None:
+    assert stat.S_IMODE(admin.socket.stat().st_mode) == 0o660
+    table = await gantryd(admin, "status")
+    assert table.returncode == 0, table.stderr
+    assert "gantryd-test-1" in table.stdout and "default" in table.stdout
+    assert "queued=1" in table.stdout and "claimed=1" in table.stdout
+    status = json.loads((await gantryd(admin, "status", "--json")).stdout)
+    assert status["runners"][0]["job"] == 11 and status["runners"][0]["state"] == "idle"
+    assert status["paused"] is False
+
+    shown = await gantryd(admin, "jobs", "show", "12")
+    assert shown.returncode == 0 and "queued" in shown.stdout
+    assert "position    1" in shown.stdout
+    listed = await gantryd(admin, "jobs", "ls")
+    assert "11" in listed.stdout  # the job this host's runner holds
+    assert (await gantryd(admin, "jobs", "cancel", "12")).returncode == 0
+    again = await gantryd(admin, "jobs", "cancel", "12")
+    assert again.returncode == 1 and "already cancelled" in again.stderr
+    missing = await gantryd(admin, "jobs", "show", "999")
+    assert missing.returncode == 1 and "not in the queue" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    assert (await gantryd(admin, "drain", "--no-wait")).returncode == 0
+    assert admin.scheduler.paused
+    assert (await gantryd(admin, "resume")).returncode == 0
+    command = [sys.executable, "-m", "agent", "drain", "--socket", str(admin.socket)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)  # noqa: ASYNC220
+    assert child.stdout is not None
+    with trio.fail_after(60):
+        lines = [await trio.to_thread.run_sync(child.stdout.readline) for _ in range(2)]
+        assert lines[1] == "1 runner(s) left: gantryd-test-1 (idle, job 11)\n"
+        admin.pools.held.clear()  # the runner finishes: drain sees it and returns
+        rest = await trio.to_thread.run_sync(child.stdout.read)
+        assert await trio.to_thread.run_sync(child.wait) == 0
+    child.stdout.close()
+    assert "drained" in rest and admin.scheduler.paused
+    assert (await gantryd(admin, "resume")).returncode == 0
+    assert not admin.scheduler.paused
+
+
+async def test_secrets_through_the_socket(admin: Admin) -> None:
+    assert (await gantryd(admin, "secrets", "set", "NPM_TOKEN", stdin=VALUE + "\n")).returncode == 0
+    listed = await gantryd(admin, "secrets", "list")
+    assert "NPM_TOKEN" in listed.stdout and VALUE not in listed.stdout
+    empty = await gantryd(admin, "secrets", "set", "EMPTY", stdin="")
+    assert empty.returncode == 1 and "no value on stdin" in empty.stderr
+    audit = await gantryd(admin, "secrets", "audit")
+    assert "NPM_TOKEN" in audit.stdout and "set" in audit.stdout and VALUE not in audit.stdout
+    rotated = await gantryd(admin, "secrets", "rotate-key")
+    assert "1 value(s) re-encrypted" in rotated.stdout
+    assert (await gantryd(admin, "secrets", "rm", "NPM_TOKEN")).returncode == 0
+    gone = await gantryd(admin, "secrets", "rm", "NPM_TOKEN")
+    assert gone.returncode == 1 and "not in the store" in gone.stderr
+    gc = await gantryd(admin, "gc")
+    assert gc.returncode == 1 and "not available" in gc.stderr
+
+
+async def test_clear_errors_without_a_daemon(tmp_path: Path) -> None:
+    fake = Admin(tmp_path / "admin.sock", Paused(), Pools(), tmp_path / "none.toml")
+    result = await gantryd(fake, "status")
+    assert result.returncode == 1 and "not running" in result.stderr
+    assert str(fake.socket) in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,199 @@
+"""agent/metrics.py and the operator wiring of agent/operations.py: real scrapes, real promtool."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+import trio
+
+from agent.metrics import ErrorCounter, Metrics, Sampler, Sources, endpoint_class, serve_metrics
+from agent.operations import CounterView, CountingTransport
+from agent.queue.base import JobSpec
+from agent.queue.sqlite import open_sqlite_queue
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class FakeRunner:  # the three fields the sampler reads from agent.container.lifecycle.Runner
+    pool: str
+    state: str
+    container_id: str | None = None
+
+
+def _spec(job_id: int, pool: str = "default", priority: int = 0) -> JobSpec:
+    return JobSpec(
+        job_id=job_id,
+        run_id=1,
+        run_attempt=1,
+        repository="octo-org/app",
+        installation_id=None,
+        labels=("self-hosted",),
+        pool=pool,
+        priority=priority,
+    )
+
+
+async def _no_docker() -> None:
+    raise OSError("Docker is down")
+
+
+async def test_real_scrape_passes_promtool(tmp_path: Path) -> None:
+    metrics = Metrics()
+    async with open_sqlite_queue(tmp_path / "queue.db") as queue:
+        await queue.enqueue(_spec(1, priority=5))
+        await queue.enqueue(_spec(2, pool="big"))
+        runners = [FakeRunner("default", "busy"), FakeRunner("default", "idle")]
+        sampler = Sampler(
+            metrics,
+            Sources(
+                runners=lambda: runners,
+                queue_counts=queue.counts,
+                pools=lambda: ["default", "big"],
+                rate_limit_remaining=lambda: 4321,
+                docker_ping=_no_docker,
+                paused=lambda: True,
+                reload_state=lambda: (False, 1_700_000_000.0),
+            ),
+        )
+        await sampler.sample_once()
+    outcomes: Counter[str] = Counter(created=3, oom_killed=1)
+    metrics.registry.register(
+        CounterView("gantryd_runner_outcomes", "d", "outcome", lambda: outcomes)
+    )
+    github = httpx.AsyncClient(
+        transport=CountingTransport(metrics, httpx.MockTransport(lambda r: httpx.Response(201))),
+        base_url="https://api.github.invalid",
+    )
+    async with github:
+        await github.post("/repos/o/r/actions/runners/generate-jitconfig")
+    logging.getLogger("agent.container.pool_manager").addHandler(handler := ErrorCounter(metrics))
+    try:
+        logging.getLogger("agent.container.pool_manager").warning("runner failed (test)")
+    finally:
+        logging.getLogger("agent.container.pool_manager").removeHandler(handler)
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(serve_metrics, metrics, "127.0.0.1:0")
+        async with httpx.AsyncClient() as client:
+            scrape = await client.get(binds[0] + "/metrics")
+            missing = await client.get(binds[0] + "/")
+        nursery.cancel_scope.cancel()
+    assert scrape.status_code == 200 and missing.status_code == 404
+    assert scrape.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = scrape.text
+    checked = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+        )
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    samples = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert samples['gantryd_queue_jobs{pool="default",priority="5",state="ready"}'] == "1.0"
+    assert samples['gantryd_queue_jobs{pool="big",priority="",state="queued"}'] == "1.0"
+    assert samples['gantryd_runners{pool="default",state="busy"}'] == "1.0"
+    assert samples['gantryd_runners{pool="big",state="idle"}'] == "0.0"
+    assert samples["gantryd_github_rate_limit_remaining"] == "4321.0"
+    assert samples["gantryd_docker_up"] == "0.0"
+    assert samples["gantryd_scheduler_paused"] == "1.0"
+    assert samples["gantryd_config_last_reload_successful"] == "0.0"
+    assert samples['gantryd_runner_outcomes_total{outcome="oom_killed"}'] == "1.0"
+    assert samples['gantryd_github_requests_total{endpoint="jitconfig",status="201"}'] == "1.0"
+    assert samples['gantryd_errors_total{component="pool_manager",severity="warning"}'] == "1.0"
+    assert any(k.startswith("gantryd_build_info{") for k in samples)
+    # _total only on counters; no label carries an id
+    for line in text.splitlines():
+        if line.startswith("# TYPE ") and line.endswith(("gauge", "histogram")):
+            assert not line.split()[2].endswith("_total"), line
+    assert not re.search(r'(job|runner|id)="', text)
+
+
+def test_endpoint_classes_are_bounded() -> None:
+    assert endpoint_class("/app/installations/77/access_tokens") == "installation_token"
+    assert endpoint_class("/repos/o/r/installation") == "installation"
+    assert endpoint_class("/orgs/o/actions/runners/123") == "runners"
+    assert endpoint_class("/repos/o/r/actions/runs/5/jobs") == "jobs"
+    assert endpoint_class("/repos/o/r/check-runs/9") == "check_runs"
+    assert endpoint_class("/whatever/else") == "other"
+
+
+def test_alert_rules_pass_promtool() -> None:
+    rules = ROOT / "packaging/prometheus/gantryd-alerts.yml"
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    text = rules.read_text()
+    for alert in (
+        "QueueGrowing",
+        "JobsDead",
+        "GitHubErrors",
+        "GitHubRateLimitLow",
+        "DockerUnreachable",
+        "ReloadFailed",
+    ):
+        assert f"alert: Gantryd{alert}" in text
+
+
+def test_dashboard_uses_only_exported_metric_names() -> None:
+    dashboard = json.loads((ROOT / "packaging/grafana/gantryd-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    names = {n for e in exprs for n in re.findall(r"\b(gantryd_[a-z_]+)", e)}
+    exported = set(re.findall(r'"(gantryd_[a-z_]+)"', (ROOT / "agent/metrics.py").read_text()))
+    exported |= set(re.findall(r'"(gantryd_[a-z_]+)"', (ROOT / "agent/operations.py").read_text()))
+    exported |= {n + "_total" for n in exported}
+    assert names and names <= exported, names - exported
+
+
+@pytest.mark.docker
+async def test_container_usage_is_read_from_its_cgroup(
+    runner_image: str, docker_client: docker.DockerClient
+) -> None:
+    container = docker_client.containers.run(
+        runner_image, ["sh", "-c", "sleep 30"], detach=True, labels={"io.gantryd.test": "usage"}
+    )
+    try:
+        metrics = Metrics()
+        runners = [FakeRunner("default", "busy", container.id)]
+        sampler = Sampler(
+            metrics,
+            Sources(
+                runners=lambda: runners,
+                queue_counts=_no_queue,
+                pools=lambda: ["default"],
+                rate_limit_remaining=lambda: None,
+                docker_ping=_ok,
+                paused=lambda: False,
+                reload_state=lambda: (True, 0.0),
+            ),
+        )
+        await sampler.sample_once()
+        await sampler.sample_once()
+        load = sampler.usage.load[container.id]
+        assert load.memory > 0 and load.cpu >= 0
+        text = metrics.exposition().decode()
+        assert (
+            f'gantryd_container_memory_usage_bytes{{pool="default"}} {float(load.memory)}' in text
+        )
+        assert "gantryd_docker_up 1.0" in text
+    finally:
+        container.remove(force=True)
+
+
+async def _no_queue() -> None:
+    raise OSError("no queue in this test")
+
+
+async def _ok() -> None:
+    return None

@@ -76,6 +76,7 @@ class ServerConfig:
     webhook_path: str = "/webhook"
     max_body: int = 1024 * 1024  # bytes; larger deliveries get 413
     response_deadline: float = 5.0  # seconds; intake answers 503 rather than later
+    read_timeout: float = 5.0  # seconds for a request's headers, and for its body, to arrive
     state_dir: Path = Path("/var/lib/gantryd")
     runtime_dir: Path = Path("/run/gantryd")
     instance: str = ""  # names this host in runner names and labels; "" = hostname
@@ -95,6 +96,8 @@ class GitHubConfig:
     organizations: tuple[str, ...] = ()
     request_timeout: float = 30.0
     max_concurrency: int = 8
+    reporting: str = "all"  # all | failures | off: check runs (App) or commit statuses (token)
+    cancel_dead_jobs: bool = False  # cancel the workflow run of a job gantryd gave up on
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +119,7 @@ class SchedulerConfig:
     concurrency: int = 4  # runners provisioned in parallel
     host_memory_share: float = 0.8  # sum of container memory limits <= this * host memory
     reconcile_interval: float = 300.0
+    reconcile_rate_share: float = 0.25  # the reconciler leaves the rest of GitHub's rate limit
     gc_interval: float = 300.0
 
 
@@ -127,6 +131,9 @@ class PoolConfig:
     scope: Scope = Scope.REPOSITORY
     runner_group: str = "Default"  # organization scope only
     min_idle: int = 0
+    # Where warm runners of a repository-scope pool register (spread evenly); an
+    # organization-scope pool registers them in each of github.organizations.
+    warm_repositories: tuple[str, ...] = ()
     max_runners: int = 4
     max_concurrent: int = 0  # per repository; 0 = no per-repository cap
     priority: int = 0  # default priority of this pool's jobs; higher is served first
@@ -688,6 +695,7 @@ def _server(loader: _Loader, document: Mapping[str, object]) -> ServerConfig:
         ),
         max_body=t.size("max_body", d.max_body, minimum=1024),
         response_deadline=response_deadline,
+        read_timeout=t.duration("read_timeout", d.read_timeout),
         state_dir=t.path("state_dir", d.state_dir) or d.state_dir,
         runtime_dir=t.path("runtime_dir", d.runtime_dir) or d.runtime_dir,
         instance=t.string(
@@ -758,6 +766,8 @@ def _github(loader: _Loader, document: Mapping[str, object]) -> GitHubConfig:
         ),
         request_timeout=t.duration("request_timeout", d.request_timeout),
         max_concurrency=t.integer("max_concurrency", d.max_concurrency, minimum=1),
+        reporting=t.string("reporting", d.reporting, choices=("all", "failures", "off")),
+        cancel_dead_jobs=t.boolean("cancel_dead_jobs", d.cancel_dead_jobs),
     )
 
 
@@ -795,6 +805,9 @@ def _scheduler(loader: _Loader, document: Mapping[str, object]) -> SchedulerConf
             "host_memory_share", d.host_memory_share, minimum=0.01, maximum=1
         ),
         reconcile_interval=t.duration("reconcile_interval", d.reconcile_interval),
+        reconcile_rate_share=t.number(
+            "reconcile_rate_share", d.reconcile_rate_share, minimum=0.01, maximum=1
+        ),
         gc_interval=t.duration("gc_interval", d.gc_interval),
     )
 
@@ -835,9 +848,20 @@ def _pool(t: _Table, github: GitHubConfig) -> PoolConfig:
             "always join the Default group)",
         )
     min_idle = t.integer("min_idle", d.min_idle)
+    warm_repositories = t.strings(
+        "warm_repositories", pattern=_REPOSITORY, rule='write "owner/name"'
+    )
+    if warm_repositories and scope is Scope.ORGANIZATION:
+        t.warn("warm_repositories", 'has no effect with scope = "organization"')
     max_runners = t.integer("max_runners", d.max_runners, minimum=1)
     if min_idle > max_runners:
         raise t.error("min_idle", f"{min_idle} is more than max_runners ({max_runners})")
+    if min_idle and scope is Scope.REPOSITORY and not warm_repositories:
+        t.warn(
+            "min_idle",
+            "has no effect: warm runners need a place to register; list repositories in "
+            'warm_repositories, or use scope = "organization"',
+        )
     max_concurrent = t.integer("max_concurrent", d.max_concurrent)
     if max_concurrent >= max_runners:
         t.warn("max_concurrent", f"has no effect: not less than max_runners ({max_runners})")
@@ -867,6 +891,7 @@ def _pool(t: _Table, github: GitHubConfig) -> PoolConfig:
             rule="name a runner group",
         ),
         min_idle=min_idle,
+        warm_repositories=warm_repositories,
         max_runners=max_runners,
         max_concurrent=max_concurrent,
         priority=t.integer("priority", d.priority, minimum=None),
@@ -1011,6 +1036,7 @@ _RESTART_KEYS: Mapping[str, Callable[[Config], object]] = {
     "server.metrics_listen": lambda c: c.server.metrics_listen,
     "server.state_dir": lambda c: c.server.state_dir,
     "server.runtime_dir": lambda c: c.server.runtime_dir,
+    "server.read_timeout": lambda c: c.server.read_timeout,  # hypercorn's, set at start
     "queue.backend": lambda c: c.queue.backend,
     "queue.path": lambda c: c.queue_path,  # the file actually opened
     "queue.redis_url": lambda c: c.queue.redis_url,

@@ -10,11 +10,13 @@ exit 0, leaving runner containers running (DESIGN §2).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import hypercorn.config
 import hypercorn.trio
@@ -23,6 +25,7 @@ import trio
 from agent.config import Config, GitHubConfig
 from agent.container.docker_api import DockerAPI, DockerError
 from agent.container.pool_manager import JobEvent, PoolManager
+from agent.container.store import RunnerStore, open_runner_store
 from agent.github.auth import (
     AppAuth,
     CredentialsError,
@@ -32,13 +35,17 @@ from agent.github.auth import (
     read_secret_file,
 )
 from agent.github.client import GitHubClient
+from agent.metrics import Metrics
+from agent.operations import CountingTransport, Services, run_operations
+from agent.orchestrator.health import credentials_loaded, docker_answering, queue_writable
 from agent.orchestrator.manager import Scheduler, Wakeup
-from agent.orchestrator.reconciler import Reconciler
+from agent.orchestrator.reconciler import Reconciler, SeenRepositories
 from agent.orchestrator.status_reporter import StatusReporter
 from agent.orchestrator.webhook import WebhookApp
 from agent.queue import open_queue
 from agent.queue.base import JobQueue
 from agent.reload import LiveConfig
+from agent.secrets import SecretStore, open_secret_store
 from agent.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -72,15 +79,21 @@ async def serve_http(
     app: WebhookApp,
     listen: str,
     *,
+    read_timeout: float = 10.0,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the intake app with hypercorn's trio worker; started() with the bound URLs."""
+    """Serve the intake app with hypercorn's trio worker; started() with the bound URLs.
+
+    ``read_timeout`` bounds each read and, as hypercorn's keep-alive timeout, the wait for a
+    request's headers; the app bounds the body itself (a slow client cannot hold a worker).
+    """
     config = hypercorn.config.Config()
     config.bind = [listen]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
-    config.read_timeout = 10
+    config.read_timeout = math.ceil(read_timeout)  # hypercorn types it as whole seconds
+    config.keep_alive_timeout = read_timeout
     await hypercorn.trio.serve(app, config, task_status=task_status)  # type: ignore[arg-type]
 
 
@@ -95,12 +108,17 @@ class Daemon:
     pools: PoolManager | None = None
     scheduler: Scheduler | None = None
     queue: JobQueue | None = None
+    reconciler: Reconciler | None = None
+    intake: WebhookApp | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    secret_store: SecretStore | None = None
+    metrics_url: str | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every service; started() with the intake URL once all are ready."""
         config = self.live.current
         try:
-            auth = load_auth(config.github)
+            self._auth = auth = load_auth(config.github)
             self._secrets = load_webhook_secrets(config.github)
         except CredentialsError as exc:
             raise StartupError(str(exc)) from exc
@@ -113,14 +131,17 @@ class Daemon:
         try:
             async with (
                 open_queue(config) as queue,
+                open_runner_store(config.server.state_dir) as store,
+                open_secret_store(config.server.state_dir) as self.secret_store,
                 GitHubClient(
                     config.github.api_url,
                     auth,
                     timeout=config.github.request_timeout,
                     max_concurrency=config.github.max_concurrency,
+                    transport=CountingTransport(self.metrics),
                 ) as github,
             ):
-                await self._run_services(config, queue, github, docker, task_status)
+                await self._run_services(config, queue, store, github, docker, task_status)
         finally:
             docker.close()
 
@@ -128,6 +149,7 @@ class Daemon:
         self,
         config: Config,
         q: JobQueue,
+        store: RunnerStore,
         github: GitHubClient,
         docker: DockerAPI,
         task_status: trio.TaskStatus[str],
@@ -140,25 +162,52 @@ class Daemon:
             queue=q,
             github=github,
             docker=docker,
+            store=store,
             instance=instance_name(config),
             on_capacity=wakeup.set,
             exit_settle=self.exit_settle,
+            secrets=self.secret_store,
         )
         self.scheduler = Scheduler(live=self.live, queue=q, pools=self.pools, wakeup=wakeup)
-        app = WebhookApp(
+        seen = SeenRepositories()
+        self.reconciler = Reconciler(live=self.live, queue=q, github=github, seen=seen)
+        self.intake = app = WebhookApp(
             live=self.live,
             queue=q,
             secrets=lambda: self._secrets,
             job_events=send_events,
             on_enqueue=wakeup.set,
+            readiness={
+                "database": queue_writable(q),
+                "docker": docker_answering(docker),
+                "credentials": credentials_loaded(self._auth, lambda: self._secrets),
+            },
+            on_repository=seen.add,
         )
         async with send_events, trio.open_nursery() as nursery:
             await nursery.start(self.pools.run, receive_events)
             await nursery.start(self.scheduler.run)
-            await nursery.start(StatusReporter(queue=q).run)
-            await nursery.start(Reconciler(live=self.live, queue=q).run)
-            binds = await nursery.start(serve_http, app, config.server.listen)
+            await nursery.start(
+                StatusReporter(
+                    queue=q,
+                    github=github,
+                    live=self.live,
+                    instance=instance_name(config),
+                    usage=store.usage,
+                ).run
+            )
+            await nursery.start(self.reconciler.run)
+            binds = await nursery.start(
+                partial(serve_http, read_timeout=config.server.read_timeout),
+                app,
+                config.server.listen,
+            )
             url = binds[0].replace("0.0.0.0", "127.0.0.1")
+            services = Services(
+                self.live, q, self.scheduler, self.pools, github, docker, app, self.notifier,
+                self.secret_store, instance_name(config),
+            )  # fmt: skip
+            self.metrics_url = await nursery.start(run_operations, services, self.metrics)
             log.info("gantryd ready: intake on %s, %d pool(s)", url, len(config.pools))
             self.notifier.ready(f"serving on {url}")
             task_status.started(url)

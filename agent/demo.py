@@ -78,6 +78,7 @@ def write_demo_config(
 listen = "127.0.0.1:0"
 state_dir = "{workdir}"
 runtime_dir = "{workdir}/run"
+metrics_listen = "127.0.0.1:0"
 instance = "{instance}"
 
 [github]

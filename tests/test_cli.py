@@ -140,6 +140,7 @@ def served(credentials: Path) -> Iterator[Served]:
             'listen = "0.0.0.0:8080"': f'listen = "127.0.0.1:{port}"',
             'metrics_listen = "127.0.0.1:9464"': f'metrics_listen = "127.0.0.1:{_free_port()}"',
             'memory = "2GiB"': 'memory = "256MiB"',
+            'runtime_dir = "/run/gantryd"': f'runtime_dir = "{credentials / "run"}"',
         },
     )
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -1,5 +1,7 @@
 """Runner containers: the pool supervisor, their lifecycle, hardening, and the Docker wrapper.
 
-Layering: pool_manager -> lifecycle -> (security, docker_api); monitoring feeds Docker events to
-the pool manager. Only docker_api imports docker-py.
+Layering: pool_manager -> (lifecycle, store, gc, monitoring) -> (security, docker_api).
+``store`` is this host's local state database (runners, per-job usage); ``monitoring`` follows
+Docker events and the Engine's health; ``gc`` removes leftover labelled objects. Only docker_api
+imports docker-py.
 """

@@ -8,7 +8,7 @@ become ``DockerError`` / ``ContainerNotFound`` here, so callers never see docker
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +23,11 @@ from agent.container.security import HostOptions
 
 LABEL_PREFIX = "io.gantryd."
 MANAGED_LABEL = "io.gantryd.managed"
+INSTANCE_LABEL = "io.gantryd.instance"
+RUNNER_LABEL = "io.gantryd.runner"
+EXPIRES_LABEL = "io.gantryd.expires"
+# Pull progress lines worth a log line (one per layer step, not every byte count).
+_PULL_MILESTONES = ("Pulling fs layer", "Download complete", "Pull complete", "Digest:", "Status:")
 
 
 class DockerError(Exception):
@@ -57,12 +62,35 @@ class ContainerInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ManagedObject:
+    """A labelled volume or network (what GC needs to judge it)."""
+
+    kind: str  # volume | network
+    name: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerUsage:
+    """One stats sample: memory now and its peak (cgroup v1 max_usage), CPU used so far."""
+
+    memory: int
+    peak_memory: int
+    cpu_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class ContainerEvent:
     action: str  # start | die | oom | destroy
     container_id: str
     labels: Mapping[str, str]
     exit_code: int | None
     time_nano: int
+
+
+def _digest(info: Mapping[str, Any]) -> str:
+    digests = info.get("RepoDigests") or []
+    return str(digests[0] if digests else info["Id"])
 
 
 def _translate(exc: Exception) -> DockerError:
@@ -88,9 +116,12 @@ class DockerAPI:
         self._control = trio.CapacityLimiter(8)  # create/start/stop/remove/inspect
         self._pulls = trio.CapacityLimiter(2)
 
-    def _client(self) -> docker.APIClient:
+    def _client(self, version: str | None = None) -> docker.APIClient:
+        """A client; without ``version`` it asks the Engine for it (blocking, at start only)."""
         try:
-            return docker.APIClient(base_url=self._base_url, timeout=int(self._timeout))
+            return docker.APIClient(
+                base_url=self._base_url, timeout=int(self._timeout), version=version or "auto"
+            )
         except docker.errors.DockerException as exc:
             raise _translate(exc) from exc
 
@@ -111,17 +142,19 @@ class DockerAPI:
     async def ping(self) -> None:
         await self._call(self._api.ping)
 
-    async def image_present(self, image: str) -> bool:
+    async def image_digest(self, image: str) -> str | None:
+        """The local image's repository digest (or id when it has none); None if absent."""
         try:
-            await self._call(self._api.inspect_image, image)
-        except ImageNotFound:
-            return False
-        except ContainerNotFound:
-            return False
-        return True
+            info = await self._call(self._api.inspect_image, image)
+        except (ImageNotFound, ContainerNotFound):  # docker-py's NotFound, by message
+            return None
+        return _digest(info)
 
-    async def pull(self, image: str) -> str:
-        """Pull an image; return its digest (or id). Docker's error message is kept."""
+    async def pull(self, image: str, *, on_progress: Callable[[str], None] | None = None) -> str:
+        """Pull an image; return its digest. Docker's (the registry's) error message is kept.
+
+        ``on_progress`` gets one line per layer step; it runs on the pull's worker thread.
+        """
         repository, _, tag = (
             image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
         )
@@ -131,11 +164,14 @@ class DockerAPI:
                 for line in self._api.pull(repository, tag=tag, stream=True, decode=True):
                     if "error" in line:
                         raise DockerError(str(line["error"]))
+                    status = str(line.get("status", ""))
+                    if on_progress is not None and status.startswith(_PULL_MILESTONES):
+                        layer = line.get("id")
+                        on_progress(f"{layer}: {status}" if layer else status)
                 info = self._api.inspect_image(image)
             except _DOCKER_ERRORS as exc:
                 raise _translate(exc) from exc
-            digests = info.get("RepoDigests") or []
-            return str(digests[0] if digests else info["Id"])
+            return _digest(info)
 
         return await trio.to_thread.run_sync(run, limiter=self._pulls)
 
@@ -211,6 +247,18 @@ class DockerAPI:
         result: dict[str, Any] = await self._call(self._api.inspect_container, container_id)
         return result
 
+    async def stats(self, container_id: str) -> ContainerUsage:
+        """One stats sample (``one_shot``: no second sample, so it answers at once)."""
+        raw = await self._call(self._api.stats, container_id, stream=False, one_shot=True)
+        memory = raw.get("memory_stats") or {}
+        cpu = (raw.get("cpu_stats") or {}).get("cpu_usage") or {}
+        usage = int(memory.get("usage") or 0)
+        return ContainerUsage(
+            memory=usage,
+            peak_memory=max(usage, int(memory.get("max_usage") or 0)),
+            cpu_seconds=int(cpu.get("total_usage") or 0) / 1e9,
+        )
+
     async def list_managed(self, **labels: str) -> list[ContainerInfo]:
         filters = [f"{MANAGED_LABEL}=true"] + [f"{LABEL_PREFIX}{k}={v}" for k, v in labels.items()]
         rows = await self._call(self._api.containers, all=True, filters={"label": filters})
@@ -224,6 +272,30 @@ class DockerAPI:
             for row in rows
         ]
 
+    async def list_managed_objects(self, **labels: str) -> list[ManagedObject]:
+        """gantryd's labelled volumes and networks."""
+        filters = [f"{MANAGED_LABEL}=true"] + [f"{LABEL_PREFIX}{k}={v}" for k, v in labels.items()]
+        volumes = await self._call(self._api.volumes, filters={"label": filters})
+        networks = await self._call(self._api.networks, filters={"label": filters})
+        found = [
+            ManagedObject(kind="volume", name=v["Name"], labels=v.get("Labels") or {})
+            for v in (volumes or {}).get("Volumes") or []
+        ]
+        found += [
+            ManagedObject(kind="network", name=n["Name"], labels=n.get("Labels") or {})
+            for n in networks or []
+        ]
+        return found
+
+    async def remove_object(self, obj: ManagedObject) -> bool:
+        """Remove a volume or network; False if it was already gone."""
+        fn = self._api.remove_volume if obj.kind == "volume" else self._api.remove_network
+        try:
+            await self._call(fn, obj.name)
+        except ContainerNotFound:
+            return False
+        return True
+
     @asynccontextmanager
     async def events(
         self, *, since: int | None = None
@@ -233,7 +305,7 @@ class DockerAPI:
         The blocking stream runs in its own thread on its own client (never behind the control
         limiter); leaving the context closes the stream, which ends the thread.
         """
-        api = self._client()
+        api = self._client(self._api.api_version)  # no version round trip in the event loop
         send, receive = trio.open_memory_channel[ContainerEvent](64)
         stream: Any = None
 

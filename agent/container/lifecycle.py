@@ -11,6 +11,7 @@ the job it actually runs (``running_job``) can differ; the pool manager swaps as
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from dataclasses import dataclass, field
 
 from agent.github.client import RunnerTarget
@@ -56,15 +57,22 @@ class Runner:
     installation_id: int | None
     labels: tuple[str, ...]
     created_at: float
+    memory: int = 0  # its container's memory limit, counted against the host budget
     state: RunnerState = RunnerState.CREATING
     state_since: float = 0.0
     runner_id: int | None = None  # GitHub's id, known once registered
     container_id: str | None = None
-    made_for: int | None = None  # the job this runner was provisioned for
+    made_for: int | None = None  # the job it was provisioned for; None: a warm runner
+    assigned_at: float | None = None  # when made_for was last set (bootstrap_timeout runs)
+    repository: str | None = None  # repository of the job it serves (per-repository caps)
     lease: Lease | None = field(default=None, repr=False)  # that job's claim, while it waits
     running_job: int | None = None  # the job GitHub gave it
     exit_code: int | None = None
     reason: str | None = None  # why it failed, for the report
+    image_digest: str | None = None
+    peak_memory: int = 0  # bytes, highest sample while it ran
+    cpu_seconds: float = 0.0
+    oom_killed: bool = False
 
     def move(self, new: RunnerState, *, now: float) -> None:
         if new not in _ALLOWED[self.state]:
@@ -76,3 +84,36 @@ class Runner:
     def waiting(self) -> bool:
         """Still available for a job (not yet given one)."""
         return self.state in WAITING_STATES
+
+    @property
+    def warm(self) -> bool:
+        """Waiting with no job of its own: a warm runner any matching job may take."""
+        return self.waiting and self.made_for is None
+
+
+class Outcome(enum.StrEnum):
+    """What the pool supervisor counts (``PoolStats.outcomes``), for metrics and reports."""
+
+    CREATED = "created"  # runner containers started
+    WARM_HIT = "warm_hit"  # a claimed job was given a runner that was already waiting
+    EXIT_BEFORE_JOB = "exit_before_job"  # the container exited before taking a job
+    BOOTSTRAP_TIMEOUT = "bootstrap_timeout"  # took no job within bootstrap_timeout
+    IDLE_RECYCLED = "idle_recycled"  # warm runner replaced after max_idle_age
+    JOB_TIMEOUT = "job_timeout"  # stopped after job_timeout
+    OOM_KILLED = "oom_killed"  # the kernel killed a process of it for memory
+    SCALE_DOWN = "scale_down"  # surplus idle runner removed (GitHub first)
+    SCALE_DOWN_REFUSED = "scale_down_refused"  # GitHub answered 422: a job was just assigned
+    PROVISION_FAILED = "provision_failed"  # GitHub or Docker refused (pull, create, start)
+    ADOPTED = "adopted"  # running container taken over after a restart
+    ORPHAN_REGISTRATION_DELETED = "orphan_registration_deleted"
+    GC_REMOVED = "gc_removed"  # containers, volumes, networks removed by garbage collection
+
+
+@dataclass
+class PoolStats:
+    """Plain counters a metrics module reads; the pool supervisor only ever increments them."""
+
+    outcomes: Counter[Outcome] = field(default_factory=Counter)
+    peak_runners: int = 0  # most live runners at once
+    peak_by_repository: dict[str, int] = field(default_factory=dict)  # most live at once
+    image_digests: dict[str, str] = field(default_factory=dict)  # image -> digest last seen

@@ -7,24 +7,30 @@ JIT configs and queue jobs right after ``nursery.start`` returns.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from agent.emulator import broker, control, rest
-from agent.emulator.asgi import App
+from agent.emulator import broker, checks_rest, control, deliveries, rest, runs
+from agent.emulator.asgi import App, Receive, Scope, Send
 from agent.emulator.state import Emulator
 
 
-def build_app(emulator: Emulator) -> App:
-    """The ASGI app: GitHub's REST API, the runner broker and the control API."""
-    return App(
+def build_app(emulator: Emulator) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The ASGI app: GitHub's REST API (rate-limited), the runner broker and the control API."""
+    app = App(
         [
             *rest.build_routes(emulator),
+            *checks_rest.build_routes(emulator),
+            *deliveries.build_routes(emulator),
+            *runs.build_routes(emulator),
             *broker.build_routes(emulator),
             *control.build_routes(emulator),
         ]
     )
+    return emulator.rate_limits.middleware(app)
 
 
 async def serve_emulator(

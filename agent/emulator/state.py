@@ -23,6 +23,7 @@ The rules, with their source in reference/github-api.md:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 import json
 import math
@@ -38,6 +39,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from agent.emulator import errors
+from agent.emulator.checks import Checks
 from agent.emulator.errors import GitHubError
 from agent.emulator.jitconfig import encode_jit_config
 from agent.emulator.jwt import verify_app_jwt
@@ -58,6 +60,7 @@ from agent.emulator.models import (
     job_json,
     repository_json,
 )
+from agent.emulator.ratelimit import RateLimits
 from agent.emulator.webhooks import (
     ZEN,
     Delivery,
@@ -85,6 +88,7 @@ SESSION_IDLE = 60.0  # seconds without a poll after which a runner's session is 
 MAX_LABELS = 100  # generate-jitconfig "Maximum items: 100" (§3.2)
 DEFAULT_GROUP_ID = 1  # repository runners and every org's "Default" group (§3.2)
 SENDER = Account(login="octocat", id=583231, type=AccountType.USER)  # who "pushed" the jobs
+PERSONAL_TOKEN_PREFIXES = ("ghp_", "github_pat_")  # classic and fine-grained tokens (§5.4)
 
 
 class Emulator:
@@ -117,6 +121,8 @@ class Emulator:
         self._clock = clock
         self.faults = faults or Faults()
         self._rng = random.Random(seed)
+        self.checks = Checks(clock=clock)  # check runs and statuses (checks, checks_rest)
+        self.rate_limits = RateLimits(clock=clock, key_of=self.budget_key, rng=self._rng)
         self.base_url = "http://127.0.0.1"  # set by serve_emulator once the port is bound
         self._users = {login.lower() for login in user_accounts}
         self._account_ids = itertools.count(9_919_000)
@@ -332,6 +338,32 @@ class Emulator:
         if _LEVELS.get(grant.permissions.get(name, ""), 0) < _LEVELS[level]:
             raise errors.not_accessible(name, level, docs)
         return installation
+
+    def add_personal_token(
+        self, installation_id: int, permissions: Mapping[str, str] | None = None
+    ) -> str:
+        """A fine-grained personal access token (§5.4) reaching the repositories of an
+        installation, with its permissions unless given: a grant that never expires."""
+        installation = self._installations[installation_id]
+        token = InstallationToken(
+            token="github_pat_" + secrets.token_hex(20),
+            installation_id=installation_id,
+            expires_at=math.inf,
+            permissions=dict(permissions if permissions is not None else installation.permissions),
+            repositories=None,
+        )
+        self._tokens[token.token] = token
+        return token.token
+
+    def budget_key(self, credential: str) -> str:
+        """Whose rate-limit budget a request spends (§7): an installation's tokens share one,
+        the App's JWTs share one, a personal token has its own."""
+        grant = self._tokens.get(credential)
+        if grant is not None and not credential.startswith(PERSONAL_TOKEN_PREFIXES):
+            return f"installation {grant.installation_id}"
+        if credential.count(".") == 2:
+            return "app"
+        return f"token {credential[-4:]}" if credential else "anonymous"
 
     def maybe_fail(self) -> None:
         """Answer 502 at the configured rate (`Faults.server_error_rate`)."""
@@ -625,6 +657,21 @@ class Emulator:
             return (runner is not None and self.is_online(runner)) == online
 
         await self._wait_until(reached)
+
+    def jobs_of(self, repository: str) -> list[Job]:
+        """Every job of a repository, oldest first (the runs API groups them, `runs`)."""
+        key = repository.lower()
+        return [j for j in self._jobs.values() if j.repository.full_name.lower() == key]
+
+    def app_deliveries(self) -> list[Delivery]:
+        """Attempts to the App's own hook, oldest first (``GET /app/hook/deliveries``, §1.4)."""
+        app_hooks = {h.id for h in self._hooks if h.target_type == "integration"}
+        return [d for d in self.deliveries if d.outgoing.hook_id in app_hooks]
+
+    def redeliver(self, delivery: Delivery) -> None:
+        """Send a delivery's bytes again with its GUID, marked as a redelivery (§1.4)."""
+        hook = next(h for h in self._hooks if h.id == delivery.outgoing.hook_id)
+        hook.outbox_send.send_nowait(dataclasses.replace(delivery.outgoing, redelivery=True))
 
     async def wait_deliveries(self, count: int) -> list[Delivery]:
         """Wait until ``count`` delivery attempts have finished; return all attempts so far."""

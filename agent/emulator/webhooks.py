@@ -81,6 +81,7 @@ class Outgoing:
     job_id: int | None
     body: bytes = field(repr=False)
     headers: dict[str, str] = field(repr=False)
+    redelivery: bool = False  # sent again on request (POST .../deliveries/{id}/attempts, §1.4)
 
 
 @dataclass(kw_only=True)
@@ -203,7 +204,10 @@ class Sender:
         if faults.delivery_latency:
             await trio.sleep(faults.delivery_latency)
         delivery = Delivery(
-            id=len(self._deliveries) + 1, outgoing=outgoing, delivered_at=time.time()
+            id=len(self._deliveries) + 1,
+            outgoing=outgoing,
+            delivered_at=time.time(),
+            redelivery=outgoing.redelivery,
         )
         self._deliveries.append(delivery)
         started = time.monotonic()

@@ -75,6 +75,12 @@ async def test_strict_profile_locks_the_container_down(api: DockerAPI, runner_im
     }
     assert not host.get("Binds")
     assert host["NetworkMode"] == "none"
+    # Docker's default seccomp profile (never unconfined), no host user namespace, and no
+    # mounts at all: no Docker socket, no host path (the allow-list of host mounts is empty).
+    assert not any("seccomp" in opt for opt in host["SecurityOpt"])
+    assert host["UsernsMode"] == "" and host["CgroupnsMode"] in ("private", "host", "")
+    assert info["Mounts"] == [] and not host.get("Mounts")
+    assert not host["CapAdd"] and not host["Devices"]
 
 
 async def test_compat_profile_is_still_unprivileged(api: DockerAPI, runner_image: str) -> None:

@@ -1,7 +1,7 @@
 """SQLite connection handling shared by the queue and the local state database.
 
-One writer connection, driven from worker threads behind a ``CapacityLimiter(1)``: every write is
-a ``BEGIN IMMEDIATE … COMMIT`` around a plain function, so a read-modify-write can never fail
+One writer connection, driven by one long-lived thread (``WorkerThread``): every write is a
+``BEGIN IMMEDIATE … COMMIT`` around a plain function, so a read-modify-write can never fail
 half-way with "database is locked" (a deferred ``BEGIN`` that reads first would). Keeping a single
 writer connection also avoids the WAL-reset race fixed only in SQLite 3.51.3 (Debian 12 has 3.40).
 Reads use a second connection, which in WAL mode sees the last committed state without waiting
@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -24,6 +25,7 @@ import sqlite_utils
 import trio
 
 from agent.queue.base import QueueUnavailable, SchemaTooNew
+from agent.queue.worker_thread import WorkerThread
 
 T = TypeVar("T")
 
@@ -77,7 +79,7 @@ class Database:
         self.path = path
         self._writer = writer
         self._reader = reader
-        self._write_limiter = trio.CapacityLimiter(1)
+        self._writer_thread: WorkerThread | None = None  # started by the first write
         self._read_limiter = trio.CapacityLimiter(1)
         self._flush_lock = trio.Lock()
         self._pending: list[_Write] = []
@@ -86,9 +88,11 @@ class Database:
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` inside ``BEGIN IMMEDIATE … COMMIT``; roll it back if it raises.
 
-        ``fn`` runs on a worker thread and may share its transaction with other writes: it must
+        ``fn`` runs on the writer thread and may share its transaction with other writes: it must
         not commit, and should raise rather than leave partial changes it wants undone.
         """
+        if self._closed:
+            raise trio.ClosedResourceError(f"{self.path} is closed")
         write = _Write(fn)
         self._pending.append(write)
         try:
@@ -97,10 +101,13 @@ class Database:
                     batch, self._pending = self._pending, []
                     for w in batch:
                         w.taken = True
+                    if self._writer_thread is None:
+                        self._writer_thread = WorkerThread(f"sqlite writer {self.path.name}")
                     try:
-                        await trio.to_thread.run_sync(
-                            self._flush_blocking, batch, limiter=self._write_limiter
-                        )
+                        await self._writer_thread.run(partial(self._flush_blocking, batch))
+                    except trio.ClosedResourceError as exc:  # closed while these waited
+                        for w in batch:
+                            w.error = exc
                     finally:
                         for w in batch:
                             w.done.set()
@@ -187,7 +194,10 @@ class Database:
             return
         self._closed = True
         with trio.CancelScope(shield=True):
-            async with self._write_limiter, self._read_limiter:
+            async with self._flush_lock:  # no flush is running, and the next one will fail
+                if self._writer_thread is not None:
+                    await self._writer_thread.aclose()
+            async with self._read_limiter:
                 self._reader.close()
                 self._writer.close()
 

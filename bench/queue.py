@@ -1,11 +1,14 @@
-"""Queue benchmark: gantryd's SQLite and Redis backends beside a raw sqlite3 baseline, one run.
+"""Queue benchmark: gantryd's SQLite and Redis backends beside a raw sqlite3 baseline.
 
-    .venv/bin/python bench/queue.py [--quick] [--synchronous full|normal] [--redis-url URL]
+    .venv/bin/python bench/queue.py [--quick] [--runs N] [--synchronous full|normal]
+                                    [--redis-url URL]
 
 Without ``--redis-url`` a throw-away redis-server (AOF everysec, noeviction) is started on a free
 loopback port in a temporary directory. The raw baseline is a plain INSERT / UPDATE loop with the
 same pragmas (WAL, same ``synchronous``), a partial index on ready rows and one commit per
-operation, so the ratio shows what gantryd's bookkeeping (dedupe, outbox, leases, threads) costs.
+operation (per batch in the ``ack_many`` row), so the ratio shows what gantryd's bookkeeping
+(dedupe, outbox, leases, threads) costs. ``--runs N`` repeats everything and reports the median
+and the range of each cell: on a shared machine fsync times swing by 2x and more.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import os
 import shutil
 import socket
 import sqlite3
@@ -101,10 +105,9 @@ async def bench_queue(q: SQLiteQueue | RedisQueue, sizes: Sizes) -> Result:
     t = time.perf_counter()
     done = 0
     while leases := await q.claim(100, lease_seconds=LEASE):
-        for lease in leases:
-            await q.ack(lease)
+        await q.ack_many(leases)
         done += len(leases)
-    out["claim100+ack/s"] = rate(done, time.perf_counter() - t)
+    out["claim100+ack_many/s"] = rate(done, time.perf_counter() - t)
 
     t = time.perf_counter()
     async with trio.open_nursery() as nursery:
@@ -136,7 +139,7 @@ async def bench_queue(q: SQLiteQueue | RedisQueue, sizes: Sizes) -> Result:
 
 
 def bench_raw(path: Path, synchronous: str, sizes: Sizes) -> Result:
-    """The baseline: the same operations as plain statements, one commit each."""
+    """The baseline: the same operations as plain statements, one commit each (or per batch)."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
@@ -180,10 +183,11 @@ def bench_raw(path: Path, synchronous: str, sizes: Sizes) -> Result:
     t = time.perf_counter()
     done = 0
     while rows := tx(claim, (100,)):
-        for (job_id,) in rows:
-            tx("UPDATE jobs SET state = 'done' WHERE id = ?", (job_id,))
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("UPDATE jobs SET state = 'done' WHERE id = ?", rows)
+        conn.execute("COMMIT")
         done += len(rows)
-    out["claim100+ack/s"] = rate(done, time.perf_counter() - t)
+    out["claim100+ack_many/s"] = rate(done, time.perf_counter() - t)
     next_id = 3 * n
     for backlog in sizes.backlogs:
         have = conn.execute("SELECT count(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
@@ -233,27 +237,34 @@ def throwaway_redis(directory: Path) -> Iterator[str]:
         proc.wait()
 
 
-def table(columns: dict[str, Result]) -> str:
-    names = list(columns)
-    rows = list(dict.fromkeys(row for result in columns.values() for row in result))
+def summary(values: list[float]) -> str:
+    """Median of the runs, and their range when there were several."""
+    median = statistics.median(values)
+    if len(values) == 1:
+        return f"{median:,.2f}"
+    digits = 2 if median < 100 else 0  # latencies in ms keep their decimals
+    return f"{median:,.2f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+
+
+def table(runs: list[dict[str, Result]]) -> str:
+    names = list(runs[0])
+    rows = list(dict.fromkeys(row for result in runs[0].values() for row in result))
+    cells = {
+        (row, name): summary([run[name][row] for run in runs]) if row in runs[0][name] else "-"
+        for row in rows
+        for name in names
+    }
+    widths = {name: max(len(name), *(len(cells[row, name]) for row in rows)) for name in names}
     width = max(len(r) for r in rows)
-    lines = [f"| {'':{width}} | " + " | ".join(f"{n:>14}" for n in names) + " |"]
-    lines.append(f"|{'-' * (width + 2)}|" + "|".join("-" * 16 for _ in names) + "|")
+    lines = [f"| {'':{width}} | " + " | ".join(f"{n:>{widths[n]}}" for n in names) + " |"]
+    lines.append(f"|{'-' * (width + 2)}|" + "|".join("-" * (widths[n] + 2) for n in names) + "|")
     for row in rows:
-        cells = []
-        for name in names:
-            value = columns[name].get(row)
-            cells.append(f"{'-':>14}" if value is None else f"{value:>14,.2f}")
-        lines.append(f"| {row:{width}} | " + " | ".join(cells) + " |")
+        line = " | ".join(f"{cells[row, n]:>{widths[n]}}" for n in names)
+        lines.append(f"| {row:{width}} | {line} |")
     return "\n".join(lines)
 
 
-async def main(args: argparse.Namespace, redis_url: str) -> None:
-    sizes = Sizes(
-        ops=500 if args.quick else 4000,
-        probes=50 if args.quick else 300,
-        backlogs=(1000, 10_000) if args.quick else (1000, 10_000, 100_000),
-    )
+async def one_run(args: argparse.Namespace, redis_url: str, sizes: Sizes) -> dict[str, Result]:
     columns: dict[str, Result] = {}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -264,12 +275,32 @@ async def main(args: argparse.Namespace, redis_url: str) -> None:
             columns[f"gantryd sqlite {args.synchronous}"] = await bench_queue(q, sizes)
         async with open_redis_queue(redis_url, prefix=f"bench{time.time_ns()}") as rq:
             columns["gantryd redis"] = await bench_queue(rq, sizes)
-    print(table(columns))
-    sq = columns[f"gantryd sqlite {args.synchronous}"]
+    return columns
+
+
+async def main(args: argparse.Namespace, redis_url: str) -> None:
+    sizes = Sizes(
+        ops=500 if args.quick else 4000,
+        probes=50 if args.quick else 300,
+        backlogs=(1000, 10_000) if args.quick else (1000, 10_000, 100_000),
+    )
+    runs = []
+    for i in range(args.runs):
+        before = os.getloadavg()[0]
+        runs.append(await one_run(args, redis_url, sizes))
+        print(f"run {i + 1}/{args.runs}: load average {before:.2f} -> {os.getloadavg()[0]:.2f}")
+    print(table(runs))
+    print(f"\n{'median (min-max) of ' + str(args.runs) + ' runs; ' if args.runs > 1 else ''}"
+          "ratios of the medians:")  # fmt: skip
+    med = {
+        name: {row: statistics.median(run[name][row] for run in runs) for row in runs[0][name]}
+        for name in runs[0]
+    }
+    sq = med[f"gantryd sqlite {args.synchronous}"]
     big = "claim @100k ms" if "claim @100k ms" in sq else "claim @10k ms"
-    print(f"\nsqlite claim latency {big.split()[1]} / @1k: {sq[big] / sq['claim @1k ms']:.2f}x")
-    raw = columns[f"raw sqlite3 {args.synchronous}"]
-    for op in ("enqueue/s", "claim+ack/s", "claim100+ack/s"):
+    print(f"sqlite claim latency {big.split()[1]} / @1k: {sq[big] / sq['claim @1k ms']:.2f}x")
+    raw = med[f"raw sqlite3 {args.synchronous}"]
+    for op in ("enqueue/s", "claim+ack/s", "claim100+ack_many/s"):
         print(f"raw / gantryd sqlite {op}: {raw[op] / sq[op]:.2f}x")
 
 
@@ -278,6 +309,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--synchronous", choices=["full", "normal"], default="full")
     p.add_argument("--redis-url", help="use this server instead of a throw-away one")
+    p.add_argument("--runs", type=int, default=1, help="repeat, report median and range")
     return p.parse_args(argv)
 
 

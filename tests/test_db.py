@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 import trio
+import trio.testing
 
 from agent.db import open_database
 from agent.queue.base import QueueUnavailable, SchemaTooNew
@@ -100,3 +101,33 @@ async def test_concurrent_writes_share_commits_but_fail_alone(tmp_path: Path) ->
         assert outcome == {i: "failed" if i == 3 else "ok" for i in range(10)}
         rows = await db.read(lambda c: c.execute("SELECT id FROM items ORDER BY id").fetchall())
         assert [r[0] for r in rows] == [i for i in range(10) if i != 3]
+
+
+async def test_writes_after_close_are_refused(tmp_path: Path) -> None:
+    async with open_database(tmp_path / "s.db", migrations=[_v1]) as db:
+        await db.write(lambda c: c.execute("INSERT INTO items VALUES (1, 'a')"))
+    with pytest.raises(trio.ClosedResourceError, match="closed"):
+        await db.write(lambda c: c.execute("INSERT INTO items VALUES (2, 'b')"))
+
+
+async def test_close_waits_for_the_write_in_flight(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with open_database(path, migrations=[_v1]) as db:
+        outcomes: list[str] = []
+
+        async def insert(i: int) -> None:
+            try:
+                await db.write(lambda c: c.execute("INSERT INTO items VALUES (?, 'x')", (i,)))
+                outcomes.append(f"{i} written")
+            except trio.ClosedResourceError:
+                outcomes.append(f"{i} refused")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(insert, 1)
+            await trio.testing.wait_all_tasks_blocked()  # 1 is being (or has been) written
+            nursery.start_soon(db.aclose)
+            await trio.testing.wait_all_tasks_blocked()  # the close has begun
+            nursery.start_soon(insert, 2)
+        assert sorted(outcomes) == ["1 written", "2 refused"]
+    async with open_database(path, migrations=[_v1]) as db:
+        assert await db.read(lambda c: c.execute("SELECT id FROM items").fetchall()) == [(1,)]

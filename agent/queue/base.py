@@ -14,7 +14,7 @@ States (``JobState``) and the transitions each method makes::
     heartbeat          CLAIMED (lease extended)
     release            CLAIMED -> QUEUED (no attempt consumed)
     fail               CLAIMED -> QUEUED (not_before = now + backoff) | DEAD (attempts exhausted)
-    ack                CLAIMED -> DONE
+    ack, ack_many      CLAIMED -> DONE
     mark_running       QUEUED | CLAIMED -> RUNNING (lease dropped: GitHub owns the job now)
     finish             any non-final (or unknown key) -> DONE (tombstone for an unknown key)
     cancel             any non-final -> CANCELLED
@@ -203,6 +203,13 @@ class JobQueue(Protocol):
 
     async def ack(self, lease: Lease) -> None:
         """CLAIMED -> DONE; raises StaleLease."""
+
+    async def ack_many(self, leases: Sequence[Lease]) -> None:
+        """``ack`` of every lease in one atomic step (one commit): all are acked, or none.
+
+        Raises StaleLease for a stale one and then acks none of them; the same lease given
+        twice counts once. A batch claim plus ``ack_many`` costs two commits, not n + 1.
+        """
 
     async def fail(self, lease: Lease, reason: str) -> FailOutcome:
         """Count an infrastructure failure: retry later with backoff, or dead-letter."""

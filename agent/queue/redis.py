@@ -19,12 +19,15 @@ sets of job ids; ``deliveries`` (score first seen); ``outbox`` (score = seq) wit
 ``outbox:data``; ``counts`` and ``readycount`` hashes kept by the scripts; ``notify`` list
 (at most one element) for ``wait_ready``.
 
-redis-py's asyncio client does not run on trio, so the blocking client runs in worker threads
-behind a limiter. Time is the injected ``clock``, never Redis ``TIME``.
+redis-py's asyncio client does not run on trio, so the blocking client runs on one long-lived
+thread of the queue's own (see ``RedisQueue``). Time is the injected ``clock``, never Redis
+``TIME``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import random
 import secrets
@@ -32,7 +35,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 import redis.exceptions
@@ -52,6 +55,7 @@ from agent.queue.base import (
     RetryPolicy,
     StaleLease,
 )
+from agent.queue.worker_thread import WorkerThread
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -186,11 +190,16 @@ return fields(id)
 """
 
 _ACK = """
-local id, token, now = unpack(ARGV)
-local j = leased(id, token)
-if not j then return 0 end
-finalize(id, j[3], 'claimed', 'done', now)
-return 1
+local now, n = ARGV[1], (#ARGV - 1) / 2
+local held = {}
+for i = 1, n do
+  local id, token = ARGV[2 * i], ARGV[2 * i + 1]
+  local j = leased(id, token)
+  if not j then return {id, token} end
+  held[i] = j[3]
+end
+for i = 1, n do finalize(ARGV[2 * i], held[i], 'claimed', 'done', now) end
+return false
 """
 
 _FAIL = """
@@ -343,25 +352,67 @@ def _lease(values: Sequence[str | None]) -> Lease:
     return Lease(job=_job(values), token=values[9] or "", expires_at=float(values[10] or 0))
 
 
+def _no_script(result: Any) -> bool:
+    return isinstance(result, redis.exceptions.NoScriptError)
+
+
 def _pairs(flat: Sequence[str]) -> list[tuple[str, int]]:
     return [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
 
+def _unavailable(exc: Exception) -> Exception:
+    """Translate redis-py's "could not do it" errors; others are bugs and stay as they are."""
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        mapped: Exception = QueueUnavailable(f"Redis unreachable: {exc}")
+    elif isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
+        ("OOM", "READONLY", "LOADING", "MISCONF", "BUSY")
+    ):
+        mapped = QueueUnavailable(f"Redis refused the write: {exc}")
+    else:
+        return exc
+    mapped.__cause__ = exc
+    return mapped
+
+
+@dataclasses.dataclass(eq=False)
+class _Call:
+    """One script call, waiting for (or sent in) a shared round trip."""
+
+    name: str
+    args: tuple[Any, ...]
+    taken: bool = False  # a round trip owns it: it will be sent, whatever happens to its caller
+    result: Any = None
+    error: BaseException | None = None
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+
+
 class RedisQueue:
-    """``JobQueue`` on a Redis server. Create with ``open_redis_queue``."""
+    """``JobQueue`` on a Redis server. Create with ``open_redis_queue``.
+
+    Every call runs on one long-lived thread (``WorkerThread``), so there is no thread-cache
+    checkout per call, and a lone script call goes over the thread's own connection, so there
+    is no connection-pool checkout either. Script calls that arrive while a round trip is in
+    flight share the next one (a pipeline of EVALSHAs on a pooled connection, each script
+    still atomic on its own), so concurrent tasks are not serialised behind one connection's
+    latency. Scripts are loaded at open and again if the server forgot them (a restart):
+    EVALSHA never sends the source. ``wait_ready`` parks its BLPOP on a pooled connection.
+    """
 
     def __init__(
         self, client: redis.Redis[str], *, prefix: str, retry: RetryPolicy, clock: Clock
     ) -> None:
         self._client = client
+        self._conn: redis.Redis[str] | None = None  # the thread's own, made on the thread
+        self._thread: WorkerThread | None = None  # started by the first call
         self._keys = [f"{{{prefix}}}:"]
         self._retry = retry
         self._clock = clock
         self._random = random.Random()
-        self._limiter = trio.CapacityLimiter(4)
         self._wait_limiter = trio.CapacityLimiter(1)
-        self._scripts = {
-            name: client.register_script(_LIB + body)
+        self._flush_lock = trio.Lock()
+        self._pending: list[_Call] = []
+        self._sources = {
+            name: _LIB + body
             for name, body in {
                 "enqueue": _ENQUEUE,
                 "claim": _CLAIM,
@@ -381,31 +432,110 @@ class RedisQueue:
                 "prune": _PRUNE,
             }.items()
         }
+        self._shas = {
+            name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._sources.items()
+        }
 
-    async def _run(
-        self,
-        fn: Callable[[], T],
-        limiter: trio.CapacityLimiter | None = None,
-        *,
-        abandon_on_cancel: bool = False,
-    ) -> T:
+    def _connection(self) -> redis.Redis[str]:
+        """The thread's connection; redis-py reconnects it after a failure on the next call."""
+        if self._conn is None:
+            self._conn = cast(
+                "redis.Redis[str]",
+                redis.Redis(
+                    connection_pool=self._client.connection_pool, single_connection_client=True
+                ),
+            )
+        return self._conn
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the queue's thread, translating "Redis cannot do it" errors."""
+
         def call() -> T:
             try:
                 return fn()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                raise QueueUnavailable(f"Redis unreachable: {exc}") from exc
-            except redis.exceptions.ResponseError as exc:
-                if str(exc).startswith(("OOM", "READONLY", "LOADING", "MISCONF", "BUSY")):
-                    raise QueueUnavailable(f"Redis refused the write: {exc}") from exc
-                raise
+            except redis.exceptions.RedisError as exc:
+                if (mapped := _unavailable(exc)) is exc:
+                    raise
+                raise mapped from exc
 
-        return await trio.to_thread.run_sync(
-            call, limiter=limiter or self._limiter, abandon_on_cancel=abandon_on_cancel
-        )
+        if self._thread is None:
+            self._thread = WorkerThread(f"redis {self._keys[0]}")
+        return await self._thread.run(call)
 
     async def _script(self, name: str, *args: Any) -> Any:
-        script = self._scripts[name]
-        return await self._run(partial(script, keys=self._keys, args=list(args)))
+        call = _Call(name, args)
+        self._pending.append(call)
+        try:
+            async with self._flush_lock:
+                if not call.taken:  # nobody sent it while we waited: send everything queued
+                    batch, self._pending = self._pending, []
+                    for c in batch:
+                        c.taken = True
+                    try:
+                        await self._run(partial(self._send_blocking, batch))
+                    except trio.ClosedResourceError as exc:  # closed while these waited
+                        for c in batch:
+                            c.error = exc
+                    finally:
+                        for c in batch:
+                            c.done.set()
+        except trio.Cancelled:
+            if not call.taken:
+                self._pending.remove(call)
+                raise
+            # Another task's round trip carries it: wait for the outcome, so a caller never
+            # mistakes a script that ran for one that did not.
+            with trio.CancelScope(shield=True):
+                await call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _send_blocking(self, batch: list[_Call]) -> None:
+        try:
+            results = self._evalsha(batch)
+            missing = [i for i, r in enumerate(results) if _no_script(r)]
+            if missing:  # the server lost its scripts (restart, SCRIPT FLUSH): load, resend
+                self._load_scripts()
+                for i, result in zip(
+                    missing, self._evalsha([batch[i] for i in missing]), strict=True
+                ):
+                    results[i] = result
+        except Exception as exc:  # the round trip failed: every call of it did
+            for c in batch:
+                c.error = _unavailable(exc)
+            return
+        for c, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                c.error = _unavailable(result)
+            else:
+                c.result = result
+
+    def _evalsha(self, batch: list[_Call]) -> list[Any]:
+        """One round trip; a script's error is returned in its place, not raised."""
+        if len(batch) == 1:
+            call = batch[0]
+            try:
+                conn = self._connection()
+                return [
+                    conn.execute_command(
+                        "EVALSHA", self._shas[call.name], 1, *self._keys, *call.args
+                    )
+                ]
+            except redis.exceptions.ResponseError as exc:
+                return [exc]
+        pipe = self._client.pipeline(transaction=False)
+        for call in batch:  # types-redis leaves Pipeline.execute_command untyped
+            pipe.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._shas[call.name], 1, *self._keys, *call.args
+            )
+        return pipe.execute(raise_on_error=False)
+
+    def _load_scripts(self) -> None:
+        conn = self._connection()
+        for name, src in self._sources.items():
+            if conn.execute_command("SCRIPT", "LOAD", src) != self._shas[name]:
+                raise QueueUnavailable(f"Redis hashed the {name!r} script differently")
 
     async def wait_ready(self, timeout: float) -> bool:  # noqa: ASYNC109 - BLPOP's own timeout
         """Block until some host made work ready since the last wake-up, or ``timeout`` passes
@@ -415,10 +545,17 @@ class RedisQueue:
         lost, which costs at most one poll interval (``timeout``) for the next waiter.
         """
         key = f"{self._keys[0]}notify"
-        popped = await self._run(
-            partial(self._client.blpop, [key], timeout=timeout),
-            self._wait_limiter,
-            abandon_on_cancel=True,
+
+        def blpop() -> Any:
+            try:
+                return self._client.blpop([key], timeout=timeout)
+            except redis.exceptions.RedisError as exc:
+                if (mapped := _unavailable(exc)) is exc:
+                    raise
+                raise mapped from exc
+
+        popped = await trio.to_thread.run_sync(
+            blpop, limiter=self._wait_limiter, abandon_on_cancel=True
         )
         return popped is not None
 
@@ -440,15 +577,15 @@ class RedisQueue:
 
     async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[EnqueueOutcome]:
         """``enqueue`` of each spec in one round trip (each still atomic on its own)."""
-        script = self._scripts["enqueue"]
-
-        def run() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
-            for spec in specs:
-                script(keys=self._keys, args=self._enqueue_args(spec, None, None), client=pipe)
-            return pipe.execute()
-
-        return [EnqueueOutcome(r) for r in await self._run(run)]
+        batch = [_Call("enqueue", tuple(self._enqueue_args(spec, None, None))) for spec in specs]
+        if batch:
+            await self._run(partial(self._send_blocking, batch))
+        outcomes = []
+        for call in batch:
+            if call.error is not None:
+                raise call.error
+            outcomes.append(EnqueueOutcome(call.result))
+        return outcomes
 
     async def claim(
         self, n: int, *, lease_seconds: float, pools: Sequence[str] | None = None
@@ -471,8 +608,16 @@ class RedisQueue:
         return _lease(row)
 
     async def ack(self, lease: Lease) -> None:
-        if not await self._script("ack", lease.job_id, lease.token, repr(self._clock())):
-            raise StaleLease(lease.job_id, lease.token)
+        await self.ack_many([lease])
+
+    async def ack_many(self, leases: Sequence[Lease]) -> None:
+        held = dict.fromkeys((lease.job_id, lease.token) for lease in leases)
+        if not held:
+            return
+        args = [x for pair in held for x in pair]
+        stale = await self._script("ack", repr(self._clock()), *args)
+        if stale is not None:  # the script checked every lease before acking any
+            raise StaleLease(int(stale[0]), stale[1])
 
     async def fail(self, lease: Lease, reason: str) -> FailOutcome:
         now = self._clock()
@@ -576,8 +721,15 @@ class RedisQueue:
                 return total
 
     async def aclose(self) -> None:
+        """Close the connections once the calls in flight have finished."""
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self._client.close, limiter=self._limiter)
+            async with self._flush_lock:
+                if self._thread is not None:
+                    await self._thread.aclose()
+            if self._conn is not None:
+                self._conn.close()  # hands the connection back to the pool; no I/O
+            async with self._wait_limiter:
+                await trio.to_thread.run_sync(self._client.close)
 
 
 def _check_server(client: redis.Redis[str]) -> None:
@@ -603,6 +755,7 @@ async def open_redis_queue(
     queue = RedisQueue(client, prefix=prefix, retry=retry, clock=clock)
     try:
         await queue._run(partial(_check_server, client))
+        await queue._run(queue._load_scripts)
         yield queue
     finally:
         await queue.aclose()

@@ -3,8 +3,9 @@
 usage: crash_child.py loop|drain BACKEND TARGET PREFIX LOG START
 
 Each line of LOG is written only after the operation it names returned: ``E id`` enqueued,
-``A id`` acked, ``C id`` claimed and deliberately left unacked. ``drain`` claims and acks until
-the queue is empty, logging ``A id``.
+``A id`` acked, ``C id`` claimed and deliberately left unacked. ``drain`` waits for a line on
+stdin (so that two drainers start together), then claims and acks until the queue is empty,
+logging ``A id``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ async def main(mode: str, backend: str, target: str, prefix: str, log: str, star
     async with _open(backend, target, prefix) as queue:
         print("ready", flush=True)
         if mode == "drain":
+            await trio.to_thread.run_sync(sys.stdin.readline)
             while leases := await queue.claim(10, lease_seconds=LEASE):
                 for lease in leases:
                     await queue.ack(lease)

@@ -96,6 +96,27 @@ async def test_heartbeat_extends_and_expiry_requeues(queue: JobQueue, clock: Fak
     assert job is not None and job.state is JobState.DONE and job.attempts == 0
 
 
+async def test_ack_many_is_all_or_nothing(queue: JobQueue) -> None:
+    for job_id in range(1, 5):
+        await queue.enqueue(spec(job_id))
+    first, second, third, fourth = await queue.claim(4, lease_seconds=LEASE)
+    await queue.ack(second)
+    with pytest.raises(StaleLease) as stale:
+        await queue.ack_many([first, second, third])
+    assert stale.value.job_id == 2
+    states = [job.state for job in [await queue.get(i) for i in range(1, 5)] if job]
+    assert states == [JobState.CLAIMED, JobState.DONE, JobState.CLAIMED, JobState.CLAIMED]
+    await queue.ack_many([])
+    await queue.ack_many([first, third, first])  # the same lease twice counts once
+    states = [job.state for job in [await queue.get(i) for i in range(1, 5)] if job]
+    assert states == [JobState.DONE, JobState.DONE, JobState.DONE, JobState.CLAIMED]
+    counts = await queue.counts()
+    assert counts.by_state == {JobState.DONE: 3, JobState.CLAIMED: 1}
+    with pytest.raises(StaleLease):
+        await queue.ack_many([fourth, first])
+    await queue.ack_many([fourth])
+
+
 async def test_fail_backs_off_then_dead_letters(open_backend, clock: FakeClock) -> None:  # type: ignore[no-untyped-def]
     retry = RetryPolicy(attempts=2, delay=10.0, max_delay=15.0, jitter=0.5)
     async with open_backend(retry=retry, clock=clock) as queue:
@@ -249,6 +270,33 @@ async def test_concurrent_claimers_never_share_a_job(queue: JobQueue) -> None:
         for _ in range(4):
             nursery.start_soon(claimer)
     assert sorted(got) == list(range(200))
+
+
+async def test_concurrent_calls_get_their_own_outcomes(queue: JobQueue) -> None:
+    """Calls that arrive together share a commit (SQLite) or a round trip (Redis)."""
+    await queue.enqueue(spec(100))
+    [stale] = await queue.claim(1, lease_seconds=LEASE)
+    await queue.release(stale)
+    outcomes: dict[int, object] = {}
+
+    async def enqueue(job_id: int) -> None:
+        outcomes[job_id] = await queue.enqueue(spec(job_id % 10), delivery_id=f"d{job_id}")
+
+    async def ack_stale() -> None:
+        with pytest.raises(StaleLease):
+            await queue.ack(stale)
+        outcomes[-1] = StaleLease
+
+    async with trio.open_nursery() as nursery:
+        for job_id in range(20):
+            nursery.start_soon(enqueue, job_id)
+        nursery.start_soon(ack_stale)
+    created = [i for i in range(20) if outcomes[i] is EnqueueOutcome.CREATED]
+    assert sorted(i % 10 for i in created) == list(range(10))  # each key created once
+    assert all(outcomes[i] is EnqueueOutcome.KNOWN for i in range(20) if i not in created)
+    assert outcomes[-1] is StaleLease
+    counts = await queue.counts()
+    assert counts.by_state == {JobState.QUEUED: 11}
 
 
 async def test_wait_ready_wakes_on_enqueue(queue: JobQueue) -> None:

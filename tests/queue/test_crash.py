@@ -32,7 +32,7 @@ async def start_child(*args: str) -> trio.Process:
     """Start crash_child.py and wait (with a deadline) until its queue is open."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await trio.lowlevel.open_process(
-        [sys.executable, str(HERE / "crash_child.py"), *args], stdout=-1, env=env
+        [sys.executable, str(HERE / "crash_child.py"), *args], stdin=-1, stdout=-1, env=env
     )
     assert proc.stdout is not None
     with trio.fail_after(30):
@@ -41,8 +41,9 @@ async def start_child(*args: str) -> trio.Process:
 
 
 async def close(proc: trio.Process) -> None:
-    if proc.stdout is not None:
-        await proc.stdout.aclose()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            await stream.aclose()
 
 
 def fixed(now: float) -> Callable[[], float]:
@@ -119,6 +120,9 @@ async def test_two_processes_never_share_a_redis_job(
     procs = [
         await start_child("drain", "redis", redis_server.url, prefix, str(log), "0") for log in logs
     ]
+    for proc in procs:  # both are open: let them race (a head start could drain it all)
+        assert proc.stdin is not None
+        await proc.stdin.send_all(b"go\n")
     with trio.fail_after(60):
         for proc in procs:
             assert await proc.wait() == 0

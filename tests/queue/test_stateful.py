@@ -214,6 +214,21 @@ class QueueMachine(RuleBasedStateMachine):
                 self._report(lease.job_id, JobState.QUEUED, detail)
                 assert outcome.retry_at == now + delay
 
+    @rule(data=st.data())
+    def ack_many(self, data: st.DataObject) -> None:
+        if not self.leases:
+            return
+        batch = data.draw(st.lists(st.sampled_from(self.leases), max_size=4))
+        live = all(self._live(lease) for lease in batch)
+        try:
+            self.call(self.q.ack_many, batch)
+        except StaleLease:
+            assert not live  # and nothing was acked: the model is left as it is
+            return
+        assert live
+        for lease in batch:
+            self._set(self.jobs[lease.job_id], JobState.DONE)
+
     @rule(job_id=JOB_IDS, delivery=DELIVERIES)
     def mark_running(self, job_id: int, delivery: str | None) -> None:
         got = self.call(self.q.mark_running, job_id, "runner", delivery_id=delivery)

@@ -9,8 +9,13 @@ setup:
 demo: setup
 	.venv/bin/gantryd demo
 
+# The dockerd-restart test runs on its own, after everything else, when GANTRYD_DISRUPTIVE=1
+# (CI sets it): it restarts the machine's Docker Engine.
 test: setup
-	.venv/bin/pytest $(PYTEST_ARGS)
+	.venv/bin/pytest -m "not disruptive" $(PYTEST_ARGS)
+	@if [ "$${GANTRYD_DISRUPTIVE:-}" = 1 ]; then \
+	    .venv/bin/pytest -m disruptive -p no:cacheprovider tests/container/test_dockerd_restart.py; \
+	fi
 
 lint: setup
 	.venv/bin/ruff check .

@@ -10,7 +10,7 @@ so there is no token to leak. ``gantryd status|jobs|drain|resume|gc|secrets`` ar
     POST   /jobs/{id}/cancel        cancel a job that has not finished
     POST   /jobs/{id}/retry         queue a dead or cancelled job again
     POST   /drain, /resume          stop / restart taking new jobs (running ones go on)
-    POST   /gc                      one garbage-collection pass; what it removed
+    POST   /gc                      one garbage-collection pass; names of what it removed
     GET    /secrets                 names and dates, never values
     PUT    /secrets/{name}          body = the value
     DELETE /secrets/{name}
@@ -115,7 +115,7 @@ class AdminApp:
     instance: str
     usage: UsageTracker
     secrets: SecretStore | None = None
-    gc: Callable[[], Awaitable[int]] | None = None  # one GC pass: how many objects it removed
+    gc: Callable[[], Awaitable[list[str]]] | None = None  # one GC pass: what it removed
     started_at: float = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -234,6 +234,7 @@ class AdminApp:
                 "path": str(config.path),
                 "last_reload_ok": self.live.last_reload_ok,
                 "last_reload_at": self.live.last_reload_at,
+                "max_runners": config.scheduler.max_runners,
             },
             "pools": pools,
             "runners": [self._runner_json(r, now) for r in runners],

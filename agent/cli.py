@@ -4,6 +4,7 @@ traceback: 78 (EX_CONFIG) for configuration problems, 1 when gantryd cannot star
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,8 +13,6 @@ from typing import TypeVar
 import trio
 
 from agent.config import DEFAULT_CONFIG_PATH, EX_CONFIG, ConfigError, describe, load_config
-
-EX_STARTUP = 1
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -30,9 +29,10 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from agent.daemon import Daemon, StartupError, serve_until_signalled
+    from agent.daemon import Daemon, serve_until_signalled
     from agent.logs import setup_logging
     from agent.reload import LiveConfig
+    from agent.startup import StartupError
     from agent.systemd import Notifier
 
     try:
@@ -43,7 +43,9 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(config.server.log_level, config.server.log_format)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    daemon = Daemon(live=LiveConfig(config), notifier=Notifier())
+    # DOCKER_HOST as the docker CLI reads it (e.g. a unit's Environment=); unset: the socket.
+    docker_url = os.environ.get("DOCKER_HOST") or None
+    daemon = Daemon(live=LiveConfig(config), notifier=Notifier(), docker_url=docker_url)
     try:
         trio.run(serve_until_signalled, daemon)
     except (StartupError, BaseExceptionGroup) as exc:
@@ -51,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
         if startup is None:
             raise
         print(f"gantryd: cannot start: {startup}", file=sys.stderr)
-        return EX_STARTUP
+        return startup.exit_status
     return 0
 
 

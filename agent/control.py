@@ -346,8 +346,13 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    removed = _client(args).request("POST", "/gc")["removed"]
-    print(f"garbage collection removed {removed} object(s)" if removed else "nothing to remove")
+    removed: list[str] = _client(args).request("POST", "/gc")["removed"]
+    if not removed:
+        print("nothing to remove")
+        return 0
+    print(f"garbage collection removed {len(removed)} object(s):")
+    for name in removed:
+        print(f"  {name}")
     return 0
 
 

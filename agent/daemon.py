@@ -16,14 +16,13 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import hypercorn.config
 import hypercorn.trio
 import trio
 
-from agent.config import Config, GitHubConfig
-from agent.container.docker_api import DockerAPI, DockerError
+from agent.config import EX_CONFIG, Config, GitHubConfig, ServerConfig
+from agent.container.docker_api import DockerAPI
 from agent.container.pool_manager import JobEvent, PoolManager
 from agent.container.store import RunnerStore, open_runner_store
 from agent.github.auth import (
@@ -46,16 +45,13 @@ from agent.queue import open_queue
 from agent.queue.base import JobQueue
 from agent.reload import LiveConfig
 from agent.secrets import SecretStore, open_secret_store
+from agent.startup import StartupError, check_directories, connect_docker, opened
 from agent.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
 JOB_EVENTS_BUFFER = 256
 HTTP_GRACEFUL_TIMEOUT = 3.0
-
-
-class StartupError(Exception):
-    """gantryd cannot start for a reason outside the config file (Docker down, queue locked)."""
 
 
 def instance_name(config: Config) -> str:
@@ -80,9 +76,12 @@ async def serve_http(
     listen: str,
     *,
     read_timeout: float = 10.0,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the intake app with hypercorn's trio worker; started() with the bound URLs.
+    When ``shutdown_trigger`` returns, it stops accepting and returns once the requests in
+    flight are answered (at most ``HTTP_GRACEFUL_TIMEOUT`` later).
 
     ``read_timeout`` bounds each read and, as hypercorn's keep-alive timeout, the wait for a
     request's headers; the app bounds the body itself (a slow client cannot hold a worker).
@@ -94,7 +93,12 @@ async def serve_http(
     config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
     config.read_timeout = math.ceil(read_timeout)  # hypercorn types it as whole seconds
     config.keep_alive_timeout = read_timeout
-    await hypercorn.trio.serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+    await hypercorn.trio.serve(
+        app,  # type: ignore[arg-type]
+        config,
+        shutdown_trigger=shutdown_trigger,
+        task_status=task_status,
+    )
 
 
 @dataclass
@@ -113,6 +117,8 @@ class Daemon:
     metrics: Metrics = field(default_factory=Metrics)
     secret_store: SecretStore | None = None
     metrics_url: str | None = None
+    _intake_stop: trio.Event = field(default_factory=trio.Event)
+    _intake_done: trio.Event = field(default_factory=trio.Event)
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every service; started() with the intake URL once all are ready."""
@@ -121,18 +127,16 @@ class Daemon:
             self._auth = auth = load_auth(config.github)
             self._secrets = load_webhook_secrets(config.github)
         except CredentialsError as exc:
-            raise StartupError(str(exc)) from exc
-        docker = DockerAPI(self.docker_url)
-        try:
-            await docker.ping()
-        except DockerError as exc:
-            docker.close()
-            raise StartupError(f"cannot reach the Docker Engine: {exc}") from exc
+            raise StartupError(str(exc), exit_status=EX_CONFIG) from exc
+        await trio.to_thread.run_sync(check_directories, config.server)
+        docker = await connect_docker(self.docker_url)
         try:
             async with (
-                open_queue(config) as queue,
-                open_runner_store(config.server.state_dir) as store,
-                open_secret_store(config.server.state_dir) as self.secret_store,
+                opened("the queue", open_queue(config)) as queue,
+                opened("the runner store", open_runner_store(config.server.state_dir)) as store,
+                opened(
+                    "the secrets store", open_secret_store(config.server.state_dir)
+                ) as self.secret_store,
                 GitHubClient(
                     config.github.api_url,
                     auth,
@@ -167,6 +171,7 @@ class Daemon:
             on_capacity=wakeup.set,
             exit_settle=self.exit_settle,
             secrets=self.secret_store,
+            observer=self.metrics,
         )
         self.scheduler = Scheduler(live=self.live, queue=q, pools=self.pools, wakeup=wakeup)
         seen = SeenRepositories()
@@ -184,6 +189,7 @@ class Daemon:
             },
             on_repository=seen.add,
         )
+        self.metrics.watch_webhooks(lambda: app.stats.received)
         async with send_events, trio.open_nursery() as nursery:
             await nursery.start(self.pools.run, receive_events)
             await nursery.start(self.scheduler.run)
@@ -197,11 +203,7 @@ class Daemon:
                 ).run
             )
             await nursery.start(self.reconciler.run)
-            binds = await nursery.start(
-                partial(serve_http, read_timeout=config.server.read_timeout),
-                app,
-                config.server.listen,
-            )
+            binds = await nursery.start(self._serve_intake, app, config.server)
             url = binds[0].replace("0.0.0.0", "127.0.0.1")
             services = Services(
                 self.live, q, self.scheduler, self.pools, github, docker, app, self.notifier,
@@ -211,6 +213,34 @@ class Daemon:
             log.info("gantryd ready: intake on %s, %d pool(s)", url, len(config.pools))
             self.notifier.ready(f"serving on {url}")
             task_status.started(url)
+
+    async def _serve_intake(
+        self,
+        app: WebhookApp,
+        server: ServerConfig,
+        *,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await serve_http(
+                app,
+                server.listen,
+                read_timeout=server.read_timeout,
+                shutdown_trigger=self._intake_stop.wait,
+                task_status=task_status,
+            )
+        finally:
+            self._intake_done.set()
+
+    async def stop_taking_work(self) -> None:
+        """SIGTERM's first step: no new claims, no new webhooks; the requests in flight are
+        answered (their enqueue committed). The caller then cancels the rest: writes already
+        handed to the database finish first, runner containers are left running."""
+        if self.scheduler is not None:
+            self.scheduler.paused = True
+        self._intake_stop.set()
+        with trio.move_on_after(HTTP_GRACEFUL_TIMEOUT + 1.0):
+            await self._intake_done.wait()
 
     def reload(self) -> bool:
         """SIGHUP: re-read config and webhook secrets together; keep both on any error."""
@@ -244,5 +274,6 @@ async def serve_until_signalled(
                     "%s: stopping; runner containers keep running", signal.Signals(signum).name
                 )
                 daemon.notifier.stopping()
+                await daemon.stop_taking_work()
                 nursery.cancel_scope.cancel()
                 break

@@ -82,6 +82,7 @@ class Database:
         self._writer_thread: WorkerThread | None = None  # started by the first write
         self._read_limiter = trio.CapacityLimiter(1)
         self._flush_lock = trio.Lock()
+        self._flushed = trio.Event()  # set and replaced after every flush
         self._pending: list[_Write] = []
         self._closed = False
 
@@ -96,8 +97,11 @@ class Database:
         write = _Write(fn)
         self._pending.append(write)
         try:
-            async with self._flush_lock:
-                if not write.taken:  # nobody flushed it while we waited: flush everything queued
+            while not write.taken:
+                if self._flush_lock.locked():  # a flush runs; the next one takes this write
+                    await self._flushed.wait()
+                    continue
+                async with self._flush_lock:
                     batch, self._pending = self._pending, []
                     for w in batch:
                         w.taken = True
@@ -111,14 +115,19 @@ class Database:
                     finally:
                         for w in batch:
                             w.done.set()
+                        # Wake every waiter at once (not one per pass of the flush lock's
+                        # queue): those whose writes were in this batch return, the rest
+                        # start the next flush.
+                        self._flushed.set()
+                        self._flushed = trio.Event()
         except trio.Cancelled:
             if not write.taken:
                 self._pending.remove(write)
                 raise
-            # Another task's flush is writing it: wait for the outcome, as for a thread that
-            # cannot be abandoned; the cancellation is delivered at the caller's next checkpoint.
-            with trio.CancelScope(shield=True):
-                await write.done.wait()
+        # Taken by a flush: wait for the outcome, as for a thread that cannot be abandoned; a
+        # cancellation is delivered at the caller's next checkpoint.
+        with trio.CancelScope(shield=True):
+            await write.done.wait()
         if write.error is not None:
             raise write.error
         return cast(T, write.result)

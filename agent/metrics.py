@@ -1,6 +1,8 @@
 """Prometheus metrics: one registry per daemon (never the global one), served on its own listener.
 
-``Metrics`` is created by the daemon. Everything that is a *state* (queue depth, runners,
+``Metrics`` is created by the daemon. Events only the pool supervisor sees (a container started,
+a job started or ended) reach it through ``PoolObserver`` (agent/container/lifecycle.py), which
+``Metrics`` implements. Everything that is a *state* (queue depth, runners,
 container usage, rate limit, Docker reachability, last reload) is read by ``Sampler`` from the
 objects that own it every ``SAMPLE_INTERVAL`` seconds; counters other services keep are exposed
 as they are at scrape time (``agent.operations.CounterView``); GitHub requests are counted by a
@@ -18,7 +20,7 @@ import logging
 import platform
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,15 +32,24 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 
 from agent import __version__
 
 log = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL = 5.0
+# Histogram buckets (seconds) that fit what they measure (issue 7): a container start takes
+# from a tenth of a second (warm: none at all) to minutes (an image pull); a job, from seconds
+# to GitHub's 6-hour limit; a queue wait, from instant to hours when capacity is short.
+START_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+JOB_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 21600)
+WAIT_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 10800, 21600)
 # Endpoint classes of GitHub requests, first match wins (paths carry ids: never a label).
 _ENDPOINTS = (
     ("installation_token", re.compile(r"^/app/installations/\d+/access_tokens$")),
@@ -126,6 +137,35 @@ class Metrics:
             "Unix time of the last successful configuration load.",
             registry=r,
         )
+        self.jobs = Counter(
+            "gantryd_jobs",
+            "Jobs served by this host's runners that ended, by pool and outcome (GitHub's "
+            "conclusion, or dead: dead-lettered by gantryd).",
+            ["pool", "outcome"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "gantryd_job_queue_wait_seconds",
+            "From a job's enqueue until a runner of this host took it (in_progress).",
+            ["pool"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "gantryd_job_duration_seconds",
+            "From a job's in_progress until its completed, for jobs this host's runners ran.",
+            ["pool"],
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self.container_start = Histogram(
+            "gantryd_container_start_duration_seconds",
+            "From a job's claim until its runner is ready: cold = container created and "
+            "running, warm = handed to an idle warm runner.",
+            ["pool", "kind"],
+            buckets=START_BUCKETS,
+            registry=r,
+        )
         self.build_info = Gauge(
             "gantryd_build_info",
             "Always 1; labels say what runs.",
@@ -134,13 +174,55 @@ class Metrics:
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
 
+        self._webhooks: WebhooksReceived | None = None
+
+    def watch_webhooks(self, read: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:
+        """Expose intake's count of deliveries by (event, action, outcome), read at scrape
+        time; a later call (a restarted intake) replaces the earlier source."""
+        if self._webhooks is not None:
+            self.registry.unregister(self._webhooks)
+        self._webhooks = WebhooksReceived(read)
+        self.registry.register(self._webhooks)
+
     # -- events (called by the services that see them) ------------------------------------
 
     def github_request(self, path: str, status: int | None) -> None:
         self.github_requests.labels(endpoint_class(path), str(status or "error")).inc()
 
+    # PoolObserver: label values come from the config (pool) and closed sets (kind, outcome).
+
+    def container_started(self, pool: str, kind: str, seconds: float) -> None:
+        self.container_start.labels(pool, str(kind)).observe(seconds)
+
+    def job_started(self, pool: str, queue_wait: float) -> None:
+        self.queue_wait.labels(pool).observe(queue_wait)
+
+    def job_ended(self, pool: str, outcome: str, duration: float | None) -> None:
+        self.jobs.labels(pool, outcome).inc()
+        if duration is not None:
+            self.job_duration.labels(pool).observe(duration)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class WebhooksReceived(Collector):
+    """``gantryd_webhooks_received_total{event,action,outcome}`` from intake's own counter
+    (``agent.orchestrator.webhook.IntakeStats.received``): intake only increments it, and
+    bounds event and action to GitHub's known values, so no label grows without limit."""
+
+    def __init__(self, read: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "gantryd_webhooks_received",
+            "Webhook deliveries received, by event, action and what came of them.",
+            labels=["event", "action", "outcome"],
+        )
+        for labels, count in sorted(self._read().items()):
+            family.add_metric(list(labels), count)
+        yield family
 
 
 class ErrorCounter(logging.Handler):

@@ -22,6 +22,8 @@ from prometheus_client.registry import Collector
 
 from agent.admin import AdminApp, serve_admin
 from agent.container.docker_api import DockerAPI
+from agent.container.gc import collect_garbage
+from agent.container.lifecycle import Outcome
 from agent.container.pool_manager import PoolManager
 from agent.github.client import GitHubClient
 from agent.metrics import ErrorCounter, Metrics, Sampler, Sources, serve_metrics
@@ -101,6 +103,22 @@ def status_line(services: Services, sampler: Sampler) -> str:
     return text
 
 
+async def collect_garbage_now(services: Services) -> list[str]:
+    """``gantryd gc``: the pool supervisor's GC pass, run at once; the names it removed.
+
+    The same pass as ``PoolManager.collect_garbage`` (this instance's labelled objects that no
+    runner of this process owns, or past their expiry), called here because that method only
+    returns a count; counted in the same ``gc_removed`` outcome."""
+    collected = await collect_garbage(
+        services.docker,
+        instance=services.instance,
+        known={r.name for r in services.pools.runners()},
+        now=time.time(),
+    )
+    services.pools.stats.outcomes[Outcome.GC_REMOVED] += collected.total
+    return [*collected.containers, *collected.volumes, *collected.networks]
+
+
 def _register_views(metrics: Metrics, services: Services) -> None:
     pools, intake = services.pools, services.intake
     metrics.registry.register(
@@ -158,7 +176,7 @@ async def run_operations(
         instance=services.instance,
         usage=sampler.usage,
         secrets=services.secrets,
-        gc=services.pools.collect_garbage,
+        gc=partial(collect_garbage_now, services),
         started_at=time.time(),
     )
     errors = ErrorCounter(metrics)

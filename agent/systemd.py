@@ -3,18 +3,25 @@
 READY=1 once serving, RELOADING=1/READY=1 around a reload, STOPPING=1 on the way out,
 STATUS= for `systemctl status`. Without $NOTIFY_SOCKET (not started by systemd) it does nothing.
 
+Sends never block: a datagram socket whose reader lags (its queue holds only ~10 messages) would
+otherwise stop the whole event loop inside ``sendto``; a message that does not fit is dropped
+and logged instead (systemd reads promptly, so this means systemd itself is stuck).
+
 ``keep_alive`` is the service that sends WATCHDOG=1 from the event loop itself (so a blocked loop
 is what trips systemd's watchdog, not a stuck helper thread) and refreshes STATUS= with counts.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Mapping
 
 import trio
+
+log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 5.0  # seconds between STATUS= refreshes without a watchdog
 
@@ -31,6 +38,7 @@ class Notifier:
         mine = not pid or pid == str(os.getpid())
         self._watchdog = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 and mine else None
         self.last_status = ""
+        self.dropped = 0  # messages systemd's socket did not take
 
     @property
     def enabled(self) -> bool:
@@ -41,7 +49,12 @@ class Notifier:
             return
         message = "\n".join(fields).encode()
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(message, self._address)
+            sock.setblocking(False)
+            try:
+                sock.sendto(message, self._address)
+            except OSError as exc:  # BlockingIOError when full; gone if systemd went away
+                self.dropped += 1
+                log.warning("sd_notify: %s not delivered to systemd: %s", fields[0], exc)
 
     def ready(self, status: str = "") -> None:
         self.notify("READY=1", *([f"STATUS={status}"] if status else []))

@@ -1,4 +1,8 @@
-"""agent/metrics.py and the operator wiring of agent/operations.py: real scrapes, real promtool."""
+"""agent/metrics.py and the operator wiring of agent/operations.py: real scrapes, real promtool.
+
+The pool supervisor's events (container starts, queue waits, job durations and outcomes) are
+checked through a real run: the GitHub stand-in, gantryd in-process and real containers.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +19,14 @@ import httpx
 import pytest
 import trio
 
+from agent.container.lifecycle import RunnerState
+from agent.emulator.webhooks import Faults
 from agent.metrics import ErrorCounter, Metrics, Sampler, Sources, endpoint_class, serve_metrics
 from agent.operations import CounterView, CountingTransport
+from agent.orchestrator.webhook import IntakeStats, Outcome
 from agent.queue.base import JobSpec
 from agent.queue.sqlite import open_sqlite_queue
+from tests.container.stack import pool_stack, remove_leftovers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +36,21 @@ class FakeRunner:  # the three fields the sampler reads from agent.container.lif
     pool: str
     state: str
     container_id: str | None = None
+
+
+async def promtool_check(text: str) -> None:
+    checked = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+        )
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def samples_of(text: str) -> dict[str, str]:
+    return dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
 
 
 def _spec(job_id: int, pool: str = "default", priority: int = 0) -> JobSpec:
@@ -66,6 +89,14 @@ async def test_real_scrape_passes_promtool(tmp_path: Path) -> None:
             ),
         )
         await sampler.sample_once()
+    intake = IntakeStats()
+    metrics.watch_webhooks(lambda: {})  # replaced below, as a restarted intake would
+    metrics.watch_webhooks(lambda: intake.received)
+    intake.count("workflow_job", "queued", Outcome.ENQUEUED)
+    intake.count("workflow_job", "queued", Outcome.ENQUEUED)
+    intake.count("workflow_job", "queued; DROP TABLE", Outcome.INVALID)  # unauthenticated input
+    intake.count("issues", "opened", Outcome.IGNORED)
+    intake.count("ping", "none", Outcome.ACCEPTED)
     outcomes: Counter[str] = Counter(created=3, oom_killed=1)
     metrics.registry.register(
         CounterView("gantryd_runner_outcomes", "d", "outcome", lambda: outcomes)
@@ -91,15 +122,8 @@ async def test_real_scrape_passes_promtool(tmp_path: Path) -> None:
     assert scrape.status_code == 200 and missing.status_code == 404
     assert scrape.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = scrape.text
-    checked = await trio.to_thread.run_sync(
-        lambda: subprocess.run(
-            ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
-        )
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    samples = dict(
-        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
-    )
+    await promtool_check(text)
+    samples = samples_of(text)
     assert samples['gantryd_queue_jobs{pool="default",priority="5",state="ready"}'] == "1.0"
     assert samples['gantryd_queue_jobs{pool="big",priority="",state="queued"}'] == "1.0"
     assert samples['gantryd_runners{pool="default",state="busy"}'] == "1.0"
@@ -112,6 +136,12 @@ async def test_real_scrape_passes_promtool(tmp_path: Path) -> None:
     assert samples['gantryd_github_requests_total{endpoint="jitconfig",status="201"}'] == "1.0"
     assert samples['gantryd_errors_total{component="pool_manager",severity="warning"}'] == "1.0"
     assert any(k.startswith("gantryd_build_info{") for k in samples)
+    received = 'gantryd_webhooks_received_total{{action="{}",event="{}",outcome="{}"}}'
+    assert samples[received.format("queued", "workflow_job", "enqueued")] == "2.0"
+    assert samples[received.format("other", "workflow_job", "invalid")] == "1.0"
+    assert samples[received.format("other", "other", "ignored")] == "1.0"
+    assert samples[received.format("none", "ping", "accepted")] == "1.0"
+    assert sum(k.startswith("gantryd_webhooks_received_total{") for k in samples) == 4
     # _total only on counters; no label carries an id
     for line in text.splitlines():
         if line.startswith("# TYPE ") and line.endswith(("gauge", "histogram")):
@@ -197,3 +227,82 @@ async def _no_queue() -> None:
 
 async def _ok() -> None:
     return None
+
+
+@pytest.mark.docker
+async def test_pool_events_of_a_real_run_reach_the_scrape(
+    tmp_path: Path, docker_client: docker.DockerClient, runner_image: str
+) -> None:
+    """A warm hit, a cold start, a failing job and a dead-lettered one, every webhook delivered
+    twice: each job is counted once, with GitHub's conclusion or "dead"."""
+    broken = {
+        "name": "broken",
+        "labels": ["self-hosted", "broken"],
+        "image": "gantryd/absent-runner:none",  # not present, pull_policy never: cannot start
+        "max_runners": 1,
+    }
+    async with pool_stack(
+        tmp_path,
+        pool={"min_idle": 1, "warm_repositories": ["octo-org/app"], "max_runners": 3},
+        extra_pools=[broken],
+        queue={"retry_attempts": 0},
+    ) as stack:
+        try:
+            pools, metrics, emulator = stack.daemon.pools, stack.daemon.metrics, stack.emulator
+            assert pools is not None and stack.daemon.metrics_url is not None
+            emulator.faults = Faults(duplicate_rate=1.0)
+
+            def idle_warm() -> bool:
+                return any(r.warm and r.state is RunnerState.IDLE for r in pools.runners())
+
+            with trio.fail_after(30):
+                await pools.wait_until(idle_warm)
+            (warm,) = [r for r in pools.runners() if r.warm]
+            assert warm.runner_id is not None
+            with trio.fail_after(30):
+                await emulator.wait_runner(warm.runner_id)
+            labels = ["self-hosted", "linux"]
+            emulator.create_job("octo-org/app", labels, "echo ok")  # the warm runner's
+            emulator.create_job("octo-org/lib", labels, "exit 1")  # no warm runner: cold
+            emulator.create_job("octo-org/app", ["self-hosted", "broken"], "echo never")
+
+            def value(name: str, **labels: str) -> float:
+                return metrics.registry.get_sample_value(name, labels) or 0.0
+
+            def ended(*outcomes: tuple[str, str]) -> float:
+                return sum(value("gantryd_jobs_total", pool=p, outcome=o) for p, o in outcomes)
+
+            with trio.fail_after(60):
+                await pools.wait_until(
+                    lambda: ended(("default", "success"), ("default", "failure")) == 2
+                )
+            # The emulator sends each duplicate right after its original, and gantryd handles
+            # job events in order: once a job created now has ended, every duplicate has been
+            # handled (the fence itself is delivered once).
+            emulator.faults = Faults()
+            emulator.create_job("octo-org/lib", labels, "echo fence")  # cold again
+            with trio.fail_after(60):
+                await pools.wait_until(lambda: ended(("default", "success")) == 2)
+            async with httpx.AsyncClient() as client:
+                scrape = await client.get(stack.daemon.metrics_url)
+        finally:
+            remove_leftovers(docker_client, stack.setup.instance)
+    text = scrape.text
+    await promtool_check(text)
+    samples = samples_of(text)
+    start = "gantryd_container_start_duration_seconds"
+    assert samples[f'{start}_count{{kind="warm",pool="default"}}'] == "1.0"
+    assert samples[f'{start}_count{{kind="cold",pool="default"}}'] == "2.0"
+    assert f'{start}_bucket{{kind="cold",le="0.1",pool="default"}}' in samples
+    assert f'{start}_bucket{{kind="cold",le="300.0",pool="default"}}' in samples
+    assert samples['gantryd_job_queue_wait_seconds_count{pool="default"}'] == "3.0"
+    assert samples['gantryd_job_duration_seconds_count{pool="default"}'] == "3.0"
+    assert 'gantryd_job_duration_seconds_bucket{le="10.0",pool="default"}' in samples
+    assert 'gantryd_job_duration_seconds_bucket{le="21600.0",pool="default"}' in samples
+    jobs = {k: v for k, v in samples.items() if k.startswith("gantryd_jobs_total")}
+    assert jobs == {
+        'gantryd_jobs_total{outcome="success",pool="default"}': "2.0",
+        'gantryd_jobs_total{outcome="failure",pool="default"}': "1.0",
+        'gantryd_jobs_total{outcome="dead",pool="broken"}': "1.0",
+    }
+    assert not re.search(r'(job|runner|id)="', text)

@@ -65,3 +65,21 @@ def test_no_watchdog_for_another_pid_or_without_systemd() -> None:
     assert other.watchdog_interval is None
     assert not Notifier({}).enabled
     Notifier({}).ready("nothing happens")  # no socket: a no-op, no error
+
+
+async def test_a_reader_that_lags_never_blocks_the_caller(notify_socket: socket.socket) -> None:
+    """Nobody reads: the socket's queue fills, and notify() drops instead of blocking."""
+    notifier = Notifier({"NOTIFY_SOCKET": notify_socket.getsockname()})
+
+    def flood() -> None:
+        for i in range(200):
+            notifier.status(f"message {i}")
+
+    with trio.fail_after(10):
+        await trio.to_thread.run_sync(flood, abandon_on_cancel=True)
+    assert 0 < notifier.dropped < 200
+    assert (await _next(notify_socket)) == "STATUS=message 0"  # what fitted arrived intact
+    dropped = notifier.dropped
+    notify_socket.close()
+    notifier.stopping()  # systemd went away: logged, not raised
+    assert notifier.dropped == dropped + 1

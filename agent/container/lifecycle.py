@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from agent.github.client import RunnerTarget
 from agent.queue.base import Lease
@@ -117,3 +118,55 @@ class PoolStats:
     peak_runners: int = 0  # most live runners at once
     peak_by_repository: dict[str, int] = field(default_factory=dict)  # most live at once
     image_digests: dict[str, str] = field(default_factory=dict)  # image -> digest last seen
+
+
+class StartKind(enum.StrEnum):
+    """How a claimed job got its runner (the ``kind`` of a container start)."""
+
+    WARM = "warm"  # handed to a warm runner already idle: no container start on its path
+    COLD = "cold"  # it waited for a container to be created and started (or to finish starting)
+
+
+# GitHub's workflow_job conclusions; anything else is counted as "unknown" so a label never
+# takes a value from outside this set (reference §2: the payload's ``conclusion``).
+GITHUB_CONCLUSIONS = frozenset(
+    {"success", "failure", "neutral", "cancelled", "skipped", "timed_out", "action_required"}
+)
+DEAD = "dead"  # gantryd's own outcome: dead-lettered after retry_attempts infrastructure failures
+
+
+def job_outcome(conclusion: str | None) -> str:
+    """A bounded outcome label from GitHub's conclusion."""
+    return conclusion if conclusion in GITHUB_CONCLUSIONS else "unknown"
+
+
+class PoolObserver(Protocol):
+    """What the pool supervisor reports the moment it happens (agent/metrics.py implements it).
+
+    Durations are in seconds of the supervisor's clock. Calls are synchronous and must neither
+    block nor raise: they run inside the supervisor's event handling.
+    """
+
+    def container_started(self, pool: str, kind: StartKind, seconds: float) -> None:
+        """A claimed job has a running runner: cold = claim -> container running, warm = claim
+        -> handed to an idle warm runner."""
+
+    def job_started(self, pool: str, queue_wait: float) -> None:
+        """A runner of this host took a job (``in_progress``); ``queue_wait`` = since enqueue."""
+
+    def job_ended(self, pool: str, outcome: str, duration: float | None) -> None:
+        """A job this host served ended: GitHub's conclusion (``job_outcome``) or ``DEAD``;
+        ``duration`` = in_progress -> completed, None when its start was not seen here."""
+
+
+class NullObserver:
+    """Observes nothing: the default for a supervisor run without metrics."""
+
+    def container_started(self, pool: str, kind: StartKind, seconds: float) -> None:
+        pass
+
+    def job_started(self, pool: str, queue_wait: float) -> None:
+        pass
+
+    def job_ended(self, pool: str, outcome: str, duration: float | None) -> None:
+        pass

@@ -48,7 +48,18 @@ from agent.container.docker_api import (
     DockerError,
 )
 from agent.container.gc import collect_garbage
-from agent.container.lifecycle import LIVE_STATES, Outcome, PoolStats, Runner, RunnerState
+from agent.container.lifecycle import (
+    DEAD,
+    LIVE_STATES,
+    NullObserver,
+    Outcome,
+    PoolObserver,
+    PoolStats,
+    Runner,
+    RunnerState,
+    StartKind,
+    job_outcome,
+)
 from agent.container.monitoring import DockerHealth, watch_events
 from agent.container.security import host_options
 from agent.container.store import JobUsage, RunnerStore, StoredRunner
@@ -103,7 +114,8 @@ class PoolManager:
     """Runner containers of this host: provisioning, association with jobs, cleanup.
 
     ``run`` is the long-lived service; ``provision_soon`` may be called once it has started.
-    ``stats`` and ``health`` are plain objects a metrics module reads.
+    ``stats`` and ``health`` are plain objects a metrics module reads; ``observer`` hears of
+    container starts and of jobs starting and ending as they happen.
     """
 
     def __init__(
@@ -120,8 +132,10 @@ class PoolManager:
         clock: Callable[[], float] = time.time,
         host_memory: int | None = None,
         secrets: SecretStore | None = None,
+        observer: PoolObserver | None = None,
     ) -> None:
         self._secrets = secrets
+        self._observer = observer or NullObserver()
         self._live = live
         self._queue = queue
         self._github = github
@@ -137,6 +151,9 @@ class PoolManager:
         self._exited_at: dict[str, float] = {}
         self._retiring: set[str] = set()
         self._parked: dict[str, list[Lease]] = {}  # pool -> leases waiting for a repository slot
+        # job -> (pool, in_progress time) for jobs our runners run: their duration is measured
+        # at `completed`, which may come after the runner (and its record) is gone.
+        self._running: dict[int, tuple[str, float]] = {}
         self._pull_locks: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()  # set and replaced whenever a runner or a count changes
@@ -154,7 +171,10 @@ class PoolManager:
 
     def free_slots(self, pool: PoolConfig) -> int:
         """How many jobs of this pool may be claimed now: room for new runners under the global,
-        pool and memory caps, plus warm runners waiting to take a job without a new container."""
+        pool and memory caps, plus warm runners waiting to take a job without a new container.
+        Zero while the Docker Engine is unreachable: a claim then would only burn a retry."""
+        if not self.health.available:
+            return 0
         live = self._live_runners()
         in_pool = [r for r in live if r.pool == pool.name]
         room = min(
@@ -258,6 +278,8 @@ class PoolManager:
             warm.made_for, warm.lease, warm.assigned_at = spec.job_id, lease, now
             warm.repository = spec.repository
             self.stats.outcomes[Outcome.WARM_HIT] += 1
+            if warm.state is RunnerState.IDLE:  # else counted cold once its container runs
+                self._observer.container_started(pool.name, StartKind.WARM, self._clock() - now)
             log.info("job %s goes to warm runner %s", spec.job_id, warm.name)
             self._note_peaks(warm)
             self._nursery.start_soon(self._persist, warm)
@@ -378,6 +400,9 @@ class PoolManager:
         self.stats.outcomes[Outcome.CREATED] += 1
         if runner.state is RunnerState.STARTING:
             runner.move(RunnerState.IDLE, now=self._clock())
+        if runner.made_for is not None and runner.assigned_at is not None:
+            waited = self._clock() - runner.assigned_at
+            self._observer.container_started(runner.pool, StartKind.COLD, waited)
         await self._persist(runner)
         log.info(
             "runner started runner=%s pool=%s job=%s target=%s",
@@ -445,7 +470,7 @@ class PoolManager:
                 if event.action == "in_progress":
                     await self._job_running(event.job_id, event.runner_name)
                 else:
-                    await self._job_completed(event.job_id, event.runner_name)
+                    await self._job_completed(event.job_id, event.runner_name, event.conclusion)
 
     def _waiting_runner_for(self, job_id: int) -> Runner | None:
         return next((r for r in self._runners.values() if r.waiting and r.made_for == job_id), None)
@@ -455,7 +480,11 @@ class PoolManager:
         for pool_name, parked in self._parked.items():
             self._parked[pool_name] = [lease for lease in parked if lease.job_id != job_id]
 
-    async def _job_running(self, job_id: int, runner_name: str | None) -> None:
+    async def _job_running(
+        self, job_id: int, runner_name: str | None, *, late: bool = False
+    ) -> None:
+        """GitHub gave ``job_id`` to ``runner_name``; ``late``: only learnt at its completion
+        (its start time is unknown, so neither its queue wait nor its duration is measured)."""
         self._unpark(job_id)
         runner = self._runners.get(runner_name or "")
         if runner is None:
@@ -474,6 +503,24 @@ class PoolManager:
         if pool is not None:
             self._ensure_min_idle(pool)
         log.info("job running job=%s runner=%s", job_id, runner.name)
+        if not late:
+            await self._job_started(job_id, runner.pool)
+
+    async def _job_started(self, job_id: int, pool: str) -> None:
+        now = self._clock()
+        self._running[job_id] = (pool, now)
+        try:
+            entry = await self._queue.get(job_id)
+        except QueueError as exc:
+            log.warning("job %s: queue wait not measured: %s", job_id, exc)
+            return
+        if entry is not None:
+            self._observer.job_started(pool, max(0.0, now - entry.enqueued_at))
+            self._notify()
+
+    def _job_ended(self, pool: str, outcome: str, duration: float | None) -> None:
+        self._observer.job_ended(pool, outcome, duration)
+        self._notify()
 
     async def _reassociate(self, thief: Runner, stolen: int) -> None:
         """``thief`` took ``stolen`` instead of the job it was made for (DESIGN §1)."""
@@ -494,21 +541,35 @@ class PoolManager:
             await self._release(orphan_lease)
             self._on_capacity()
 
-    async def _job_completed(self, job_id: int, runner_name: str | None) -> None:
+    async def _job_completed(
+        self, job_id: int, runner_name: str | None, conclusion: str | None = None
+    ) -> None:
+        """Each job this host served is counted once: a duplicate delivery finds neither its
+        start record nor a runner that has yet to learn it ran the job."""
         self._unpark(job_id)
+        started = self._running.pop(job_id, None)
+        duration = None if started is None else self._clock() - started[1]
         runner = self._runners.get(runner_name or "")
         if runner is not None:
+            counted = started is not None
             if runner.running_job != job_id:
-                await self._job_running(job_id, runner.name)  # in_progress lost or late
+                await self._job_running(job_id, runner.name, late=True)  # in_progress lost
+                counted = True
+            if counted:
+                self._job_ended(runner.pool, job_outcome(conclusion), duration)
             if runner.state is RunnerState.BUSY:
                 runner.move(RunnerState.FINISHED, now=self._clock())
                 await self._persist(runner)
             if runner.name in self._exited_at:
                 await self._retire(runner)
             return
+        if started is not None:  # its runner ran it and exited before this webhook came
+            self._job_ended(started[0], job_outcome(conclusion), duration)
+            return
         waiting = self._waiting_runner_for(job_id)
         if waiting is not None:
             # The job ended without running here (cancelled on GitHub): its runner is surplus.
+            self._job_ended(waiting.pool, job_outcome(conclusion), None)
             waiting.lease = None
             await self._scale_down(waiting, reason=f"job {job_id} completed elsewhere")
 
@@ -553,7 +614,9 @@ class PoolManager:
 
     async def _resync(self) -> None:
         """Docker (re)connected: any runner whose container is no longer running has exited,
-        whether or not its event reached us while the Engine was unreachable."""
+        whether or not its event reached us while the Engine was unreachable; and the scheduler
+        may claim again (``free_slots`` gave nothing while it was away)."""
+        self._on_capacity()
         if not self._runners:
             return
         running = {
@@ -581,9 +644,19 @@ class PoolManager:
                             "runner %s: check failed, next pass retries: %s", runner.name, exc
                         )
             await self._serve_parked()
+            self._forget_unfinished(now)
             for pool in self._live.current.pools:
                 if pool.min_idle and self.health.available:
                     self._ensure_min_idle(pool)
+
+    def _forget_unfinished(self, now: float) -> None:
+        """Drop start records of jobs whose ``completed`` never came (a lost delivery: the
+        reconciler settles the job) once past any timeout, so the record stays bounded."""
+        for job_id, (pool_name, since) in list(self._running.items()):
+            pool = self._live.current.pool(pool_name)
+            limit = EXPIRY_SLACK + (0.0 if pool is None else pool.job_timeout + pool.stop_grace)
+            if now - since > limit:
+                del self._running[job_id]
 
     async def _heartbeat(self, lease: Lease) -> Lease | None:
         if lease.expires_at - self._clock() >= self._lease_seconds / 2:
@@ -746,6 +819,8 @@ class PoolManager:
             self._by_container[container.id] = runner.name
             self._add(runner)
             self.stats.outcomes[Outcome.ADOPTED] += 1
+            if runner.state is RunnerState.BUSY and runner.running_job is not None:
+                self._running[runner.running_job] = (runner.pool, runner.state_since)
             log.info(
                 "adopted runner=%s state=%s job=%s", runner.name, runner.state, runner.made_for
             )
@@ -836,6 +911,8 @@ class PoolManager:
             reason,
             "dead-lettered" if outcome.dead else "will retry",
         )
+        if outcome.dead:
+            self._job_ended(lease.job.spec.pool, DEAD, None)
         self._on_capacity()
 
     async def _fail(self, runner: Runner, reason: str) -> None:

@@ -13,7 +13,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from agent.emulator import broker, checks_rest, control, deliveries, rest, runs
+from agent.emulator import broker, checks_rest, control, deliveries, repos, rest, runs
 from agent.emulator.asgi import App, Receive, Scope, Send
 from agent.emulator.state import Emulator
 
@@ -26,6 +26,7 @@ def build_app(emulator: Emulator) -> Callable[[Scope, Receive, Send], Awaitable[
             *checks_rest.build_routes(emulator),
             *deliveries.build_routes(emulator),
             *runs.build_routes(emulator),
+            *repos.build_routes(emulator),
             *broker.build_routes(emulator),
             *control.build_routes(emulator),
         ]

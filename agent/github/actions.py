@@ -1,5 +1,5 @@
-"""The REST calls of missed-delivery recovery: workflow runs and jobs (reference §4) and the
-App's webhook deliveries (§1.4).
+"""The REST calls of missed-delivery recovery: workflow runs and jobs (reference §4), the
+repositories of a configured organization, and the App's webhook deliveries (§1.4).
 
 One page per call, so the caller (the reconciler) can stop between pages when its share of the
 rate limit is spent; every result carries the rate-limit headers of its answer and the query of
@@ -18,7 +18,7 @@ import httpx
 from agent.github.auth import parse_github_time
 from agent.github.client import GitHubClient, GitHubError
 
-PER_PAGE = 100  # the maximum for all three lists
+PER_PAGE = 100  # the maximum for every list here
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +112,28 @@ async def list_run_jobs(
         params=params,
     )
     return _page(response, "jobs")
+
+
+async def list_installation_repositories(
+    client: GitHubClient, *, installation_id: int, page: Mapping[str, str] | None = None
+) -> Page:
+    """``GET /installation/repositories`` (the installation's token): one page of what the
+    installation reaches, ``{total_count, repositories}``."""
+    params = dict(page or {"per_page": str(PER_PAGE)})
+    response = await client.request(
+        "GET", "/installation/repositories", installation_id=installation_id, params=params
+    )
+    return _page(response, "repositories")
+
+
+async def list_org_repositories(
+    client: GitHubClient, org: str, *, page: Mapping[str, str] | None = None
+) -> Page:
+    """``GET /orgs/{org}/repos`` (a token): one page of the organization's repositories the
+    token can see, a plain array."""
+    params = dict(page or {"type": "all", "per_page": str(PER_PAGE)})
+    response = await client.request("GET", f"/orgs/{org}/repos", params=params)
+    return _page(response, None)
 
 
 async def list_app_deliveries(

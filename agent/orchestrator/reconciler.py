@@ -4,10 +4,15 @@ GitHub never retries a failed delivery (reference §1.3), so a job whose ``queue
 lost (gantryd down, network, a 503) would wait 24 h and fail. Every ``reconcile_interval`` one
 pass, ``reconcile_once``, does three idempotent things:
 
-- ``sweep_queued_jobs``: for the configured repositories and those seen in webhooks, list runs
-  with status ``queued`` and ``in_progress`` (a run is in progress while some jobs still queue,
-  §4), list their jobs, and enqueue the queued ones that match a pool. The queue's unique job key
-  makes known jobs no-ops, so a sweep never doubles a job.
+- ``sweep_queued_jobs``: for the configured repositories, those seen in webhooks and those of
+  the configured organizations, list runs with status ``queued`` and ``in_progress`` (a run is
+  in progress while some jobs still queue, §4), list their jobs, and enqueue the queued ones that
+  match a pool. The queue's unique job key makes known jobs no-ops, so a sweep never doubles a
+  job. There is no organization-wide list of queued jobs (§4), so an organization's repositories
+  are listed first: with an App, ``GET /installation/repositories`` as the installation on that
+  organization (``GET /orgs/{org}/installation``); with a token, ``GET /orgs/{org}/repos``.
+  Archived repositories are skipped (they run no workflows), and a repository is swept once per
+  pass however many ways it is known.
 - ``redeliver_failed`` (GitHub App only): list the App's deliveries back to the redelivery window
   and ask GitHub to redeliver each ``workflow_job`` GUID that has no OK attempt (as GitHub's own
   example script does). Redeliveries reuse the GUID, so intake dedupes them.
@@ -176,6 +181,7 @@ class Reconciler:
         """Enqueue queued jobs GitHub has and gantryd does not; return how many were new."""
         assert self._github is not None
         before = self.recovered
+        swept: set[str] = set()
         for repository, known_installation in self._targets().items():
             installation_id = known_installation
             if self._github.is_app and installation_id is None:
@@ -183,11 +189,51 @@ class Reconciler:
                 installation_id = await self._github.installation_id(
                     RunnerTarget(repository=repository)
                 )
+            await self._sweep_once(repository, installation_id, swept)
+        for org in self._live.current.github.organizations:
             try:
-                await self._sweep_repository(repository, installation_id)
+                await self._sweep_organization(org, swept)
             except GitHubError as exc:
-                log.warning("reconciler: sweeping %s failed: %s", repository, exc)
+                log.warning("reconciler: listing the repositories of %s failed: %s", org, exc)
         return self.recovered - before
+
+    async def _sweep_once(
+        self, repository: str, installation_id: int | None, swept: set[str]
+    ) -> None:
+        if repository.lower() in swept:
+            return
+        swept.add(repository.lower())
+        try:
+            await self._sweep_repository(repository, installation_id)
+        except GitHubError as exc:
+            log.warning("reconciler: sweeping %s failed: %s", repository, exc)
+
+    async def _sweep_organization(self, org: str, swept: set[str]) -> None:
+        """Sweep each repository of ``org`` not swept yet, page by page of the listing."""
+        assert self._github is not None
+        installation_id: int | None = None
+        key = "token"
+        if self._github.is_app:
+            self._check("app")
+            installation_id = await self._github.installation_id(RunnerTarget(organization=org))
+            key = f"installation:{installation_id}"
+        page: Mapping[str, str] | None = None
+        while True:
+            self._check(key)
+            if installation_id is not None:
+                repos = await actions.list_installation_repositories(
+                    self._github, installation_id=installation_id, page=page
+                )
+            else:
+                repos = await actions.list_org_repositories(self._github, org, page=page)
+            self._budget.spend(key, repos.rate)
+            for repo in repos.items:
+                name = repo.get("full_name")
+                if isinstance(name, str) and "/" in name and not repo.get("archived", False):
+                    await self._sweep_once(name, installation_id, swept)
+            if repos.next is None:
+                return
+            page = repos.next
 
     async def _sweep_repository(self, repository: str, installation_id: int | None) -> None:
         assert self._github is not None

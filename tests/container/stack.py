@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import docker
+import docker.errors
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -39,6 +41,7 @@ INSTALLATION_ID = 1001
 REPOSITORIES = ("octo-org/app", "octo-org/lib", "octo-org/web")
 LABELS = ("self-hosted", "linux", "x64")
 RUNNER_IMAGE = "gantryd/stand-in-runner:latest"
+ROOT = Path(__file__).resolve().parents[2]
 
 POOL_DEFAULTS: Mapping[str, Any] = {
     "name": "default",
@@ -91,13 +94,18 @@ async def emulator_setup(
     workdir: Path,
     *,
     pool: Mapping[str, Any] | None = None,
+    extra_pools: Sequence[Mapping[str, Any]] = (),
     scheduler: Mapping[str, Any] | None = None,
     queue: Mapping[str, Any] | None = None,
     github: Mapping[str, Any] | None = None,
     repositories: Sequence[str] = REPOSITORIES,
     listen: str = "127.0.0.1:0",
 ) -> AsyncIterator[Setup]:
-    """Serve the emulator and write gantryd's config for it; the emulator stops on exit."""
+    """Serve the emulator and write gantryd's config for it; the emulator stops on exit.
+
+    ``pool`` overrides ``POOL_DEFAULTS`` for the pool named "default"; each of ``extra_pools``
+    is a further ``[[pool]]`` on the same defaults (give it a name and labels of its own).
+    """
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     webhook_secret = secrets.token_hex(20)
     instance = f"test-{secrets.token_hex(3)}"
@@ -144,6 +152,7 @@ async def emulator_setup(
             + _table("[queue]", {"retry_attempts": 2, "retry_delay": "1s", **(queue or {})})
             + _table("[scheduler]", {"max_runners": 4, "concurrency": 4, **(scheduler or {})})
             + _table("[[pool]]", {**POOL_DEFAULTS, **(pool or {})})
+            + "".join(_table("[[pool]]", {**POOL_DEFAULTS, **extra}) for extra in extra_pools)
         )
         path = workdir / "config.toml"
         path.write_text(config)
@@ -164,13 +173,15 @@ class Stack:
 
 @asynccontextmanager
 async def pool_stack(
-    workdir: Path, *, exit_settle: float = 5.0, **settings: Any
+    workdir: Path, *, exit_settle: float = 5.0, docker_url: str | None = None, **settings: Any
 ) -> AsyncIterator[Stack]:
-    """Emulator + an in-process gantryd (``Daemon``); leaving the block stops both."""
+    """Emulator + an in-process gantryd (``Daemon``); leaving the block stops both.
+    ``docker_url``: where gantryd reaches the Engine (default: the local socket)."""
     async with emulator_setup(workdir, **settings) as setup, trio.open_nursery() as nursery:
         daemon = Daemon(
             live=LiveConfig(load_config(setup.config_path)),
             notifier=Notifier({}),
+            docker_url=docker_url,
             exit_settle=exit_settle,
         )
         intake_url = await nursery.start(daemon.run)
@@ -186,6 +197,75 @@ async def wait_state(
     while (entry := await queue.get(job_id)) is None or entry.state is not state:
         await pools.wait_changed()
     return entry
+
+
+def remove_leftovers(client: docker.DockerClient, instance: str) -> None:
+    """Force-remove an instance's containers, tolerating removals gantryd has under way."""
+    for container in client.containers.list(
+        all=True,
+        filters={"label": ["io.gantryd.managed=true", f"io.gantryd.instance={instance}"]},
+    ):
+        try:
+            container.remove(force=True)
+        except docker.errors.APIError as exc:
+            if exc.status_code not in (404, 409):  # gone, or its removal already under way
+                raise
+
+
+async def wait_entry(queue: JobQueue, job_id: int, state: JobState) -> None:
+    """Until the job's queue entry is in ``state``, when nothing of gantryd's changes meanwhile
+    (so ``wait_state`` would not wake); the caller bounds the wait."""
+    while (entry := await queue.get(job_id)) is None or entry.state is not state:  # noqa: ASYNC110
+        await trio.sleep(0.1)  # the queue has no change notification
+
+
+_RELAY_MAIN = """
+import sys, trio
+from tests.container.test_monitoring import relay
+
+async def main(path):
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay, path)
+        print("ready", flush=True)
+
+trio.run(main, sys.argv[1])
+"""
+
+
+class RelayProcess:
+    """The unix-socket relay of test_monitoring.py in a process of its own, in front of the
+    Engine: gantryd's Daemon makes its first Docker call on the event loop's thread, so an
+    in-process relay could not answer it. ``stop`` kills it (connections cut, nothing listening:
+    what a stopped dockerd looks like to a client); ``start`` serves again."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._process: trio.Process | None = None
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # left by the killed one
+        self._process = process = await trio.lowlevel.open_process(
+            [sys.executable, "-c", _RELAY_MAIN, self.path],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        assert process.stdout is not None
+        seen = b""
+        while b"ready" not in seen:
+            chunk = await process.stdout.receive_some()
+            if not chunk:
+                raise RuntimeError(f"relay exited with {await process.wait()}")
+            seen += chunk
+
+    async def stop(self) -> None:
+        if self._process is not None:
+            process, self._process = self._process, None
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+                if process.stdout is not None:
+                    await process.stdout.aclose()
 
 
 class ServeProcess:

@@ -1,7 +1,8 @@
 """The pool supervisor against the GitHub stand-in and the real Docker Engine.
 
 Warm pool, caps under a burst, runner "stealing", exit before a job, each timeout, OOM, safe
-scale-down, and the JIT config's absence from everything ``docker inspect`` and the logs show.
+scale-down, no claims while Docker is away, and the JIT config's absence from everything
+``docker inspect`` and the logs show.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from agent.container.pool_manager import PoolManager
 from agent.emulator.webhooks import Faults
 from agent.queue.base import JobQueue, JobState
 from tests.conftest import managed_containers, remove_managed
-from tests.container.stack import Stack, pool_stack, wait_state
+from tests.container.stack import RelayProcess, Stack, pool_stack, wait_entry, wait_state
 
 pytestmark = pytest.mark.docker
 
@@ -324,3 +325,33 @@ async def test_jit_config_is_never_in_inspect_or_logs(
         labels = attrs["Config"]["Labels"]
         for key in ("managed", "instance", "pool", "runner", "job", "created", "expires"):
             assert f"io.gantryd.{key}" in labels
+
+
+# docker-py leaves the socket of a failed connect to the garbage collector (test_monitoring.py).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_no_job_is_claimed_while_docker_is_away(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    """Between gantryd and the Engine, a relay that goes away as a stopped dockerd does (the
+    real restart is tests/container/test_dockerd_restart.py): a job queued meanwhile waits
+    without burning a retry, and runs once Docker is back."""
+    relay = RelayProcess(str(tmp_path / "docker.sock"))
+    try:
+        with trio.fail_after(30):
+            await relay.start()
+        async with stack_of(tmp_path, docker_client, docker_url=f"unix://{relay.path}") as stack:
+            pools, queue = parts(stack)
+            await relay.stop()
+            with trio.fail_after(30):
+                await pools.health.wait_available(False)
+            job = stack.emulator.create_job("octo-org/app", JOB_LABELS, "echo later")
+            with trio.fail_after(30):
+                await wait_entry(queue, job.id, JobState.QUEUED)
+                await relay.start()
+            with trio.fail_after(60):
+                await stack.emulator.wait_job(job.id, "completed")
+                entry = await wait_state(pools, queue, job.id, JobState.DONE)
+    finally:
+        await relay.stop()
+    assert stack.emulator.job(job.id).conclusion == "success"
+    assert entry.attempts == 0  # never claimed while Docker was away

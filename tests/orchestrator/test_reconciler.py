@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import docker
+import httpx
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -17,7 +18,7 @@ from agent.emulator import Emulator, serve_emulator
 from agent.emulator.ratelimit import RateLimitPolicy
 from agent.emulator.webhooks import Faults
 from agent.github.actions import RateLimit
-from agent.github.auth import AppAuth
+from agent.github.auth import AppAuth, Secret, TokenAuth
 from agent.github.client import GitHubClient
 from agent.orchestrator.reconciler import RateBudget, Reconciler
 from agent.queue.base import EnqueueOutcome, JobState
@@ -100,18 +101,74 @@ async def test_sweep_enqueues_unknown_matching_queued_jobs_once(
     assert sorted(lease.job_id for lease in leases) == sorted([lost, other_repo, delivered.id])
 
 
+def with_github(live: LiveConfig, **changes: object) -> LiveConfig:
+    """The same configuration with ``[github]`` keys changed (as a reload would)."""
+    current = live.current
+    return LiveConfig(
+        dataclasses.replace(current, github=dataclasses.replace(current.github, **changes))
+    )
+
+
+class RecordingTransport(httpx.AsyncHTTPTransport):
+    """The real transport, remembering the path of every request sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return await super().handle_async_request(request)
+
+
+async def test_sweep_covers_the_repositories_of_configured_organizations(
+    emulator: Emulator, app_key: rsa.RSAPrivateKey, intake: Intake
+) -> None:
+    emulator.add_hook(intake.url + "/webhook", SECRET)
+    only_via_org = await create_dropped(emulator, "octo-org/lib", ["self-hosted", "linux"])
+    configured = await create_dropped(emulator, "octo-org/app", ["self-hosted", "linux"])
+    live = with_github(intake.live, repositories=("octo-org/app",), organizations=("octo-org",))
+    recorder = RecordingTransport()
+    auth = AppAuth(app_id=str(APP_ID), key=app_key)
+    async with GitHubClient(emulator.base_url, auth, transport=recorder) as github:
+        reconciler = Reconciler(live=live, queue=intake.queue, github=github)
+        assert (await reconciler.sweep_queued_jobs()) == 2
+        entry = await intake.queue.get(only_via_org)
+        assert entry is not None and entry.state is JobState.QUEUED
+        assert entry.spec.installation_id == INSTALLATION  # the organization's installation
+        assert await intake.queue.get(configured) is not None
+        assert "/orgs/octo-org/installation" in recorder.paths
+        assert "/installation/repositories" in recorder.paths
+        # octo-org/app is configured and in the organization: swept once per pass.
+        runs = [p for p in recorder.paths if p.endswith("/actions/runs")]
+        assert (
+            sorted(runs)
+            == ["/repos/octo-org/app/actions/runs"] * 2 + ["/repos/octo-org/lib/actions/runs"] * 2
+        )  # queued and in_progress
+        assert (await reconciler.sweep_queued_jobs()) == 0
+
+
+async def test_with_a_token_the_sweep_lists_the_organizations_repositories(
+    emulator: Emulator, intake: Intake
+) -> None:
+    emulator.add_hook(intake.url + "/webhook", SECRET)
+    job_id = await create_dropped(emulator, "octo-org/lib", ["self-hosted"])
+    pat = TokenAuth(token=Secret(emulator.add_personal_token(INSTALLATION)))
+    live = with_github(intake.live, repositories=(), organizations=("octo-org", "gone-org"))
+    async with GitHubClient(emulator.base_url, pat) as github:
+        reconciler = Reconciler(live=live, queue=intake.queue, github=github)
+        assert (await reconciler.sweep_queued_jobs()) == 1  # gone-org: 404, logged, skipped
+    entry = await intake.queue.get(job_id)
+    assert entry is not None and entry.spec.installation_id is None
+
+
 async def test_failed_app_deliveries_are_redelivered_with_their_guid(
     emulator: Emulator, github: GitHubClient, intake: Intake
 ) -> None:
     emulator.add_hook(intake.url + "/webhook", SECRET)
     job_id = await create_dropped(emulator, "octo-org/app", ["self-hosted", "linux"])
     failed = emulator.deliveries[-1]
-    live = LiveConfig(
-        dataclasses.replace(
-            intake.live.current,
-            github=dataclasses.replace(intake.live.current.github, repositories=()),
-        )
-    )
+    live = with_github(intake.live, repositories=())
     reconciler = Reconciler(live=live, queue=intake.queue, github=github)
     assert await intake.queue.get(job_id) is None
 
@@ -176,6 +233,31 @@ async def test_a_job_whose_webhook_was_dropped_still_runs(
             assert await daemon.queue.get(job_id) is None
             report = await daemon.reconciler.reconcile_once()
             assert report.enqueued + report.redelivered >= 1
+            with trio.fail_after(120):
+                job = await emulator.wait_job(job_id, "completed")
+            assert job.conclusion == "success"
+            assert (job.runner_name or "").startswith("gantryd-")
+        finally:
+            remove_managed(docker_client, stack.instance)
+
+
+@pytest.mark.docker
+async def test_a_dropped_job_of_a_repository_known_only_through_its_organization_runs(
+    tmp_path: Path, runner_image: str, docker_client: docker.DockerClient
+) -> None:
+    async with demo_stack(tmp_path) as stack:
+        try:
+            emulator, daemon = stack.emulator, stack.daemon
+            with trio.fail_after(10):
+                await emulator.wait_deliveries(1)  # the ping
+            job_id = await create_dropped(emulator, "octo-org/lib", ["self-hosted", "linux"])
+            assert daemon.reconciler is not None and daemon.queue is not None
+            config = daemon.live.current  # no repositories; intake has seen none
+            assert not config.github.repositories and not daemon.reconciler.seen.snapshot()
+            daemon.live.current = dataclasses.replace(
+                config, github=dataclasses.replace(config.github, organizations=("octo-org",))
+            )
+            assert (await daemon.reconciler.sweep_queued_jobs()) == 1
             with trio.fail_after(120):
                 job = await emulator.wait_job(job_id, "completed")
             assert job.conclusion == "success"

@@ -128,6 +128,33 @@ async def test_ignored_events_are_2xx_with_the_reason_and_counted(intake: Intake
     assert intake.app.stats.ignored["event"] == 1
 
 
+async def test_deliveries_are_counted_by_event_action_and_outcome(intake: Intake) -> None:
+    job_id, guid = new_job_id(), str(uuid.uuid4())
+    assert (await intake.post(payload(job_id), delivery=guid)).status_code == 201
+    assert (await intake.post(payload(job_id), delivery=guid)).status_code == 200
+    assert (await intake.post(payload(job_id), secret=None)).status_code == 401
+    running = payload(job_id, "in_progress", runner_name="gantryd-x")
+    assert (await intake.post(running)).status_code == 200
+    done = payload(job_id, "completed", runner_name="gantryd-x", conclusion="success")
+    assert (await intake.post(done)).status_code == 200
+    assert (await intake.post(done)).status_code == 200  # again, new GUID: nothing changes
+    assert (await intake.post(b"{", event="workflow_job")).status_code == 400
+    odd = {**payload(new_job_id()), "action": "reticulated"}
+    assert (await intake.post(odd, event="made_up")).status_code == 202
+    assert (await intake.post({"zen": "Keep it simple."}, event="ping")).status_code == 200
+    assert dict(intake.app.stats.received) == {
+        ("workflow_job", "queued", "enqueued"): 1,
+        ("workflow_job", "queued", "duplicate"): 1,
+        ("workflow_job", "none", "rejected"): 1,
+        ("workflow_job", "in_progress", "updated"): 1,
+        ("workflow_job", "completed", "updated"): 1,
+        ("workflow_job", "completed", "duplicate"): 1,
+        ("workflow_job", "none", "invalid"): 1,
+        ("other", "other", "ignored"): 1,
+        ("ping", "none", "accepted"): 1,
+    }
+
+
 async def test_a_slow_body_gets_408_and_silent_clients_are_cut_off(tmp_path: Path) -> None:
     config = make_config(tmp_path, read_timeout=0.5)
     async with serve_intake(config) as intake:

@@ -16,9 +16,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -199,6 +200,28 @@ def assert_active(box: SystemdBox, step: str) -> dict[str, str]:
     return state
 
 
+def wait_status(
+    box: SystemdBox, condition: Callable[[dict[str, Any]], bool], deadline: float = 30
+) -> dict[str, Any]:
+    """`gantryd status --json` in the box, until ``condition`` holds (a reload is applied
+    asynchronously to `systemctl reload`, which returns once SIGHUP was sent)."""
+    end = time.monotonic() + deadline
+    while True:
+        status: dict[str, Any] = json.loads(box.run("gantryd", "status", "--json").stdout)
+        if condition(status):
+            return status
+        assert time.monotonic() < end, f"gantryd status never matched: {status}"
+        time.sleep(0.2)
+
+
+def wait_unit(box: SystemdBox, prop: str, old: str, deadline: float = 30) -> None:
+    """Until the unit's property differs from ``old``."""
+    end = time.monotonic() + deadline
+    while (value := box.unit(prop)[prop]) == old:
+        assert time.monotonic() < end, f"{prop} stayed {value}\n{box.journal()}"
+        time.sleep(0.5)
+
+
 def test_install_run_reload_upgrade_purge(
     debs: Debs,
     box: SystemdBox,
@@ -241,6 +264,8 @@ def test_install_run_reload_upgrade_purge(
     box.write("/etc/gantryd/config.toml", config)
     systemctl(box, "enable", "--now")
     started = assert_active(box, "start")
+    watchdog = box.unit("WatchdogUSec", "WatchdogTimestampMonotonic")
+    assert watchdog["WatchdogUSec"] == "30s", watchdog
     assert box.run("stat", "-c", "%U", "/var/lib/gantryd").stdout.strip() == "gantryd"
 
     # 5. A job runs end to end: webhook -> gantryd in the box -> runner container on the host.
@@ -260,6 +285,10 @@ def test_install_run_reload_upgrade_purge(
     box.write("/etc/gantryd/config.toml", edited)
     systemctl(box, "reload")
     assert assert_active(box, "valid reload")["MainPID"] == started["MainPID"]
+    status = wait_status(box, lambda s: s["config"]["max_runners"] == 3)
+    assert status["config"]["last_reload_ok"] is True, status
+    # WATCHDOG=1 keeps arriving (systemd stamps each one), so WatchdogSec= never fires.
+    wait_unit(box, "WatchdogTimestampMonotonic", watchdog["WatchdogTimestampMonotonic"])
     box.write("/etc/gantryd/config.toml", edited + "\n[pool\n")
     assert box.run("systemctl", "reload", "gantryd", check=False).returncode != 0
     assert assert_active(box, "broken reload")["MainPID"] == started["MainPID"]

@@ -50,10 +50,19 @@ def app_jwt(key: rsa.RSAPrivateKey, now: float | None = None, **override: Any) -
 
 
 class Clock:
-    """An adjustable wall clock for the emulator (token expiry without waiting)."""
+    """The emulator's wall clock: real time plus an adjustable offset, so tokens can expire
+    without waiting while JWTs made from real time (as gantryd's are) still line up with it."""
 
     def __init__(self) -> None:
-        self.now = time.time()
+        self._offset = 0.0
+
+    @property
+    def now(self) -> float:
+        return time.time() + self._offset
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self._offset = value - time.time()
 
     def __call__(self) -> float:
         return self.now

@@ -29,7 +29,7 @@ async def test_access_token_from_jwt(
     http: httpx.AsyncClient, app_key: rsa.RSAPrivateKey, clock: Clock
 ) -> None:
     response = await http.post(
-        "/app/installations/11/access_tokens", headers=auth(app_jwt(app_key))
+        "/app/installations/11/access_tokens", headers=auth(app_jwt(app_key, clock.now))
     )
     assert response.status_code == 201
     body = response.json()
@@ -51,8 +51,11 @@ async def test_bad_jwt_is_401_with_githubs_shape(http: httpx.AsyncClient) -> Non
     assert response.status_code == 401
 
 
-async def test_installation_lookup(http: httpx.AsyncClient, app_key: rsa.RSAPrivateKey) -> None:
-    headers = auth(app_jwt(app_key))
+async def test_installation_lookup(
+    http: httpx.AsyncClient, app_key: rsa.RSAPrivateKey, clock: Clock
+) -> None:
+    # The JWT is made on the emulator's (frozen) clock: GitHub checks exp against its own now.
+    headers = auth(app_jwt(app_key, clock.now))
     assert (await http.get("/repos/acme/lib/installation", headers=headers)).json()["id"] == 11
     assert (await http.get("/orgs/other/installation", headers=headers)).json()["id"] == 12
     assert (await http.get("/repos/acme/nope/installation", headers=headers)).status_code == 404

@@ -256,15 +256,11 @@ class Daemon:
         return result.ok
 
 
-async def serve_until_signalled(
-    daemon: Daemon, *, on_ready: Callable[[str], Awaitable[None]] | None = None
-) -> None:
+async def serve_until_signalled(daemon: Daemon) -> None:
     """Run the daemon; SIGHUP reloads, SIGTERM/SIGINT stop it cleanly."""
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            url = await nursery.start(daemon.run)
-            if on_ready is not None:
-                await on_ready(url)
+            await nursery.start(daemon.run)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     log.info("SIGHUP: reloading %s", daemon.live.current.path)

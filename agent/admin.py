@@ -5,7 +5,7 @@ so there is no token to leak. ``gantryd status|jobs|drain|resume|gc|secrets`` ar
 (``agent.control``). Endpoints::
 
     GET    /status                  pools, runners (state, job, age, CPU, memory), queue
-    GET    /jobs                    jobs this host holds (and the queue's, when it can list)
+    GET    /jobs?state=&pool=&limit=  queue entries: waiting ones in serving order, then newest
     GET    /jobs/{id}               one queue entry, its position and runner
     POST   /jobs/{id}/cancel        cancel a job that has not finished
     POST   /jobs/{id}/retry         queue a dead or cancelled job again
@@ -27,10 +27,10 @@ import os
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import hypercorn.config
@@ -49,25 +49,14 @@ log = logging.getLogger(__name__)
 SOCKET_NAME = "admin.sock"
 SOCKET_MODE = 0o660
 MAX_BODY = 128 * 1024
+WAITING_SHOWN = 200  # queue rows in /status
+JOBS_SHOWN = 500  # /jobs without ?limit=
+MAX_JOBS_SHOWN = 10_000
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-
-@runtime_checkable
-class ListsJobs(Protocol):
-    """A queue that can enumerate its entries (for ``jobs ls`` and the status queue table)."""
-
-    async def list_jobs(self, states: Sequence[JobState], *, limit: int) -> list[QueuedJob]: ...
-
-
-@runtime_checkable
-class RetriesJobs(Protocol):
-    """A queue that can put a dead or cancelled entry back in QUEUED with fresh attempts."""
-
-    async def retry(self, job_id: int) -> bool: ...
 
 
 class Pausable(Protocol):
@@ -159,7 +148,7 @@ class AdminApp:
             case "GET", ["status"]:
                 return 200, await self.status()
             case "GET", ["jobs"]:
-                return 200, await self.jobs()
+                return 200, await self.jobs(query)
             case "GET", ["jobs", job]:
                 return 200, await self.job(_job_id(job))
             case "POST", ["jobs", job, "cancel"]:
@@ -244,23 +233,18 @@ class AdminApp:
             },
         }
 
-    async def _waiting_jobs(self) -> list[dict[str, Any]] | None:
-        """Jobs not yet running, in serving order with position; None if the queue can't list."""
-        if not isinstance(self.queue, ListsJobs):
-            return None
-        jobs = await self.queue.list_jobs([JobState.QUEUED, JobState.CLAIMED], limit=200)
-        return [_job_json(j, await self.queue.position(j.spec.job_id)) for j in jobs]
+    async def _waiting_jobs(self) -> list[dict[str, Any]]:
+        """Jobs not yet running, in serving order, with their position."""
+        jobs = await self.queue.list_jobs([JobState.QUEUED, JobState.CLAIMED], limit=WAITING_SHOWN)
+        return _with_positions(jobs, time.time())
 
     # -- jobs -----------------------------------------------------------------------------
 
-    async def jobs(self) -> dict[str, Any]:
-        if isinstance(self.queue, ListsJobs):
-            states = [s for s in JobState]
-            listed = await self.queue.list_jobs(states, limit=500)
-            return {"complete": True, "jobs": [_job_json(j) for j in listed]}
-        ids = {r.running_job or r.made_for for r in self.pools.runners()} - {None}
-        found = [await self.queue.get(i) for i in sorted(i for i in ids if i is not None)]
-        return {"complete": False, "jobs": [_job_json(j) for j in found if j is not None]}
+    async def jobs(self, query: dict[str, str]) -> dict[str, Any]:
+        states = _states(query.get("state", ""))
+        limit = _limit(query.get("limit", ""))
+        listed = await self.queue.list_jobs(states, pool=query.get("pool") or None, limit=limit)
+        return {"complete": len(listed) < limit, "jobs": _with_positions(listed, time.time())}
 
     async def job(self, job_id: int) -> dict[str, Any]:
         job = await self.queue.get(job_id)
@@ -287,10 +271,6 @@ class AdminApp:
             raise AdminError(
                 409,
                 f"job {job_id} is {job.state.value}; only dead or cancelled jobs can be retried",
-            )
-        if not isinstance(self.queue, RetriesJobs):
-            raise AdminError(
-                501, f"the {self.live.current.queue.backend} queue cannot retry jobs yet"
             )
         if not await self.queue.retry(job_id):
             raise AdminError(409, f"job {job_id} changed meanwhile; look again")
@@ -334,6 +314,40 @@ async def secrets_endpoint(
             entries = await store.audit(secret=query.get("secret"), limit=limit)
             return {"audit": [{**vars(e), "action": e.action.value} for e in entries]}
     raise AdminError(404, f"no such admin endpoint: {method} /secrets/{'/'.join(rest)}")
+
+
+def _with_positions(jobs: list[QueuedJob], now: float) -> list[dict[str, Any]]:
+    """JSON of jobs listed in serving order, with each claimable one's place in its pool.
+
+    Counting along the list gives what ``JobQueue.position`` would, without a query per job:
+    the listing is a prefix of the serving order, so every job ahead of one is in it.
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for job in jobs:
+        position = None
+        if job.state is JobState.QUEUED and job.not_before <= now:
+            position = seen[job.spec.pool] = seen.get(job.spec.pool, 0) + 1
+        out.append(_job_json(job, position))
+    return out
+
+
+def _states(text: str) -> list[JobState]:
+    if not text:
+        return list(JobState)
+    try:
+        return [JobState(s) for s in text.split(",") if s]
+    except ValueError:
+        names = ", ".join(s.value for s in JobState)
+        raise AdminError(400, f"unknown job state in {text!r}; states are {names}") from None
+
+
+def _limit(text: str) -> int:
+    if not text:
+        return JOBS_SHOWN
+    if not text.isdigit() or not 1 <= int(text) <= MAX_JOBS_SHOWN:
+        raise AdminError(400, f"limit must be a number from 1 to {MAX_JOBS_SHOWN}, not {text!r}")
+    return int(text)
 
 
 def _job_id(text: str) -> int:

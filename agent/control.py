@@ -16,8 +16,9 @@ from urllib.parse import urlencode
 import httpx
 import trio
 
-from agent.admin import AdminError, secrets_endpoint, socket_path
+from agent.admin import JOBS_SHOWN, AdminError, secrets_endpoint, socket_path
 from agent.config import ConfigError, ServerConfig, load_config
+from agent.queue.base import JobState
 from agent.secrets import SecretsError, open_secret_store
 
 DRAIN_POLL = 1.0
@@ -210,8 +211,7 @@ def format_status(status: dict[str, Any], now: float | None = None) -> str:
     )
     queue = status["queue"]
     head += ["", "QUEUE  " + " ".join(f"{k}={v}" for k, v in queue["by_state"].items() if v)]
-    if queue["jobs"]:
-        head.append(format_jobs(queue["jobs"], now))
+    head.append(format_jobs(queue["jobs"], now) if queue["jobs"] else "(nothing waiting)")
     return "\n".join(head)
 
 
@@ -305,13 +305,15 @@ def _status(args: argparse.Namespace) -> int:
 def _jobs(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.jobs_command == "ls":
-        answer = client.request("GET", "/jobs")
+        query = {"state": ",".join(args.state), "pool": args.pool, "limit": args.limit}
+        url = "/jobs?" + urlencode({k: v for k, v in query.items() if v})
+        answer = client.request("GET", url)
         if args.json:
             print(dumps(answer))
             return 0
         print(format_jobs(answer["jobs"]))
         if not answer["complete"]:
-            print("(only jobs held by this host's runners: this queue backend cannot list)")
+            print(f"(the first {len(answer['jobs'])} only: narrow with --state/--pool or --limit)")
         return 0
     job = _job_arg(args.job)
     if args.jobs_command == "show":
@@ -436,7 +438,17 @@ def add_commands(
     json_flag(control("status", "what gantryd is doing: pools, runners, queue", _status))
     jobs = control("jobs", "list, show, retry or cancel jobs", _jobs)
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
-    json_flag(leaf(jobs_sub, "ls", "list jobs"))
+    ls = leaf(jobs_sub, "ls", "list jobs: waiting ones in serving order, then the newest")
+    ls.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        choices=[s.value for s in JobState],
+        help="only jobs in this state (repeatable)",
+    )
+    ls.add_argument("--pool", help="only jobs of this pool")
+    ls.add_argument("--limit", type=int, help=f"at most this many (default {JOBS_SHOWN})")
+    json_flag(ls)
     for action, text in (
         ("show", "one job"),
         ("retry", "queue a dead or cancelled job again"),

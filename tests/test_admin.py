@@ -23,7 +23,7 @@ from agent.container.lifecycle import Runner, RunnerState
 from agent.github.client import RunnerTarget
 from agent.metrics import UsageTracker
 from agent.queue.base import JobSpec
-from agent.queue.sqlite import open_sqlite_queue
+from agent.queue.sqlite import SQLiteQueue, open_sqlite_queue
 from agent.reload import LiveConfig
 from agent.secrets import open_secret_store
 from tests.test_cli import credentials, example_config  # noqa: F401 - fixture
@@ -51,6 +51,7 @@ class Admin:
     scheduler: Paused
     pools: Pools
     config: Path
+    queue: SQLiteQueue | None = None
 
 
 def _spec(job_id: int, priority: int = 0) -> JobSpec:
@@ -103,7 +104,7 @@ async def admin(credentials: Path) -> AsyncIterator[Admin]:  # noqa: F811
             secrets=secrets,
         )
         path = await nursery.start(serve_admin, app, runtime)
-        yield Admin(path, scheduler, pools, config_path)
+        yield Admin(path, scheduler, pools, config_path, queue)
         nursery.cancel_scope.cancel()
     assert not path.exists()  # removed on the way out
 
@@ -179,3 +180,63 @@ async def test_clear_errors_without_a_daemon(tmp_path: Path) -> None:
     result = await gantryd(fake, "status")
     assert result.returncode == 1 and "not running" in result.stderr
     assert str(fake.socket) in result.stderr and "Traceback" not in result.stderr
+
+
+def _rows(table: str, header: str) -> list[list[str]]:
+    """The rows of the table that starts with ``header`` in the CLI's output, split on blanks."""
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 1 :]:
+        if not line.strip() or line.isupper() or line.startswith("("):
+            break
+        rows.append(line.split())
+    return rows
+
+
+async def test_queue_table_and_retry(admin: Admin) -> None:
+    assert admin.queue is not None
+    await admin.queue.enqueue(_spec(13, priority=5))
+    await admin.queue.enqueue(_spec(14, priority=9))
+    status = await gantryd(admin, "status")
+    assert status.returncode == 0, status.stderr
+    # pos job state pool prio waited repository runner: serving order, places per pool
+    queue_rows = [r[:5] for r in _rows(status.stdout, "pos ")]
+    assert queue_rows == [
+        ["1", "14", "queued", "default", "9"],
+        ["-", "11", "claimed", "default", "5"],
+        ["2", "13", "queued", "default", "5"],
+        ["3", "12", "queued", "default", "0"],
+    ]
+    shown = json.loads((await gantryd(admin, "status", "--json")).stdout)["queue"]["jobs"]
+    assert [(j["id"], j["position"]) for j in shown] == [(14, 1), (11, None), (13, 2), (12, 3)]
+
+    assert (await gantryd(admin, "jobs", "cancel", "12")).returncode == 0
+    (lease,) = await admin.queue.claim(1, lease_seconds=60)  # 14
+    await admin.queue.fail(lease, "image missing")  # retried later: not claimable now
+    listed = await gantryd(admin, "jobs", "ls", "--state", "cancelled")
+    assert [r[:3] for r in _rows(listed.stdout, "pos ")] == [["-", "12", "cancelled"]]
+    first = await gantryd(admin, "jobs", "ls", "--limit", "2")
+    assert [r[1] for r in _rows(first.stdout, "pos ")] == ["14", "11"]
+    assert "the first 2 only" in first.stdout
+    everything = json.loads((await gantryd(admin, "jobs", "ls", "--json")).stdout)
+    assert everything["complete"] and [j["id"] for j in everything["jobs"]] == [14, 11, 13, 12]
+    assert everything["jobs"][0]["attempts"] == 1 and everything["jobs"][0]["position"] is None
+
+    retried = await gantryd(admin, "jobs", "retry", "12")
+    assert retried.returncode == 0, retried.stderr
+    assert "job 12: queued again" in retried.stdout
+    job = await admin.queue.get(12)
+    assert job is not None and (job.state.value, job.attempts) == ("queued", 0)
+    shown = json.loads((await gantryd(admin, "jobs", "show", "12", "--json")).stdout)
+    assert (shown["state"], shown["position"]) == ("queued", 2)  # behind 13 (priority 5)
+    busy = await gantryd(admin, "jobs", "retry", "11")
+    assert busy.returncode == 1 and "only dead or cancelled jobs can be retried" in busy.stderr
+    await admin.queue.finish(13, "success")
+    done = await gantryd(admin, "jobs", "retry", "13")
+    assert done.returncode == 1 and "is done" in done.stderr
+    missing = await gantryd(admin, "jobs", "retry", "999")
+    assert missing.returncode == 1 and "not in the queue" in missing.stderr
+    bad = await gantryd(admin, "jobs", "ls", "--limit", "-1")
+    assert bad.returncode == 1 and "limit must be a number" in bad.stderr
+    assert "Traceback" not in bad.stderr + missing.stderr + done.stderr

@@ -18,10 +18,12 @@ States (``JobState``) and the transitions each method makes::
     mark_running       QUEUED | CLAIMED -> RUNNING (lease dropped: GitHub owns the job now)
     finish             any non-final (or unknown key) -> DONE (tombstone for an unknown key)
     cancel             any non-final -> CANCELLED
+    retry              DEAD | CANCELLED -> QUEUED now (attempts reset; an operator's call)
     expired lease      CLAIMED -> QUEUED (crash recovery, done by ``claim`` itself)
 
 DONE, DEAD and CANCELLED are final: a later ``enqueue`` of the same key is a no-op that
-reports ``EnqueueOutcome.FINISHED`` (a late ``queued`` delivery after ``completed``).
+reports ``EnqueueOutcome.FINISHED`` (a late ``queued`` delivery after ``completed``). Only an
+operator's ``retry`` brings a DEAD or CANCELLED entry back; DONE completed on GitHub and stays.
 
 Methods that take ``delivery_id`` record it in the same atomic step; when that delivery id was
 already recorded they change nothing and report a duplicate (GitHub reuses the id on
@@ -34,7 +36,7 @@ Backends run blocking I/O in worker threads; every method here is safe to call f
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -231,6 +233,13 @@ class JobQueue(Protocol):
     async def cancel(self, job_id: int, reason: str) -> bool:
         """Any non-final state -> CANCELLED. False if unknown or already final."""
 
+    async def retry(self, job_id: int) -> bool:
+        """DEAD or CANCELLED -> QUEUED now, at the back of its priority, with attempts reset.
+
+        Clears the conclusion and runner (``last_error`` stays as history) and writes a QUEUED
+        outbox entry. False if unknown or in any other state: DONE ran on GitHub, so it stays.
+        """
+
     async def record_delivery(self, delivery_id: str) -> bool:
         """Remember a delivery id that changes no job (ping, ignored jobs). False if seen."""
 
@@ -238,6 +247,15 @@ class JobQueue(Protocol):
 
     async def position(self, job_id: int) -> int | None:
         """1-based place among claimable QUEUED jobs of its pool, None if not QUEUED."""
+
+    async def list_jobs(
+        self, states: Collection[JobState], *, pool: str | None = None, limit: int = 100
+    ) -> list[QueuedJob]:
+        """Up to ``limit`` entries in ``states`` (of ``pool`` only, if given), for operators.
+
+        QUEUED and CLAIMED entries come first, in the order claim serves them (priority, then
+        FIFO; delayed ones included); the others follow, most recently updated first.
+        """
 
     async def counts(self) -> Counts: ...
 

@@ -15,7 +15,9 @@ Server settings this backend needs (checked where possible, documented in docs/q
 Layout: ``job:<id>`` hash per job; ``ready:<pool>`` sorted set of claimable jobs (all scores 0,
 members ``<inverted priority>:<seq>:<id>`` so lexical order is priority then FIFO); ``delayed``
 (score ``not_before``), ``active`` (score lease expiry) and ``final`` (score finish time) sorted
-sets of job ids; ``deliveries`` (score first seen); ``outbox`` (score = seq) with its data in
+sets of job ids; ``running`` (score: when it started running) set of job ids, for listing
+(a job already running when a gantryd without it was upgraded is missing from it until it
+ends); ``deliveries`` (score first seen); ``outbox`` (score = seq) with its data in
 ``outbox:data``; ``counts`` and ``readycount`` hashes kept by the scripts; ``notify`` list
 (at most one element) for ``wait_ready``.
 
@@ -32,7 +34,7 @@ import json
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -114,7 +116,8 @@ end
 local function leave(id, state, now)
   -- take a non-final job out of whichever index its state puts it in
   if state == 'claimed' then redis.call('ZREM', P .. 'active', id)
-  elseif state == 'queued' then unqueue(id) end
+  elseif state == 'queued' then unqueue(id)
+  elseif state == 'running' then redis.call('ZREM', P .. 'running', id) end
   redis.call('HDEL', jkey(id), 'token', 'expires')
 end
 local function finalize(id, pool, state, to, now)
@@ -242,6 +245,7 @@ if not j[1] or FINAL[j[1]] then return 0 end
 leave(id, j[1], now)
 move(id, j[2], j[1], 'running', now)
 redis.call('HSET', jkey(id), 'runner_name', runner)
+redis.call('ZADD', P .. 'running', now, id)
 outbox(id, 'running', cjson.encode({runner_name = runner}))
 return 1
 """
@@ -273,6 +277,72 @@ finalize(id, j[2], j[1], 'cancelled', now)
 redis.call('HSET', jkey(id), 'conclusion', reason)
 outbox(id, 'cancelled', cjson.encode({reason = reason}))
 return 1
+"""
+
+_RETRY = """
+local id, now = unpack(ARGV)
+local j = redis.call('HMGET', jkey(id), 'state', 'pool', 'rkey')
+if j[1] ~= 'dead' and j[1] ~= 'cancelled' then return 0 end
+local seq = redis.call('INCR', P .. 'seq')
+redis.call('ZREM', P .. 'final', id)
+move(id, j[2], j[1], 'queued', now)
+redis.call('HSET', jkey(id), 'attempts', 0, 'not_before', now,
+  'rkey', string.match(j[3], '^%d+:') .. string.format('%020d', seq) .. ':' .. id)
+redis.call('HDEL', jkey(id), 'conclusion', 'runner_name')
+place(id, now, now)
+outbox(id, 'queued', '{}')
+return 1
+"""
+
+# QUEUED/CLAIMED: every candidate's rkey, sorted (= claim order). Others: the running and final
+# indexes newest first (final read in chunks until ``limit`` match), then merged by updated_at.
+_LIST_JOBS = """
+local now, limit, by_pool, only = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]
+local want = {}
+for i = 5, #ARGV do want[ARGV[i]] = true end
+promote(now)
+local served, others = {}, {}
+local function take(into, ids)
+  local n = 0
+  for _, id in ipairs(ids) do
+    local j = redis.call('HMGET', jkey(id), 'state', 'pool', 'rkey', 'updated_at')
+    if want[j[1]] and (not by_pool or j[2] == only) then
+      table.insert(into, {id, j[3], tonumber(j[4])}); n = n + 1
+    end
+  end
+  return n
+end
+if want.queued then
+  local pools = by_pool and {only} or redis.call('SMEMBERS', P .. 'pools')
+  for _, pool in ipairs(pools) do
+    for _, m in ipairs(redis.call('ZRANGE', P .. 'ready:' .. pool, 0, limit - 1)) do
+      table.insert(served, {string.match(m, ':([^:]+)$'), m})
+    end
+  end
+  take(served, redis.call('ZRANGE', P .. 'delayed', 0, -1))
+end
+if want.claimed then take(served, redis.call('ZRANGE', P .. 'active', 0, -1)) end
+table.sort(served, function(a, b) return a[2] < b[2] end)
+if #served < limit then
+  if want.running then take(others, redis.call('ZREVRANGE', P .. 'running', 0, -1)) end
+  if want.done or want.dead or want.cancelled then
+    local found, from = 0, 0
+    while found < limit do
+      local ids = redis.call('ZREVRANGE', P .. 'final', from, from + 255)
+      if #ids == 0 then break end
+      found = found + take(others, ids); from = from + 256
+    end
+  end
+  table.sort(others, function(a, b) return a[3] > b[3] end)
+end
+local out = {}
+for _, list in ipairs({served, others}) do
+  for _, e in ipairs(list) do
+    if #out >= limit then return out end
+    table.insert(out, fields(e[1]))
+  end
+end
+return out
 """
 
 _RECORD_DELIVERY = """
@@ -423,6 +493,8 @@ class RedisQueue:
                 "mark_running": _MARK_RUNNING,
                 "finish": _FINISH,
                 "cancel": _CANCEL,
+                "retry": _RETRY,
+                "list_jobs": _LIST_JOBS,
                 "record_delivery": _RECORD_DELIVERY,
                 "position": _POSITION,
                 "counts": _COUNTS,
@@ -656,6 +728,9 @@ class RedisQueue:
     async def cancel(self, job_id: int, reason: str) -> bool:
         return bool(await self._script("cancel", job_id, reason, repr(self._clock())))
 
+    async def retry(self, job_id: int) -> bool:
+        return bool(await self._script("retry", job_id, repr(self._clock())))
+
     async def record_delivery(self, delivery_id: str) -> bool:
         return bool(await self._script("record_delivery", delivery_id, repr(self._clock())))
 
@@ -667,6 +742,17 @@ class RedisQueue:
     async def position(self, job_id: int) -> int | None:
         result = await self._script("position", job_id, repr(self._clock()))
         return None if result is None else int(result)
+
+    async def list_jobs(
+        self, states: Collection[JobState], *, pool: str | None = None, limit: int = 100
+    ) -> list[QueuedJob]:
+        wanted = [JobState(s).value for s in states]
+        if not wanted or limit <= 0:
+            return []
+        rows = await self._script(
+            "list_jobs", repr(self._clock()), limit, int(pool is not None), pool or "", *wanted
+        )
+        return [_job(row) for row in rows]
 
     async def counts(self) -> Counts:
         states, ready = await self._script("counts", repr(self._clock()))

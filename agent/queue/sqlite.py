@@ -13,7 +13,7 @@ import json
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -416,6 +416,26 @@ class SQLiteQueue:
 
         return await self._db.write(tx)
 
+    async def retry(self, job_id: int) -> bool:
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'queued', seq = ?, attempts = 0, not_before = ?, "
+                "updated_at = ?, conclusion = NULL, runner_name = NULL, lease_token = NULL, "
+                "lease_expires = NULL WHERE job_id = ? AND state IN ('dead', 'cancelled')",
+                (_next_seq(conn), now, now, job_id),
+            )
+            if cur.rowcount == 0:
+                return False
+            _outbox(conn, job_id, JobState.QUEUED, {})
+            return True
+
+        retried = await self._db.write(tx)
+        if retried:
+            self._wake()
+        return retried
+
     async def record_delivery(self, delivery_id: str) -> bool:
         now = self._clock()
         return await self._db.write(lambda conn: _new_delivery(conn, delivery_id, now))
@@ -445,6 +465,27 @@ class SQLiteQueue:
                 (pool, priority, priority, seq, now),
             ).fetchone()[0]
             return int(ahead) + 1
+
+        return await self._db.read(q)
+
+    async def list_jobs(
+        self, states: Collection[JobState], *, pool: str | None = None, limit: int = 100
+    ) -> list[QueuedJob]:
+        wanted = [JobState(s).value for s in states]
+        if not wanted or limit <= 0:
+            return []
+        sql = (
+            f"SELECT {_COLUMNS} FROM jobs WHERE state IN ({', '.join('?' * len(wanted))}) "
+            + ("AND pool = ? " if pool is not None else "")
+            + "ORDER BY state IN ('queued', 'claimed') DESC, "
+            "CASE WHEN state IN ('queued', 'claimed') THEN -priority END, "
+            "CASE WHEN state IN ('queued', 'claimed') THEN seq END, "
+            "updated_at DESC, job_id DESC LIMIT ?"
+        )
+        args: list[Any] = [*wanted, *([pool] if pool is not None else []), limit]
+
+        def q(conn: sqlite3.Connection) -> list[QueuedJob]:
+            return [_job(row) for row in conn.execute(sql, args)]
 
         return await self._db.read(q)
 

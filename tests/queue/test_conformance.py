@@ -330,3 +330,104 @@ async def test_wait_ready_can_be_cancelled(queue: JobQueue) -> None:
     with trio.move_on_after(0.1) as scope:
         await queue.wait_ready(60)  # type: ignore[attr-defined]
     assert scope.cancelled_caught
+
+
+async def dead_letter(queue: JobQueue, clock: FakeClock, job_id: int) -> None:
+    """Fail the only claimable job until NO_JITTER's attempts are used up."""
+    while True:
+        outcome = await queue.fail(await claim_one(queue), f"boom {job_id}")
+        if outcome.dead:
+            return
+        assert outcome.retry_at is not None
+        clock.now = outcome.retry_at
+
+
+async def test_list_jobs_orders_like_claim_then_newest(queue: JobQueue, clock: FakeClock) -> None:
+    for job_id, priority, pool in [(1, 0, "a"), (2, 5, "b"), (3, 0, "a"), (4, 5, "a")]:
+        await queue.enqueue(spec(job_id, priority=priority, pool=pool))
+        clock.advance(1)
+    await queue.enqueue(spec(5, priority=9), not_before=clock.now + 100)  # delayed, still listed
+    await queue.claim(1, lease_seconds=LEASE, pools=["a"])  # 4: CLAIMED keeps its place
+    for job_id in (6, 7, 8):
+        await queue.enqueue(spec(job_id))
+    clock.advance(1)
+    await queue.mark_running(6, "r6")
+    clock.advance(1)
+    await queue.finish(7, "success")
+    clock.advance(1)
+    await queue.cancel(8, "no longer wanted")
+    clock.advance(1)
+    await queue.finish(9, "success")  # a tombstone is DONE too
+
+    waiting = [JobState.QUEUED, JobState.CLAIMED]
+    listed = await queue.list_jobs(waiting)
+    assert [j.spec.job_id for j in listed] == [5, 2, 4, 1, 3]
+    assert [j.state for j in listed][:3] == [JobState.QUEUED, JobState.QUEUED, JobState.CLAIMED]
+    assert [j.spec.job_id for j in await queue.list_jobs(waiting, pool="a")] == [4, 1, 3]
+    assert [j.spec.job_id for j in await queue.list_jobs(waiting, limit=2)] == [5, 2]
+    assert [j.spec.job_id for j in await queue.list_jobs([JobState.QUEUED])] == [5, 2, 1, 3]
+    assert [j.spec.job_id for j in await queue.list_jobs(list(JobState))] == [
+        5, 2, 4, 1, 3, 9, 8, 7, 6,
+    ]  # fmt: skip
+    final = [JobState.DONE, JobState.RUNNING, JobState.CANCELLED]
+    assert [j.spec.job_id for j in await queue.list_jobs(final)] == [9, 8, 7, 6]
+    assert [j.spec.job_id for j in await queue.list_jobs(final, limit=3)] == [9, 8, 7]
+    assert [j.spec.job_id for j in await queue.list_jobs([JobState.DEAD])] == []
+    assert await queue.list_jobs(list(JobState), limit=0) == []
+    assert await queue.list_jobs([]) == []
+    await queue.finish(6, "success")
+    assert await queue.list_jobs([JobState.RUNNING]) == []  # left the running index
+
+
+async def test_retry_requeues_dead_and_cancelled(queue: JobQueue, clock: FakeClock) -> None:
+    await queue.enqueue(spec(1))
+    await dead_letter(queue, clock, 1)
+    for job_id in (2, 3, 4):
+        await queue.enqueue(spec(job_id))
+    await queue.mark_running(2, "r2")
+    await queue.cancel(2, "operator")
+    await queue.finish(3, "success")
+    while await queue.outbox(10):
+        for entry in await queue.outbox(10):
+            await queue.ack_outbox(entry.job_id, entry.seq)
+
+    clock.advance(5)
+    assert await queue.retry(1)
+    assert not await queue.retry(1)  # QUEUED now
+    assert await queue.retry(2)
+    assert not await queue.retry(3)  # DONE completed on GitHub: it stays
+    assert not await queue.retry(4)  # QUEUED
+    assert not await queue.retry(99)
+    dead_one = await queue.get(1)
+    assert dead_one is not None
+    assert (dead_one.state, dead_one.attempts, dead_one.not_before, dead_one.updated_at) == (
+        JobState.QUEUED, 0, clock.now, clock.now,
+    )  # fmt: skip
+    assert (dead_one.conclusion, dead_one.last_error) == (None, "boom 1")
+    cancelled = await queue.get(2)
+    assert cancelled is not None
+    assert (cancelled.state, cancelled.conclusion, cancelled.runner_name) == (
+        JobState.QUEUED, None, None,
+    )  # fmt: skip
+    done = await queue.get(3)
+    assert done is not None and done.state is JobState.DONE
+    assert [(e.job_id, e.state) for e in await queue.outbox(10)] == [
+        (1, JobState.QUEUED), (2, JobState.QUEUED),
+    ]  # fmt: skip
+    # Back of its priority (after 4), then served and counted like any queued job.
+    assert await queue.position(1) == 2 and await queue.position(2) == 3
+    counts = await queue.counts()
+    assert counts.by_state == {JobState.QUEUED: 3, JobState.DONE: 1}
+    assert [x.job_id for x in await queue.claim(5, lease_seconds=LEASE)] == [4, 1, 2]
+    assert (await queue.get(1)).attempts == 0  # type: ignore[union-attr]
+    await queue.cancel(1, "again")
+    assert await queue.retry(1)  # CLAIMED -> CANCELLED -> QUEUED again
+
+
+async def test_retried_job_survives_prune(queue: JobQueue, clock: FakeClock) -> None:
+    await queue.enqueue(spec(1))
+    await queue.cancel(1, "operator")
+    clock.advance(100)
+    assert await queue.retry(1)
+    assert await queue.prune(older_than=clock.now + 1) == 0  # no longer final
+    assert (await queue.get(1)).state is JobState.QUEUED  # type: ignore[union-attr]

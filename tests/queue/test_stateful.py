@@ -270,6 +270,19 @@ class QueueMachine(RuleBasedStateMachine):
             self._report(job_id, JobState.CANCELLED, {"reason": "operator"})
         assert got is want
 
+    @rule(job_id=JOB_IDS)
+    def retry(self, job_id: int) -> None:
+        got = self.call(self.q.retry, job_id)
+        job = self.jobs.get(job_id)
+        want = job is not None and job.state in (JobState.DEAD, JobState.CANCELLED)
+        if want:
+            assert job is not None
+            self._set(job, JobState.QUEUED)
+            job.seq, job.attempts, job.not_before = self._seq(), 0, self.clock.now
+            job.conclusion = job.runner_name = None
+            self._report(job_id, JobState.QUEUED, {})
+        assert got is want
+
     @rule(pool=st.sampled_from(POOLS), paused=st.booleans())
     def pause(self, pool: str, paused: bool) -> None:
         self.call(self.q.pause if paused else self.q.resume, pool)
@@ -324,6 +337,15 @@ class QueueMachine(RuleBasedStateMachine):
         for j in self.jobs.values():
             by_state[j.state] = by_state.get(j.state, 0) + 1
         assert counts.by_state == by_state
+        listed = self.call(self.q.list_jobs, list(JobState))
+        waiting = sorted(
+            (i for i, j in self.jobs.items() if j.state in (JobState.QUEUED, JobState.CLAIMED)),
+            key=lambda i: (-self.jobs[i].priority, self.jobs[i].seq),
+        )
+        assert [j.spec.job_id for j in listed[: len(waiting)]] == waiting
+        rest = listed[len(waiting) :]
+        assert sorted(j.spec.job_id for j in rest) == sorted(set(self.jobs) - set(waiting))
+        assert [j.updated_at for j in rest] == sorted((j.updated_at for j in rest), reverse=True)
         entries = self.call(self.q.outbox, 100)
         want_outbox = sorted((seq, job_id, state, detail)
                              for job_id, (seq, state, detail) in self.outbox.items())  # fmt: skip

@@ -31,6 +31,8 @@ chaos: setup
 bench: setup
 	.venv/bin/python bench/queue.py
 	.venv/bin/python bench/intake.py
+	.venv/bin/python bench/dispatch.py
+	.venv/bin/python bench/footprint.py
 
 deb:
 	bash packaging/build-deb.sh

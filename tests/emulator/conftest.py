@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from agent.emulator import Emulator, serve_emulator
+from tests.emulator_clock import Clock
 
 APP_ID = 4242
 INSTALLATIONS = {
@@ -47,25 +48,6 @@ def app_jwt(key: rsa.RSAPrivateKey, now: float | None = None, **override: Any) -
     claims: dict[str, Any] = {"iat": int(now) - 60, "exp": int(now) + 600, "iss": APP_ID}
     claims.update(override)
     return sign_jwt(key, claims)
-
-
-class Clock:
-    """The emulator's wall clock: real time plus an adjustable offset, so tokens can expire
-    without waiting while JWTs made from real time (as gantryd's are) still line up with it."""
-
-    def __init__(self) -> None:
-        self._offset = 0.0
-
-    @property
-    def now(self) -> float:
-        return time.time() + self._offset
-
-    @now.setter
-    def now(self, value: float) -> None:
-        self._offset = value - time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

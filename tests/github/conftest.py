@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -13,19 +12,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from agent.emulator import Emulator, serve_emulator
 from agent.github.auth import AppAuth, Secret, TokenAuth
 from agent.github.client import GitHubClient
+from tests.emulator_clock import Clock
 
 APP_ID = 4242
 INSTALLATIONS = {11: ["acme/app", "acme/lib"], 12: ["other/tool"]}
-
-
-class Clock:
-    """The emulator's wall clock, moved on by tests (GitHub's now, not ours)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
 
 
 @pytest.fixture(scope="session")

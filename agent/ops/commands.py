@@ -16,8 +16,8 @@ from urllib.parse import urlencode
 import httpx
 import trio
 
-from agent.admin import JOBS_SHOWN, AdminError, secrets_endpoint, socket_path
 from agent.config import ConfigError, ServerConfig, load_config
+from agent.ops.admin_server import JOBS_SHOWN, AdminError, secrets_endpoint, socket_path
 from agent.queue.base import JobState
 from agent.secrets import SecretsError, open_secret_store
 

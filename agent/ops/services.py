@@ -20,13 +20,13 @@ import trio
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from agent.admin import AdminApp, serve_admin
 from agent.container.docker_api import DockerAPI
 from agent.container.gc import collect_garbage
 from agent.container.lifecycle import Outcome
 from agent.container.pool_manager import PoolManager
 from agent.github.client import GitHubClient
-from agent.metrics import ErrorCounter, Metrics, Sampler, Sources, serve_metrics
+from agent.ops.admin_server import AdminApp, serve_admin
+from agent.ops.metrics import ErrorCounter, Metrics, Sampler, Sources, serve_metrics
 from agent.orchestrator.manager import Scheduler
 from agent.orchestrator.webhook import WebhookApp
 from agent.queue.base import JobQueue

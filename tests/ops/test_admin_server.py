@@ -17,18 +17,18 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.admin import AdminApp, serve_admin
 from agent.config import load_config
 from agent.container.lifecycle import Runner, RunnerState
 from agent.github.client import RunnerTarget
-from agent.metrics import UsageTracker
+from agent.ops.admin_server import AdminApp, serve_admin
+from agent.ops.metrics import UsageTracker
 from agent.queue.base import JobSpec
 from agent.queue.sqlite import SQLiteQueue, open_sqlite_queue
 from agent.reload import LiveConfig
 from agent.secrets import open_secret_store
 from tests.test_cli import credentials, example_config  # noqa: F401 - fixture
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VALUE = "tok-value-never-printed"
 
 

@@ -21,14 +21,14 @@ import trio
 
 from agent.container.lifecycle import RunnerState
 from agent.emulator.webhooks import Faults
-from agent.metrics import ErrorCounter, Metrics, Sampler, Sources, endpoint_class, serve_metrics
-from agent.operations import CounterView, CountingTransport
+from agent.ops.metrics import ErrorCounter, Metrics, Sampler, Sources, endpoint_class, serve_metrics
+from agent.ops.services import CounterView, CountingTransport
 from agent.orchestrator.webhook import IntakeStats, Outcome
 from agent.queue.base import JobSpec
 from agent.queue.sqlite import open_sqlite_queue
 from tests.container.stack import pool_stack, remove_leftovers
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -180,8 +180,8 @@ def test_dashboard_uses_only_exported_metric_names() -> None:
     dashboard = json.loads((ROOT / "packaging/grafana/gantryd-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     names = {n for e in exprs for n in re.findall(r"\b(gantryd_[a-z_]+)", e)}
-    exported = set(re.findall(r'"(gantryd_[a-z_]+)"', (ROOT / "agent/metrics.py").read_text()))
-    exported |= set(re.findall(r'"(gantryd_[a-z_]+)"', (ROOT / "agent/operations.py").read_text()))
+    sources = (ROOT / "agent/ops").glob("*.py")
+    exported = {n for p in sources for n in re.findall(r'"(gantryd_[a-z_]+)"', p.read_text())}
     exported |= {n + "_total" for n in exported}
     assert names and names <= exported, names - exported
 

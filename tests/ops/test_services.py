@@ -26,10 +26,10 @@ import httpx
 import pytest
 import trio
 
-from agent.admin import socket_path
 from agent.config import load_config
 from agent.container.store import open_runner_store
-from agent.control import AdminClient
+from agent.ops.admin_server import socket_path
+from agent.ops.commands import AdminClient
 from agent.queue import open_queue
 from agent.queue.base import JobState
 from agent.secrets import SECRETS_DIR
@@ -39,7 +39,7 @@ from tests.container.test_adoption import wait_delivered, wait_removed
 
 pytestmark = pytest.mark.docker
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Gate:

@@ -39,7 +39,7 @@ import trio
 
 from agent import __version__
 from agent.container.lifecycle import LIVE_STATES, Runner
-from agent.ops.metrics import UsageTracker
+from agent.ops.usage import UsageTracker
 from agent.queue.base import JobQueue, JobState, QueuedJob, QueueError
 from agent.reload import LiveConfig
 from agent.secrets import SecretsError, SecretStore

@@ -3,11 +3,12 @@
 ``Metrics`` is created by the daemon. Events only the pool supervisor sees (a container started,
 a job started or ended) reach it through ``PoolObserver`` (agent/container/lifecycle.py), which
 ``Metrics`` implements. Everything that is a *state* (queue depth, runners,
-container usage, rate limit, Docker reachability, last reload) is read by ``Sampler`` from the
-objects that own it every ``SAMPLE_INTERVAL`` seconds; counters other services keep are exposed
-as they are at scrape time (``agent.operations.CounterView``); GitHub requests are counted by a
-wrapper around the client's HTTP transport and warnings/errors by a logging handler. So the
-services that do the work carry no metrics code.
+container usage, rate limit, Docker reachability, last reload) is read by
+``agent.ops.sampler.Sampler`` from the objects that own it; counters other services keep are
+exposed as they are at scrape time (``CounterView``); GitHub requests are counted by a wrapper
+around the client's HTTP transport (``CountingTransport``) and warnings/errors by a logging
+handler (``ErrorCounter``). So the services that do the work carry no metrics code; the listener
+is ``agent.ops.metrics_server``.
 
 Names follow Prometheus conventions: ``gantryd_`` prefix, base units (seconds, bytes), ``_total``
 only on counters, and labels with a bounded set of values (pool names come from the config;
@@ -19,15 +20,10 @@ from __future__ import annotations
 import logging
 import platform
 import re
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-import hypercorn.config
-import hypercorn.trio
-import trio
+import httpx
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -36,14 +32,12 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from agent import __version__
 
 log = logging.getLogger(__name__)
 
-SAMPLE_INTERVAL = 5.0
 # Histogram buckets (seconds) that fit what they measure (issue 7): a container start takes
 # from a tenth of a second (warm: none at all) to minutes (an image pull); a job, from seconds
 # to GitHub's 6-hour limit; a queue wait, from instant to hours when capacity is short.
@@ -237,232 +231,38 @@ class ErrorCounter(logging.Handler):
         self._metrics.errors.labels(component_of(record.name), severity).inc()
 
 
-# -- container usage from cgroups -------------------------------------------------------------
+class CountingTransport(httpx.AsyncBaseTransport):
+    """Counts GitHub requests by endpoint class and status, around the real transport, so the
+    GitHub client needs no metrics code: pass it as the client's ``transport``."""
+
+    def __init__(self, metrics: Metrics, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self._metrics = metrics
+        self._inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await self._inner.handle_async_request(request)
+        except httpx.TransportError:
+            self._metrics.github_request(request.url.path, None)
+            raise
+        self._metrics.github_request(request.url.path, response.status_code)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
-@dataclass(frozen=True)
-class Usage:
-    memory: int  # bytes
-    cpu_seconds: float  # cumulative
-
-
-# Where Docker puts a container's cgroup: v2 (systemd or cgroupfs driver), then v1.
-_CGROUP_V2 = ("system.slice/docker-{id}.scope", "docker/{id}")
-_CGROUP_V1 = ("system.slice/docker-{id}.scope", "docker/{id}")
-
-
-def read_usage(container_id: str, root: Path = Path("/sys/fs/cgroup")) -> Usage | None:
-    """Memory and CPU of one container from its cgroup files; None if not found (gone)."""
-    try:
-        for pattern in _CGROUP_V2:
-            base = root / pattern.format(id=container_id)
-            if (base / "memory.current").exists():
-                memory = int((base / "memory.current").read_text())
-                stat = dict(
-                    line.split() for line in (base / "cpu.stat").read_text().splitlines() if line
-                )
-                return Usage(memory, int(stat["usage_usec"]) / 1e6)
-        for pattern in _CGROUP_V1:
-            rel = pattern.format(id=container_id)
-            memory_file = root / "memory" / rel / "memory.usage_in_bytes"
-            if memory_file.exists():
-                cpu_ns = int((root / "cpuacct" / rel / "cpuacct.usage").read_text())
-                return Usage(int(memory_file.read_text()), cpu_ns / 1e9)
-    except (OSError, ValueError, KeyError):
-        return None  # the container went away while we read
-    return None
-
-
-@dataclass(frozen=True)
-class ContainerLoad:
-    memory: int  # bytes
-    cpu: float  # cores in use since the previous sample
-
-
-class UsageTracker:
-    """Per-container memory and CPU rate, from successive cgroup readings."""
-
-    def __init__(self, root: Path = Path("/sys/fs/cgroup")) -> None:
-        self._root = root
-        self._last: dict[str, tuple[float, Usage]] = {}
-        self.load: dict[str, ContainerLoad] = {}
-
-    def sample_blocking(self, container_ids: Iterable[str], now: float) -> dict[str, ContainerLoad]:
-        """Read every container (blocking file reads: run in a thread); forget the gone ones."""
-        last, self._last, load = self._last, {}, {}
-        for cid in container_ids:
-            usage = read_usage(cid, self._root)
-            if usage is None:
-                continue
-            self._last[cid] = (now, usage)
-            before = last.get(cid)
-            cpu = 0.0
-            if before is not None and now > before[0]:
-                cpu = max(0.0, (usage.cpu_seconds - before[1].cpu_seconds) / (now - before[0]))
-            load[cid] = ContainerLoad(usage.memory, cpu)
-        self.load = load
-        return load
-
-
-# -- the sampler ------------------------------------------------------------------------------
-
-
-class _RunnerLike(Protocol):
-    @property
-    def pool(self) -> str: ...
-    @property
-    def state(self) -> Any: ...
-    @property
-    def container_id(self) -> str | None: ...
-
-
-@dataclass
-class Sources:
-    """Where the sampler reads state; each is a plain call into the object that owns it."""
-
-    runners: Callable[[], Iterable[_RunnerLike]]
-    queue_counts: Callable[[], Awaitable[Any]]  # JobQueue.counts
-    pools: Callable[[], Iterable[str]]  # pool names of the live config
-    rate_limit_remaining: Callable[[], int | None]
-    docker_ping: Callable[[], Awaitable[None]]
-    paused: Callable[[], bool]
-    reload_state: Callable[[], tuple[bool, float]]  # (last reload ok, last success time)
-
-
-class Sampler:
-    """Copies state into gauges every ``interval`` seconds; ``sample_once`` is one pass."""
+class CounterView(Collector):
+    """Exposes plain counters another service keeps (``collections.Counter``) as a Prometheus
+    counter at scrape time: the owner only ever increments, we never copy or reset."""
 
     def __init__(
-        self, metrics: Metrics, sources: Sources, *, usage: UsageTracker | None = None
+        self, name: str, doc: str, label: str, read: Callable[[], Mapping[Any, int]]
     ) -> None:
-        self._m = metrics
-        self._s = sources
-        self.usage = usage or UsageTracker()
-        self.last_counts: Any = None
+        self._name, self._doc, self._label, self._read = name, doc, label, read
 
-    async def run(
-        self,
-        *,
-        interval: float = SAMPLE_INTERVAL,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Sample until cancelled; a failing source is logged and the rest still sampled."""
-        await self.sample_once()
-        task_status.started()
-        while True:
-            await trio.sleep(interval)
-            await self.sample_once()
-
-    async def sample_once(self) -> None:
-        m, s = self._m, self._s
-        pools = list(s.pools())
-        await self._sample_queue(pools)
-        runners = list(s.runners())
-        m.runners.clear()
-        for pool in pools:
-            m.runners.labels(pool, "idle")  # present at 0 so dashboards see every pool
-        for runner in runners:
-            m.runners.labels(runner.pool, str(runner.state)).inc()
-        by_id = {r.container_id: r.pool for r in runners if r.container_id}
-        load = await trio.to_thread.run_sync(self.usage.sample_blocking, list(by_id), time.time())
-        m.container_memory.clear()
-        m.container_cpu.clear()
-        for pool in pools:
-            m.container_memory.labels(pool).set(0)
-            m.container_cpu.labels(pool).set(0)
-        for cid, used in load.items():
-            m.container_memory.labels(by_id[cid]).inc(used.memory)
-            m.container_cpu.labels(by_id[cid]).inc(used.cpu)
-        remaining = s.rate_limit_remaining()
-        if remaining is not None:
-            m.github_rate_limit.set(remaining)
-        m.scheduler_paused.set(1 if s.paused() else 0)
-        ok, at = s.reload_state()
-        m.reload_ok.set(1 if ok else 0)
-        m.reload_at.set(at)
-        try:
-            with trio.fail_after(SAMPLE_INTERVAL):
-                await s.docker_ping()
-        except Exception as exc:  # any failure to answer means "down" for this metric
-            log.debug("docker ping failed: %s", exc)
-            m.docker_up.set(0)
-        else:
-            m.docker_up.set(1)
-
-    async def _sample_queue(self, pools: list[str]) -> None:
-        try:
-            counts = await self._s.queue_counts()
-        except Exception as exc:  # the queue logs its own failures; keep the old values
-            log.warning("metrics: cannot read queue counts: %s", exc)
-            return
-        self.last_counts = counts
-        gauge = self._m.queue_jobs
-        gauge.clear()
-        for pool in pools:
-            gauge.labels(pool, "queued", "")
-        for (pool, state), n in counts.by_pool_state.items():
-            if str(state) not in ("done", "cancelled"):  # dead stays until pruned: alert on it
-                gauge.labels(pool, str(state), "").set(n)
-        for (pool, priority), n in counts.ready_by_pool_priority.items():
-            gauge.labels(pool, "ready", str(priority)).set(n)
-
-
-# -- the HTTP listener -------------------------------------------------------------------------
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-
-
-class MetricsApp:
-    """ASGI app: GET /metrics returns the exposition; everything else 404."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    async def __call__(
-        self,
-        scope: Scope,
-        receive: Callable[[], Awaitable[Message]],
-        send: Callable[[Message], Awaitable[None]],
-    ) -> None:
-        if scope["type"] == "lifespan":  # hypercorn's trio worker needs the protocol answered
-            while True:
-                message = await receive()
-                kind = message["type"].rsplit(".", 1)[-1]
-                await send({"type": f"lifespan.{kind}.complete"})
-                if kind == "shutdown":
-                    return
-        if scope["type"] != "http":
-            return
-        if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
-            # 0.0.4: what Prometheus 2.x (Debian 12) and every scraper understand; names are
-            # plain ASCII, so the output is the same.
-            status, body, ctype = 200, self._metrics.exposition(), CONTENT_TYPE_PLAIN_0_0_4
-        else:
-            status, body, ctype = 404, b"not found; metrics are at /metrics\n", "text/plain"
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", ctype.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
-async def serve_metrics(
-    metrics: Metrics,
-    listen: str,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve /metrics on ``listen`` until cancelled; started() with the bound URLs."""
-    config = hypercorn.config.Config()
-    config.bind = [listen]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 1.0
-    await hypercorn.trio.serve(MetricsApp(metrics), config, task_status=task_status)  # type: ignore[arg-type]
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        for key, value in sorted(self._read().items(), key=lambda kv: str(kv[0])):
+            family.add_metric([str(key)], value)
+        yield family

@@ -21,7 +21,7 @@ from agent.config import load_config
 from agent.container.lifecycle import Runner, RunnerState
 from agent.github.client import RunnerTarget
 from agent.ops.admin_server import AdminApp, serve_admin
-from agent.ops.metrics import UsageTracker
+from agent.ops.usage import UsageTracker
 from agent.queue.base import JobSpec
 from agent.queue.sqlite import SQLiteQueue, open_sqlite_queue
 from agent.reload import LiveConfig

@@ -1,4 +1,4 @@
-"""agent/metrics.py and the operator wiring of agent/operations.py: real scrapes, real promtool.
+"""agent/ops/metrics.py with its sampler, usage reader and listener: real scrapes, real promtool.
 
 The pool supervisor's events (container starts, queue waits, job durations and outcomes) are
 checked through a real run: the GitHub stand-in, gantryd in-process and real containers.
@@ -21,8 +21,15 @@ import trio
 
 from agent.container.lifecycle import RunnerState
 from agent.emulator.webhooks import Faults
-from agent.ops.metrics import ErrorCounter, Metrics, Sampler, Sources, endpoint_class, serve_metrics
-from agent.ops.services import CounterView, CountingTransport
+from agent.ops.metrics import (
+    CounterView,
+    CountingTransport,
+    ErrorCounter,
+    Metrics,
+    endpoint_class,
+)
+from agent.ops.metrics_server import serve_metrics
+from agent.ops.sampler import Sampler, Sources
 from agent.orchestrator.webhook import IntakeStats, Outcome
 from agent.queue.base import JobSpec
 from agent.queue.sqlite import open_sqlite_queue

@@ -1,4 +1,4 @@
-"""agent/admin.py served on a real unix socket, driven by the real `gantryd` CLI (agent/control.py).
+"""agent/ops/admin_server.py on a real unix socket, driven by the real `gantryd` CLI.
 
 The queue is a real SQLite queue; the pool manager's place is taken by an object with its
 ``runners()`` query, since no runner is started here (the e2e tests cover that part).

@@ -52,6 +52,7 @@ class Admin:
     pools: Pools
     config: Path
     queue: SQLiteQueue | None = None
+    live: LiveConfig | None = None
 
 
 def _spec(job_id: int, priority: int = 0) -> JobSpec:
@@ -104,7 +105,7 @@ async def admin(credentials: Path) -> AsyncIterator[Admin]:  # noqa: F811
             secrets=secrets,
         )
         path = await nursery.start(serve_admin, app, runtime)
-        yield Admin(path, scheduler, pools, config_path, queue)
+        yield Admin(path, scheduler, pools, config_path, queue, live)
         nursery.cancel_scope.cancel()
     assert not path.exists()  # removed on the way out
 
@@ -156,6 +157,19 @@ async def test_status_jobs_drain_and_resume(admin: Admin) -> None:
     assert "drained" in rest and admin.scheduler.paused
     assert (await gantryd(admin, "resume")).returncode == 0
     assert not admin.scheduler.paused
+
+
+async def test_status_names_the_changed_keys_only_a_restart_applies(admin: Admin) -> None:
+    assert admin.live is not None
+    before = await gantryd(admin, "status")
+    assert before.returncode == 0 and "restart needed" not in before.stdout
+    # merge: LiveConfig.restart_pending (what a reload that changed restart-only keys leaves)
+    admin.live.restart_pending = ("github.api_url", "server.listen")  # type: ignore[attr-defined]
+    table = await gantryd(admin, "status")
+    (line,) = [line for line in table.stdout.splitlines() if line.startswith("config ")]
+    assert line.endswith("; restart needed for: github.api_url, server.listen"), line
+    shown = json.loads((await gantryd(admin, "status", "--json")).stdout)
+    assert shown["config"]["restart_pending"] == ["github.api_url", "server.listen"]
 
 
 async def test_secrets_through_the_socket(admin: Admin) -> None:

@@ -9,6 +9,9 @@ General layout (dependencies point one way; config is passed in, never global):
 - ``container/`` — the Container Pool Manager: ``pool_manager``, ``lifecycle``, ``security``,
   ``monitoring`` and ``docker_api`` (the only importer of docker-py).
 - ``github/`` — App/token auth and the REST client. ``emulator/`` — GitHub's stand-in.
+- ``ops/`` — the operator's side: the admin socket (``protocol`` shared by ``admin_server`` and
+  ``admin_client``; ``commands`` and ``tables`` for the CLI), ``metrics`` with its ``sampler``,
+  and ``services``, which starts them in the daemon.
 - ``config``, ``reload``, ``daemon`` (the root nursery), ``systemd``, ``logs``, ``cli``.
 """
 

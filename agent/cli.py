@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run gantryd against the built-in GitHub stand-in")
     demo.add_argument("--jobs", type=int, default=5, help="how many jobs to run (default 5)")
     demo.set_defaults(func=_demo)
-    from agent.control import add_commands
+    from agent.ops.commands import add_commands
 
     add_commands(sub, with_config)
     emulator = sub.add_parser(

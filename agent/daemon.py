@@ -34,8 +34,8 @@ from agent.github.auth import (
     read_secret_file,
 )
 from agent.github.client import GitHubClient
-from agent.metrics import Metrics
-from agent.operations import CountingTransport, Services, run_operations
+from agent.ops.metrics import CountingTransport, Metrics
+from agent.ops.services import Services, run_operations
 from agent.orchestrator.health import credentials_loaded, docker_answering, queue_writable
 from agent.orchestrator.manager import Scheduler, Wakeup
 from agent.orchestrator.reconciler import Reconciler, SeenRepositories

@@ -2,7 +2,8 @@
 
 Only local users in gantryd's group can reach it: the socket file's mode is the access control,
 so there is no token to leak. ``gantryd status|jobs|drain|resume|gc|secrets`` are its clients
-(``agent.control``). Endpoints::
+(``agent.ops.commands`` through ``agent.ops.admin_client``); every answer is a message of
+``agent.ops.protocol``. Endpoints::
 
     GET    /status                  pools, runners (state, job, age, CPU, memory), queue
     GET    /jobs?state=&pool=&limit=  queue entries: waiting ones in serving order, then newest
@@ -39,19 +40,40 @@ import trio
 
 from agent import __version__
 from agent.container.lifecycle import LIVE_STATES, Runner
-from agent.metrics import UsageTracker
+from agent.ops.protocol import (
+    JOBS_SHOWN,
+    MAX_JOBS_SHOWN,
+    AdminError,
+    Answer,
+    Collected,
+    ConfigState,
+    Draining,
+    ErrorAnswer,
+    JobCancelled,
+    JobDetail,
+    JobInfo,
+    JobList,
+    JobRetried,
+    PoolStatus,
+    QueueStatus,
+    Resumed,
+    RunnerStatus,
+    SecretsAnswer,
+    Status,
+    encode,
+    socket_path,
+)
+from agent.ops.secrets_api import answer_secrets
+from agent.ops.usage import UsageTracker
 from agent.queue.base import JobQueue, JobState, QueuedJob, QueueError
 from agent.reload import LiveConfig
 from agent.secrets import SecretsError, SecretStore
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "admin.sock"
 SOCKET_MODE = 0o660
 MAX_BODY = 128 * 1024
 WAITING_SHOWN = 200  # queue rows in /status
-JOBS_SHOWN = 500  # /jobs without ?limit=
-MAX_JOBS_SHOWN = 10_000
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -67,30 +89,24 @@ class RunnerSource(Protocol):
     def runners(self) -> list[Runner]: ...
 
 
-class AdminError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _job_json(job: QueuedJob, position: int | None = None) -> dict[str, Any]:
+def job_info(job: QueuedJob, position: int | None = None) -> JobInfo:
     spec = job.spec
-    return {
-        "id": spec.job_id,
-        "repository": spec.repository,
-        "pool": spec.pool,
-        "priority": spec.priority,
-        "name": spec.name,
-        "workflow": spec.workflow_name,
-        "state": job.state.value,
-        "attempts": job.attempts,
-        "enqueued_at": job.enqueued_at,
-        "not_before": job.not_before,
-        "runner": job.runner_name,
-        "conclusion": job.conclusion,
-        "last_error": job.last_error,
-        "position": position,
-    }
+    return JobInfo(
+        id=spec.job_id,
+        repository=spec.repository,
+        pool=spec.pool,
+        priority=spec.priority,
+        name=spec.name,
+        workflow=spec.workflow_name,
+        state=job.state,
+        attempts=job.attempts,
+        enqueued_at=job.enqueued_at,
+        not_before=job.not_before,
+        runner=job.runner_name,
+        conclusion=job.conclusion,
+        last_error=job.last_error,
+        position=position,
+    )
 
 
 @dataclass
@@ -118,16 +134,17 @@ class AdminApp:
         if scope["type"] != "http":
             return
         query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        answer: Answer
         try:
             body = await _read_body(receive)
-            status, answer = await self._route(scope["method"], scope["path"], query, body)
+            status, answer = 200, await self._route(scope["method"], scope["path"], query, body)
         except AdminError as exc:
-            status, answer = exc.status, {"error": str(exc)}
+            status, answer = exc.status, ErrorAnswer(error=str(exc))
         except SecretsError as exc:
-            status, answer = 400, {"error": str(exc)}
+            status, answer = 400, ErrorAnswer(error=str(exc))
         except QueueError as exc:
-            status, answer = 503, {"error": f"queue unavailable: {exc}"}
-        data = json.dumps(answer).encode()
+            status, answer = 503, ErrorAnswer(error=f"queue unavailable: {exc}")
+        data = json.dumps(encode(answer)).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -140,35 +157,34 @@ class AdminApp:
         )
         await send({"type": "http.response.body", "body": data})
 
-    async def _route(
-        self, method: str, path: str, query: dict[str, str], body: bytes
-    ) -> tuple[int, Any]:
+    async def _route(self, method: str, path: str, query: dict[str, str], body: bytes) -> Answer:
+        """The answer to one request; the paths are those ``agent.ops.protocol``'s requests use."""
         parts = [p for p in path.split("/") if p]
         match method, parts:
             case "GET", ["status"]:
-                return 200, await self.status()
+                return await self.status()
             case "GET", ["jobs"]:
-                return 200, await self.jobs(query)
+                return await self.jobs(query)
             case "GET", ["jobs", job]:
-                return 200, await self.job(_job_id(job))
+                return await self.job(_job_id(job))
             case "POST", ["jobs", job, "cancel"]:
-                return 200, await self.cancel(_job_id(job))
+                return await self.cancel(_job_id(job))
             case "POST", ["jobs", job, "retry"]:
-                return 200, await self.retry(_job_id(job))
+                return await self.retry(_job_id(job))
             case "POST", ["drain"]:
                 self.scheduler.paused = True
                 log.info("drain: taking no new jobs until `gantryd resume`")
-                return 200, {"paused": True, "runners": self._live_runners()}
+                return Draining(paused=True, runners=self._live_runners())
             case "POST", ["resume"]:
                 self.scheduler.paused = False
                 log.info("resume: taking new jobs again")
-                return 200, {"paused": False}
+                return Resumed(paused=False)
             case "POST", ["gc"]:
                 if self.gc is None:
                     raise AdminError(501, "garbage collection is not available in this build")
-                return 200, {"removed": await self.gc()}
+                return Collected(removed=tuple(await self.gc()))
             case _, ["secrets", *rest]:
-                return 200, await self._secrets(method, rest, query, body)
+                return await self._secrets(method, rest, query, body)
         raise AdminError(404, f"no such admin endpoint: {method} {path}")
 
     # -- status ---------------------------------------------------------------------------
@@ -176,21 +192,21 @@ class AdminApp:
     def _live_runners(self) -> int:
         return sum(1 for r in self.pools.runners() if r.state in LIVE_STATES)
 
-    def _runner_json(self, runner: Runner, now: float) -> dict[str, Any]:
+    def _runner_status(self, runner: Runner, now: float) -> RunnerStatus:
         load = self.usage.load.get(runner.container_id or "")
-        return {
-            "name": runner.name,
-            "pool": runner.pool,
-            "state": runner.state.value,
-            "job": runner.running_job or runner.made_for,
-            "repository": runner.target.repository or runner.target.organization,
-            "age": round(now - runner.created_at, 1),
-            "in_state": round(now - runner.state_since, 1),
-            "cpu": None if load is None else round(load.cpu, 3),
-            "memory": None if load is None else load.memory,
-        }
+        return RunnerStatus(
+            name=runner.name,
+            pool=runner.pool,
+            state=runner.state,
+            job=runner.running_job or runner.made_for,
+            repository=runner.target.repository or runner.target.organization,
+            age=round(now - runner.created_at, 1),
+            in_state=round(now - runner.state_since, 1),
+            cpu=None if load is None else round(load.cpu, 3),
+            memory=None if load is None else load.memory,
+        )
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> Status:
         now = time.time()
         config = self.live.current
         counts = await self.queue.counts()
@@ -199,71 +215,72 @@ class AdminApp:
         for pool in config.pools:
             mine = [r for r in runners if r.pool == pool.name]
             pools.append(
-                {
-                    "name": pool.name,
-                    "labels": list(pool.labels),
-                    "max_runners": pool.max_runners,
-                    "runners": {
-                        s: sum(1 for r in mine if r.state.value == s)
-                        for s in sorted({r.state.value for r in mine})
+                PoolStatus(
+                    name=pool.name,
+                    labels=tuple(pool.labels),
+                    max_runners=pool.max_runners,
+                    runners={
+                        s: sum(1 for r in mine if r.state is s)
+                        for s in sorted({r.state for r in mine})
                     },
-                    "queue": {
-                        state.value: n
+                    queue={
+                        state: n
                         for (p, state), n in counts.by_pool_state.items()
                         if p == pool.name and n
                     },
-                }
+                )
             )
-        return {
-            "version": __version__,
-            "instance": self.instance,
-            "uptime": round(now - self.started_at, 1) if self.started_at else None,
-            "paused": self.scheduler.paused,
-            "config": {
-                "path": str(config.path),
-                "last_reload_ok": self.live.last_reload_ok,
-                "last_reload_at": self.live.last_reload_at,
-                "max_runners": config.scheduler.max_runners,
-            },
-            "pools": pools,
-            "runners": [self._runner_json(r, now) for r in runners],
-            "queue": {
-                "by_state": {s.value: n for s, n in counts.by_state.items()},
-                "jobs": await self._waiting_jobs(),
-            },
-        }
+        return Status(
+            version=__version__,
+            instance=self.instance,
+            uptime=round(now - self.started_at, 1) if self.started_at else None,
+            paused=self.scheduler.paused,
+            config=ConfigState(
+                path=str(config.path),
+                last_reload_ok=self.live.last_reload_ok,
+                last_reload_at=self.live.last_reload_at,
+                max_runners=config.scheduler.max_runners,
+                # merge: LiveConfig.restart_pending
+                restart_pending=tuple(getattr(self.live, "restart_pending", ())),
+            ),
+            pools=tuple(pools),
+            runners=tuple(self._runner_status(r, now) for r in runners),
+            queue=QueueStatus(
+                by_state=dict(counts.by_state),
+                jobs=await self._waiting_jobs(),
+            ),
+        )
 
-    async def _waiting_jobs(self) -> list[dict[str, Any]]:
+    async def _waiting_jobs(self) -> tuple[JobInfo, ...]:
         """Jobs not yet running, in serving order, with their position."""
         jobs = await self.queue.list_jobs([JobState.QUEUED, JobState.CLAIMED], limit=WAITING_SHOWN)
         return _with_positions(jobs, time.time())
 
     # -- jobs -----------------------------------------------------------------------------
 
-    async def jobs(self, query: dict[str, str]) -> dict[str, Any]:
+    async def jobs(self, query: dict[str, str]) -> JobList:
         states = _states(query.get("state", ""))
         limit = _limit(query.get("limit", ""))
         listed = await self.queue.list_jobs(states, pool=query.get("pool") or None, limit=limit)
-        return {"complete": len(listed) < limit, "jobs": _with_positions(listed, time.time())}
+        return JobList(complete=len(listed) < limit, jobs=_with_positions(listed, time.time()))
 
-    async def job(self, job_id: int) -> dict[str, Any]:
+    async def job(self, job_id: int) -> JobDetail:
         job = await self.queue.get(job_id)
         if job is None:
             raise AdminError(404, f"job {job_id} is not in the queue")
-        answer = _job_json(job, await self.queue.position(job_id))
+        info = job_info(job, await self.queue.position(job_id))
         held = [r.name for r in self.pools.runners() if job_id in (r.made_for, r.running_job)]
-        answer["runners"] = held
-        return answer
+        return JobDetail(**vars(info), runners=tuple(held))
 
-    async def cancel(self, job_id: int) -> dict[str, Any]:
+    async def cancel(self, job_id: int) -> JobCancelled:
         if not await self.queue.cancel(job_id, "cancelled by an operator (gantryd jobs cancel)"):
             job = await self.queue.get(job_id)
             state = "not in the queue" if job is None else f"already {job.state.value}"
             raise AdminError(409, f"job {job_id} cannot be cancelled: {state}")
         log.info("job %s cancelled by an operator", job_id)
-        return {"cancelled": job_id}
+        return JobCancelled(cancelled=job_id)
 
-    async def retry(self, job_id: int) -> dict[str, Any]:
+    async def retry(self, job_id: int) -> JobRetried:
         job = await self.queue.get(job_id)
         if job is None:
             raise AdminError(404, f"job {job_id} is not in the queue")
@@ -275,49 +292,20 @@ class AdminApp:
         if not await self.queue.retry(job_id):
             raise AdminError(409, f"job {job_id} changed meanwhile; look again")
         log.info("job %s queued again by an operator", job_id)
-        return {"retried": job_id}
+        return JobRetried(retried=job_id)
 
     # -- secrets --------------------------------------------------------------------------
 
     async def _secrets(
         self, method: str, rest: list[str], query: dict[str, str], body: bytes
-    ) -> Any:
+    ) -> SecretsAnswer:
         if self.secrets is None:
             raise AdminError(503, "the secrets store is not open")
-        return await secrets_endpoint(self.secrets, method, rest, query, body, actor="admin socket")
+        return await answer_secrets(self.secrets, method, rest, query, body, actor="admin socket")
 
 
-async def secrets_endpoint(
-    store: SecretStore,
-    method: str,
-    rest: list[str],
-    query: dict[str, str],
-    body: bytes,
-    *,
-    actor: str,
-) -> Any:
-    """The /secrets endpoints; also what the CLI runs on the store when gantryd is stopped."""
-    match method, rest:
-        case "GET", []:
-            return {"secrets": [vars(i) for i in await store.entries()]}
-        case "PUT", [name]:
-            await store.set(name, body, actor=actor)
-            return {"set": name}
-        case "DELETE", [name]:
-            if not await store.remove(name, actor=actor):
-                raise AdminError(404, f"secret {name} is not in the store")
-            return {"removed": name}
-        case "POST", ["rotate-key"]:
-            return {"rotated": await store.rotate_key(actor=actor)}
-        case "GET", ["audit"]:
-            limit = int(query["limit"]) if query.get("limit", "").isdigit() else 100
-            entries = await store.audit(secret=query.get("secret"), limit=limit)
-            return {"audit": [{**vars(e), "action": e.action.value} for e in entries]}
-    raise AdminError(404, f"no such admin endpoint: {method} /secrets/{'/'.join(rest)}")
-
-
-def _with_positions(jobs: list[QueuedJob], now: float) -> list[dict[str, Any]]:
-    """JSON of jobs listed in serving order, with each claimable one's place in its pool.
+def _with_positions(jobs: list[QueuedJob], now: float) -> tuple[JobInfo, ...]:
+    """Jobs listed in serving order, with each claimable one's place in its pool.
 
     Counting along the list gives what ``JobQueue.position`` would, without a query per job:
     the listing is a prefix of the serving order, so every job ahead of one is in it.
@@ -328,8 +316,8 @@ def _with_positions(jobs: list[QueuedJob], now: float) -> list[dict[str, Any]]:
         position = None
         if job.state is JobState.QUEUED and job.not_before <= now:
             position = seen[job.spec.pool] = seen.get(job.spec.pool, 0) + 1
-        out.append(_job_json(job, position))
-    return out
+        out.append(job_info(job, position))
+    return tuple(out)
 
 
 def _states(text: str) -> list[JobState]:
@@ -369,10 +357,6 @@ async def _read_body(receive: Receive) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def socket_path(runtime_dir: Path) -> Path:
-    return runtime_dir / SOCKET_NAME
 
 
 def _in_use(path: Path) -> bool:

@@ -10,23 +10,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
-import httpx
 import trio
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
 
-from agent.admin import AdminApp, serve_admin
 from agent.container.docker_api import DockerAPI
 from agent.container.gc import collect_garbage
 from agent.container.lifecycle import Outcome
 from agent.container.pool_manager import PoolManager
 from agent.github.client import GitHubClient
-from agent.metrics import ErrorCounter, Metrics, Sampler, Sources, serve_metrics
+from agent.ops.admin_server import AdminApp, serve_admin
+from agent.ops.metrics import CounterView, ErrorCounter, Metrics
+from agent.ops.metrics_server import serve_metrics
+from agent.ops.sampler import Sampler, Sources
 from agent.orchestrator.manager import Scheduler
 from agent.orchestrator.webhook import WebhookApp
 from agent.queue.base import JobQueue
@@ -35,43 +32,6 @@ from agent.secrets import SecretStore
 from agent.systemd import Notifier
 
 log = logging.getLogger(__name__)
-
-
-class CountingTransport(httpx.AsyncBaseTransport):
-    """Counts GitHub requests by endpoint class and status, around the real transport, so the
-    GitHub client needs no metrics code: pass it as the client's ``transport``."""
-
-    def __init__(self, metrics: Metrics, inner: httpx.AsyncBaseTransport | None = None) -> None:
-        self._metrics = metrics
-        self._inner = inner or httpx.AsyncHTTPTransport()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            response = await self._inner.handle_async_request(request)
-        except httpx.TransportError:
-            self._metrics.github_request(request.url.path, None)
-            raise
-        self._metrics.github_request(request.url.path, response.status_code)
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class CounterView(Collector):
-    """Exposes plain counters another service keeps (``collections.Counter``) as a Prometheus
-    counter at scrape time: the owner only ever increments, we never copy or reset."""
-
-    def __init__(
-        self, name: str, doc: str, label: str, read: Callable[[], Mapping[Any, int]]
-    ) -> None:
-        self._name, self._doc, self._label, self._read = name, doc, label, read
-
-    def collect(self) -> Iterable[CounterMetricFamily]:
-        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
-        for key, value in sorted(self._read().items(), key=lambda kv: str(kv[0])):
-            family.add_metric([str(key)], value)
-        yield family
 
 
 @dataclass

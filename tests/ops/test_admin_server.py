@@ -1,4 +1,4 @@
-"""agent/admin.py served on a real unix socket, driven by the real `gantryd` CLI (agent/control.py).
+"""agent/ops/admin_server.py on a real unix socket, driven by the real `gantryd` CLI.
 
 The queue is a real SQLite queue; the pool manager's place is taken by an object with its
 ``runners()`` query, since no runner is started here (the e2e tests cover that part).
@@ -17,18 +17,18 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.admin import AdminApp, serve_admin
 from agent.config import load_config
 from agent.container.lifecycle import Runner, RunnerState
 from agent.github.client import RunnerTarget
-from agent.metrics import UsageTracker
+from agent.ops.admin_server import AdminApp, serve_admin
+from agent.ops.usage import UsageTracker
 from agent.queue.base import JobSpec
 from agent.queue.sqlite import SQLiteQueue, open_sqlite_queue
 from agent.reload import LiveConfig
 from agent.secrets import open_secret_store
 from tests.test_cli import credentials, example_config  # noqa: F401 - fixture
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VALUE = "tok-value-never-printed"
 
 
@@ -52,6 +52,7 @@ class Admin:
     pools: Pools
     config: Path
     queue: SQLiteQueue | None = None
+    live: LiveConfig | None = None
 
 
 def _spec(job_id: int, priority: int = 0) -> JobSpec:
@@ -104,7 +105,7 @@ async def admin(credentials: Path) -> AsyncIterator[Admin]:  # noqa: F811
             secrets=secrets,
         )
         path = await nursery.start(serve_admin, app, runtime)
-        yield Admin(path, scheduler, pools, config_path, queue)
+        yield Admin(path, scheduler, pools, config_path, queue, live)
         nursery.cancel_scope.cancel()
     assert not path.exists()  # removed on the way out
 
@@ -156,6 +157,19 @@ async def test_status_jobs_drain_and_resume(admin: Admin) -> None:
     assert "drained" in rest and admin.scheduler.paused
     assert (await gantryd(admin, "resume")).returncode == 0
     assert not admin.scheduler.paused
+
+
+async def test_status_names_the_changed_keys_only_a_restart_applies(admin: Admin) -> None:
+    assert admin.live is not None
+    before = await gantryd(admin, "status")
+    assert before.returncode == 0 and "restart needed" not in before.stdout
+    # merge: LiveConfig.restart_pending (what a reload that changed restart-only keys leaves)
+    admin.live.restart_pending = ("github.api_url", "server.listen")  # type: ignore[attr-defined]
+    table = await gantryd(admin, "status")
+    (line,) = [line for line in table.stdout.splitlines() if line.startswith("config ")]
+    assert line.endswith("; restart needed for: github.api_url, server.listen"), line
+    shown = json.loads((await gantryd(admin, "status", "--json")).stdout)
+    assert shown["config"]["restart_pending"] == ["github.api_url", "server.listen"]
 
 
 async def test_secrets_through_the_socket(admin: Admin) -> None:

@@ -26,10 +26,11 @@ import httpx
 import pytest
 import trio
 
-from agent.admin import socket_path
 from agent.config import load_config
 from agent.container.store import open_runner_store
-from agent.control import AdminClient
+from agent.ops import protocol
+from agent.ops.admin_client import AdminClient
+from agent.ops.protocol import socket_path
 from agent.queue import open_queue
 from agent.queue.base import JobState
 from agent.secrets import SECRETS_DIR
@@ -39,7 +40,7 @@ from tests.container.test_adoption import wait_delivered, wait_removed
 
 pytestmark = pytest.mark.docker
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Gate:
@@ -123,10 +124,10 @@ class Stack:
             timeout=60,
         )
 
-    async def status(self) -> Any:
+    async def status(self) -> protocol.Status:
         runtime = load_config(self.setup.config_path).server.runtime_dir
         client = AdminClient(socket_path(runtime))
-        return await trio.to_thread.run_sync(client.request, "GET", "/status")
+        return await trio.to_thread.run_sync(client.call, protocol.get_status())
 
     async def scrape(self) -> str:
         async with httpx.AsyncClient() as client:
@@ -297,7 +298,7 @@ async def test_a_reload_storm_while_jobs_run_loses_nothing_and_ends_on_the_last_
         with trio.fail_after(30):
             while True:
                 status = await stack.status()
-                if status["config"]["last_reload_ok"] and status["pools"][0]["max_runners"] == 4:
+                if status.config.last_reload_ok and status.pools[0].max_runners == 4:
                     break
                 await serve.wait_notification("READY=1")
         with trio.fail_after(90):

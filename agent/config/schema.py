@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,35 +43,35 @@ class Reload(enum.StrEnum):
     RESTART = "restart"  # read once at start: a reload keeps the old value and says so
 
 
-# Field metadata keys. RELOAD is on every setting; TABLE on the Config fields that hold a table
-# (its name in the file, e.g. "pool"); IN_FILE=False on Config fields the file does not set;
-# EFFECTIVE names a Config property to compare instead of the raw value (queue.path defaults
+# Field metadata keys. _RELOAD is on every setting; _TABLE on the Config fields that hold a table
+# (its name in the file, e.g. "pool"); _IN_FILE=False on Config fields the file does not set;
+# _EFFECTIVE names a Config property to compare instead of the raw value (queue.path defaults
 # to a file in state_dir: spelling that file out changes nothing).
-RELOAD = "reload"
-TABLE = "table"
-IN_FILE = "in_file"
-EFFECTIVE = "effective"
+_RELOAD = "reload"
+_TABLE = "table"
+_IN_FILE = "in_file"
+_EFFECTIVE = "effective"
 
 
 def live(default: _T) -> _T:
     """A setting a reload applies at once."""
-    return field(default=default, metadata={RELOAD: Reload.LIVE})
+    return field(default=default, metadata={_RELOAD: Reload.LIVE})
 
 
 def restart(default: _T, *, effective: str = "") -> _T:
     """A setting read once at start; changing it needs ``systemctl restart gantryd``."""
-    metadata: dict[str, object] = {RELOAD: Reload.RESTART}
+    metadata: dict[str, object] = {_RELOAD: Reload.RESTART}
     if effective:
-        metadata[EFFECTIVE] = effective
+        metadata[_EFFECTIVE] = effective
     return field(default=default, metadata=metadata)
 
 
-_LIVE: Mapping[str, object] = MappingProxyType({RELOAD: Reload.LIVE})  # required or factory
-_NOT_IN_FILE: Mapping[str, object] = MappingProxyType({IN_FILE: False})
+_LIVE: Mapping[str, object] = MappingProxyType({_RELOAD: Reload.LIVE})  # required or factory
+_NOT_IN_FILE: Mapping[str, object] = MappingProxyType({_IN_FILE: False})
 
 
 def _table(name: str) -> Any:
-    return field(metadata={TABLE: name})
+    return field(metadata={_TABLE: name})
 
 
 class Scope(enum.StrEnum):
@@ -202,7 +203,7 @@ class Config:
     queue: QueueConfig = _table("queue")
     scheduler: SchedulerConfig = _table("scheduler")
     pools: tuple[PoolConfig, ...] = _table("pool")
-    priorities: tuple[PriorityRule, ...] = field(default=(), metadata={TABLE: "priority"})
+    priorities: tuple[PriorityRule, ...] = field(default=(), metadata={_TABLE: "priority"})
     # Settings with no effect etc., found while loading.
     warnings: tuple[str, ...] = field(default=(), compare=False, metadata=_NOT_IN_FILE)
 
@@ -220,35 +221,29 @@ class Config:
 def _setting_fields(cls: type[object]) -> Iterator[dataclasses.Field[Any]]:
     """The fields of a table's dataclass, each of which must say when it applies."""
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if not isinstance(f.metadata.get(RELOAD), Reload):
+        if not isinstance(f.metadata.get(_RELOAD), Reload):
             raise TypeError(f"{cls.__name__}.{f.name}: declare it with live() or restart()")
         yield f
 
 
 def _tables() -> Iterator[tuple[str, dataclasses.Field[Any], type[object]]]:
     """(name in the file, Config field, the table's dataclass) for each table of Config."""
-    classes: Mapping[str, type[object]] = {
-        "server": ServerConfig,
-        "github": GitHubConfig,
-        "queue": QueueConfig,
-        "scheduler": SchedulerConfig,
-        "pool": PoolConfig,
-        "priority": PriorityRule,
-    }
+    hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
-        if f.metadata.get(IN_FILE) is False:
+        if f.metadata.get(_IN_FILE) is False:
             continue
-        name = f.metadata.get(TABLE)
+        name = f.metadata.get(_TABLE)
         if not isinstance(name, str):
             raise TypeError(f"Config.{f.name}: mark it as a table or as not in the file")
-        yield name, f, classes[name]
+        hint = hints[f.name]  # a table's class, or tuple[class, ...] for an array of tables
+        yield name, f, typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
 
 
 def reload_schema() -> dict[str, Reload]:
     """Every key of the file as ``table.key`` (``server.listen``, ``pool.image``) and when a
     change to it takes effect."""
     return {
-        f"{table}.{f.name}": f.metadata[RELOAD]
+        f"{table}.{f.name}": f.metadata[_RELOAD]
         for table, _, cls in _tables()
         for f in _setting_fields(cls)
     }
@@ -268,8 +263,8 @@ def _restart_values(config: Config) -> dict[str, object]:
             items = [(table, held)]
         for where, item in items:
             for f in _setting_fields(cls):
-                if f.metadata[RELOAD] is Reload.RESTART:
-                    effective = f.metadata.get(EFFECTIVE)
+                if f.metadata[_RELOAD] is Reload.RESTART:
+                    effective = f.metadata.get(_EFFECTIVE)
                     source = config if effective else item
                     values[f"{where}.{f.name}"] = getattr(source, effective or f.name)
     return values

@@ -3,8 +3,8 @@
 Services (each runs until cancelled, started with ``nursery.start`` so READY=1 is only sent
 once all of them are truly up): the pool manager with its Docker event watcher, the scheduler,
 the status reporter, the reconciler and the HTTP intake. Signals: SIGHUP reloads the
-configuration (the old one stays on any error); SIGTERM/SIGINT stop intake and scheduling and
-exit 0, leaving runner containers running (DESIGN §2).
+configuration and the credentials it names (the old ones stay on any error); SIGTERM/SIGINT
+stop intake and scheduling and exit 0, leaving runner containers running (DESIGN §2).
 """
 
 from __future__ import annotations
@@ -21,19 +21,13 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from agent.config import EX_CONFIG, Config, GitHubConfig, ServerConfig
+from agent.config import EX_CONFIG, Config, ConfigError, ServerConfig
 from agent.container.docker_api import DockerAPI
 from agent.container.pool_manager import JobEvent, PoolManager
 from agent.container.store import RunnerStore, open_runner_store
-from agent.github.auth import (
-    AppAuth,
-    CredentialsError,
-    Secret,
-    TokenAuth,
-    load_private_key,
-    read_secret_file,
-)
+from agent.github.auth import CredentialsError, Secret
 from agent.github.client import GitHubClient
+from agent.github.credentials import Credentials, load_credentials
 from agent.ops.metrics import CountingTransport, Metrics
 from agent.ops.services import Services, run_operations
 from agent.orchestrator.health import credentials_loaded, docker_answering, queue_writable
@@ -58,17 +52,6 @@ def instance_name(config: Config) -> str:
     """This host's name in runner names and container labels (DNS-label safe)."""
     raw = config.server.instance or socket.gethostname()
     return re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")[:32] or "host"
-
-
-def load_auth(github: GitHubConfig) -> AppAuth | TokenAuth:
-    if github.token_file is not None:
-        return TokenAuth(read_secret_file(github.token_file))
-    assert github.private_key_file is not None  # guaranteed by config validation
-    return AppAuth(app_id=github.app_id, key=load_private_key(github.private_key_file))
-
-
-def load_webhook_secrets(github: GitHubConfig) -> tuple[Secret, ...]:
-    return tuple(read_secret_file(path) for path in github.webhook_secret_files)
 
 
 async def serve_http(
@@ -117,6 +100,8 @@ class Daemon:
     metrics: Metrics = field(default_factory=Metrics)
     secret_store: SecretStore | None = None
     metrics_url: str | None = None
+    github: GitHubClient | None = None
+    credentials: Credentials | None = None  # in force; a reload replaces them
     _intake_stop: trio.Event = field(default_factory=trio.Event)
     _intake_done: trio.Event = field(default_factory=trio.Event)
 
@@ -124,8 +109,7 @@ class Daemon:
         """Start every service; started() with the intake URL once all are ready."""
         config = self.live.current
         try:
-            self._auth = auth = load_auth(config.github)
-            self._secrets = load_webhook_secrets(config.github)
+            self.credentials = credentials = load_credentials(config.github)
         except CredentialsError as exc:
             raise StartupError(str(exc), exit_status=EX_CONFIG) from exc
         await trio.to_thread.run_sync(check_directories, config.server)
@@ -139,12 +123,13 @@ class Daemon:
                 ) as self.secret_store,
                 GitHubClient(
                     config.github.api_url,
-                    auth,
+                    credentials.auth,
                     timeout=config.github.request_timeout,
                     max_concurrency=config.github.max_concurrency,
                     transport=CountingTransport(self.metrics),
                 ) as github,
             ):
+                self.github = github
                 await self._run_services(config, queue, store, github, docker, task_status)
         finally:
             docker.close()
@@ -179,13 +164,13 @@ class Daemon:
         self.intake = app = WebhookApp(
             live=self.live,
             queue=q,
-            secrets=lambda: self._secrets,
+            secrets=self._webhook_secrets,
             job_events=send_events,
             on_enqueue=wakeup.set,
             readiness={
                 "database": queue_writable(q),
                 "docker": docker_answering(docker),
-                "credentials": credentials_loaded(self._auth, lambda: self._secrets),
+                "credentials": credentials_loaded(lambda: self.credentials),
             },
             on_repository=seen.add,
         )
@@ -242,18 +227,44 @@ class Daemon:
         with trio.move_on_after(HTTP_GRACEFUL_TIMEOUT + 1.0):
             await self._intake_done.wait()
 
+    def _webhook_secrets(self) -> tuple[Secret, ...]:
+        return self.credentials.webhook_secrets if self.credentials is not None else ()
+
     def reload(self) -> bool:
-        """SIGHUP: re-read config and webhook secrets together; keep both on any error."""
+        """SIGHUP: re-read the file and the credentials it names; apply all or nothing."""
         self.notifier.reloading()
-        result = self.live.reload()
-        if result.ok:
-            try:
-                self._secrets = load_webhook_secrets(self.live.current.github)
-            except CredentialsError as exc:
-                log.error("reload: keeping the old webhook secrets: %s", exc)
-        status = "reloaded" if result.ok else f"reload failed, old config kept: {result.error}"
+        result = self.live.reload(self._prepare_reload)
+        if not result.ok:
+            status = f"reload failed, old config kept: {result.error}"
+        elif result.needs_restart:
+            status = f"reloaded; restart to apply {', '.join(result.needs_restart)}"
+        else:
+            status = "reloaded"
         self.notifier.ready(status)
         return result.ok
+
+    def _prepare_reload(self, config: Config) -> Callable[[], None]:
+        """Load the credentials ``config`` names (a file that cannot be loaded refuses the
+        reload) and return the step that puts them in force with the live limits that services
+        took at start: the GitHub client's timeout and concurrency, parallel provisioning."""
+        try:
+            credentials = load_credentials(config.github)
+        except CredentialsError as exc:
+            raise ConfigError(config.path, exc.key, exc.problem) from exc
+
+        def apply() -> None:
+            self.credentials = credentials
+            github = config.github
+            if self.github is not None:
+                if self.github.set_auth(credentials.auth):
+                    log.info("reload: GitHub credentials replaced")
+                self.github.set_limits(
+                    timeout=github.request_timeout, max_concurrency=github.max_concurrency
+                )
+            if self.pools is not None:
+                self.pools.set_provisioning_limit(config.scheduler.concurrency)
+
+        return apply
 
 
 async def serve_until_signalled(daemon: Daemon) -> None:

@@ -161,6 +161,10 @@ class PoolManager:
         self.stats = PoolStats()
         self.health = DockerHealth()
 
+    def set_provisioning_limit(self, total: int) -> None:
+        """Runners provisioned in parallel (``scheduler.concurrency``); a reload calls it."""
+        self._provisioning.total_tokens = total
+
     # -- queries --------------------------------------------------------------------------
 
     def runners(self) -> list[Runner]:

@@ -12,6 +12,7 @@ Credentials come from files; their contents never reach a log or a repr.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,13 @@ TOKEN_REFRESH_MARGIN = 300.0  # refresh an installation token this long before i
 
 
 class CredentialsError(Exception):
-    """A credentials file is missing, unreadable or not what it should be."""
+    """A credentials file is missing, unreadable or not what it should be; ``key`` is the
+    setting that names the file, when known."""
+
+    def __init__(self, problem: str, *, key: str = "") -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.problem = problem
+        self.key = key
 
 
 class Secret:
@@ -145,6 +152,16 @@ class TokenAuth:
     """A personal access token (classic or fine-grained) read from a file."""
 
     token: Secret
+
+
+def same_credentials(a: AppAuth | TokenAuth, b: AppAuth | TokenAuth) -> bool:
+    """Whether two credentials are the same App id and key, or the same token (a reload that
+    re-reads unchanged files keeps the client's cached installation tokens)."""
+    if isinstance(a, TokenAuth) and isinstance(b, TokenAuth):
+        return hmac.compare_digest(a.token.reveal().encode(), b.token.reveal().encode())
+    if isinstance(a, AppAuth) and isinstance(b, AppAuth):
+        return a.app_id == b.app_id and a.key.private_numbers() == b.key.private_numbers()
+    return False
 
 
 def parse_github_time(value: str) -> float:

@@ -23,7 +23,7 @@ from typing import Any, Self
 import httpx
 import trio
 
-from agent.github.auth import AppAuth, Secret, TokenAuth, parse_github_time
+from agent.github.auth import AppAuth, Secret, TokenAuth, parse_github_time, same_credentials
 from agent.github.ratelimit import Quota, RateLimitGate
 
 API_VERSION = "2022-11-28"
@@ -139,7 +139,9 @@ class GitHubClient:
 
     Use as an async context manager; it owns an httpx.AsyncClient. Each credential (the App's
     JWT, each installation, the token) has its own rate-limit budget at GitHub, so each gets its
-    own `RateLimitGate`; ``quotas`` exposes them for metrics.
+    own `RateLimitGate`; ``quotas`` exposes them for metrics. A reload changes the credentials
+    (``set_auth``) and the limits (``set_limits``) in place: requests in flight finish with what
+    they started with, the next ones use the new values.
     """
 
     def __init__(
@@ -152,10 +154,10 @@ class GitHubClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._auth = auth
+        self._timeout = timeout
         self._limiter = trio.CapacityLimiter(max_concurrency)
         self._http = httpx.AsyncClient(
             base_url=api_url.rstrip("/"),
-            timeout=timeout,
             transport=transport,
             trust_env=False,
             headers={
@@ -180,8 +182,37 @@ class GitHubClient:
         await self._http.aclose()
 
     @property
+    def auth(self) -> AppAuth | TokenAuth:
+        return self._auth
+
+    @property
     def is_app(self) -> bool:
         return isinstance(self._auth, AppAuth)
+
+    def set_auth(self, auth: AppAuth | TokenAuth) -> bool:
+        """Use ``auth`` from the next request on; False (nothing changes) if it is the same App
+        key or token as the one in use.
+
+        The old credentials' installation tokens go with them (``auth`` has its own cache).
+        What was learnt about the old identity (installation ids, runner group ids, rate-limit
+        budgets) is kept for a new key of the same App id and forgotten otherwise.
+        """
+        if same_credentials(self._auth, auth):
+            return False
+        old = self._auth
+        if not (
+            isinstance(old, AppAuth) and isinstance(auth, AppAuth) and old.app_id == auth.app_id
+        ):
+            self._installations.clear()
+            self._groups.clear()
+            self._gates.clear()
+        self._auth = auth
+        return True
+
+    def set_limits(self, *, timeout: float, max_concurrency: int) -> None:
+        """Per-request timeout and requests in flight at once, from the next request on."""
+        self._timeout = timeout
+        self._limiter.total_tokens = max_concurrency
 
     @property
     def quotas(self) -> dict[str, Quota]:
@@ -221,6 +252,7 @@ class GitHubClient:
                         json=json,
                         params=params,
                         headers={"Authorization": authorization},
+                        timeout=self._timeout,
                     )
                     limits.observe(response.headers)
             except httpx.TransportError as exc:
@@ -261,11 +293,12 @@ class GitHubClient:
         An installation token GitHub refuses (401: expired early, revoked) is dropped and the
         request made once more with a fresh one.
         """
-        if isinstance(self._auth, TokenAuth):
+        auth = self._auth  # a reload may swap it while this request waits
+        if isinstance(auth, TokenAuth):
             return await self._send(
                 method,
                 path,
-                authorization=f"Bearer {self._auth.token.reveal()}",
+                authorization=f"Bearer {auth.token.reveal()}",
                 gate="token",
                 json=json,
                 params=params,
@@ -273,7 +306,7 @@ class GitHubClient:
         if installation_id is None:
             raise ValueError(f"{method} {path} needs an installation id with App auth")
         for refreshed in (False, True):
-            token = await self._auth.installation_token(
+            token = await auth.installation_token(
                 installation_id, self._fetch_installation_token, force=refreshed
             )
             response = await self._send(
@@ -286,7 +319,7 @@ class GitHubClient:
             )
             if response.status_code != 401 or refreshed:
                 return response
-            self._auth.forget(installation_id)
+            auth.forget(installation_id)
         raise AssertionError("unreachable")
 
     async def _app_request(
@@ -297,12 +330,13 @@ class GitHubClient:
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> httpx.Response:
-        if not isinstance(self._auth, AppAuth):
+        auth = self._auth
+        if not isinstance(auth, AppAuth):
             raise GitHubError(method, path, None, "needs a GitHub App (app_id, private_key_file)")
         return await self._send(
             method,
             path,
-            authorization=f"Bearer {self._auth.app_jwt()}",
+            authorization=f"Bearer {auth.app_jwt()}",
             gate="app",
             json=json,
             params=params,

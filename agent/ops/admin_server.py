@@ -240,8 +240,7 @@ class AdminApp:
                 last_reload_ok=self.live.last_reload_ok,
                 last_reload_at=self.live.last_reload_at,
                 max_runners=config.scheduler.max_runners,
-                # merge: LiveConfig.restart_pending
-                restart_pending=tuple(getattr(self.live, "restart_pending", ())),
+                restart_pending=self.live.restart_pending,
             ),
             pools=tuple(pools),
             runners=tuple(self._runner_status(r, now) for r in runners),

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 
 from agent.container.docker_api import DockerAPI
-from agent.github.auth import AppAuth, Secret, TokenAuth
+from agent.github.auth import AppAuth
+from agent.github.credentials import Credentials
 from agent.orchestrator.webhook import ReadinessCheck
 from agent.queue.base import JobQueue
 
@@ -33,12 +34,16 @@ def docker_answering(docker: DockerAPI) -> ReadinessCheck:
     return check
 
 
-def credentials_loaded(
-    auth: AppAuth | TokenAuth, secrets: Callable[[], tuple[Secret, ...]]
-) -> ReadinessCheck:
+def credentials_loaded(credentials: Callable[[], Credentials | None]) -> ReadinessCheck:
+    """The credentials in force (a reload replaces them) are loaded and usable."""
+
     async def check() -> str | None:
-        if not secrets():
+        loaded = credentials()
+        if loaded is None:
+            return "no credentials loaded"
+        if not loaded.webhook_secrets:
             return "no webhook secret loaded"
+        auth = loaded.auth
         if isinstance(auth, AppAuth):
             auth.app_jwt()  # proves the App key signs
         elif not auth.token.reveal():

@@ -15,7 +15,7 @@ from agent.emulator import Emulator, Faults
 from agent.emulator.asgi import Receive, Scope, Send
 from agent.emulator.ratelimit import RateLimitPolicy
 from agent.emulator.server import build_app
-from agent.github.auth import AppAuth
+from agent.github.auth import AppAuth, Secret, TokenAuth
 from agent.github.client import GitHubClient, GitHubError, PermissionMissing, RunnerTarget
 
 from .conftest import APP_ID, Clock
@@ -193,3 +193,46 @@ async def test_no_answer_is_an_error_naming_the_endpoint(
         with trio.fail_after(120), pytest.raises(GitHubError, match="no answer") as caught:
             await github.installation_id(APP)
     assert caught.value.path == "/repos/acme/app/installation"
+
+
+class Observed(httpx.AsyncBaseTransport):
+    """The in-process emulator behind a transport that records each request's timeout and how
+    many are in flight; each request is held until two are, so a cap above two would show."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self._inner = httpx.ASGITransport(app=build_app(emulator))
+        self._two = trio.Event()
+        self.in_flight = self.peak = 0
+        self.timeouts: list[object] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.timeouts.append(request.extensions["timeout"])
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            if self.in_flight >= 2:
+                self._two.set()
+            await self._two.wait()
+            return await self._inner.handle_async_request(request)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_set_limits_applies_to_the_next_requests(emulator: Emulator) -> None:
+    """A reload's request_timeout and max_concurrency reach a client that is already open."""
+    token = emulator.add_personal_token(11)
+    transport = Observed(emulator)
+    async with GitHubClient(
+        "http://github.test",
+        TokenAuth(Secret(token)),
+        timeout=30.0,
+        max_concurrency=8,
+        transport=transport,
+    ) as github:
+        github.set_limits(timeout=7.5, max_concurrency=2)
+        async with trio.open_nursery() as nursery:
+            for i in range(6):
+                nursery.start_soon(register, github, f"r{i}")
+    assert transport.peak == 2
+    seconds = {"connect": 7.5, "read": 7.5, "write": 7.5, "pool": 7.5}
+    assert transport.timeouts == [seconds] * 6

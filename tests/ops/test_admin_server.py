@@ -163,8 +163,8 @@ async def test_status_names_the_changed_keys_only_a_restart_applies(admin: Admin
     assert admin.live is not None
     before = await gantryd(admin, "status")
     assert before.returncode == 0 and "restart needed" not in before.stdout
-    # merge: LiveConfig.restart_pending (what a reload that changed restart-only keys leaves)
-    admin.live.restart_pending = ("github.api_url", "server.listen")  # type: ignore[attr-defined]
+    # What a reload that changed restart-only keys leaves behind.
+    admin.live.restart_pending = ("github.api_url", "server.listen")
     table = await gantryd(admin, "status")
     (line,) = [line for line in table.stdout.splitlines() if line.startswith("config ")]
     assert line.endswith("; restart needed for: github.api_url, server.listen"), line

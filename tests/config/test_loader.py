@@ -1,77 +1,23 @@
-"""agent/config.py: the example file, every user error, value formats, reload diff, summary."""
+"""agent/config/loader.py: the example file, every user error with its key, paths, warnings."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from agent.config import (
-    Config,
     ConfigError,
     GitHubConfig,
     PoolConfig,
-    PriorityRule,
     QueueConfig,
     SchedulerConfig,
     ServerConfig,
-    describe,
-    format_duration,
-    format_size,
     load_config,
-    parse_duration,
-    parse_listen,
-    parse_size,
-    restart_required,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "config.example.toml"
-REFERENCE = ROOT / "docs" / "configuration.md"
-PEM = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"
-
-
-@pytest.fixture
-def etc(tmp_path: Path) -> Path:
-    """A stand-in for /etc/gantryd holding the credentials files, mode 0600."""
-    for name, text in (("app.pem", PEM), ("webhook-secret", "s3cret\n"), ("token", "ghp_x\n")):
-        (tmp_path / name).write_text(text)
-        (tmp_path / name).chmod(0o600)
-    return tmp_path
-
-
-def write(etc: Path, text: str) -> Path:
-    path = etc / "config.toml"
-    path.write_text(text)
-    return path
-
-
-def example(etc: Path) -> Path:
-    return write(etc, EXAMPLE.read_text().replace("/etc/gantryd/", f"{etc}/"))
-
-
-GITHUB = """
-[github]
-app_id = 1
-private_key_file = "app.pem"
-webhook_secret_file = "webhook-secret"
-"""
-POOL = """
-[[pool]]
-name = "default"
-labels = ["self-hosted", "linux"]
-"""
-
-
-def minimal(*, github: str = GITHUB, pool: str = "", extra: str = "", pools: str = POOL) -> str:
-    """A small valid file (relative credentials paths), with lines added to its tables."""
-    return f"{github}\n{pools}{pool}\n{extra}\n"
-
+from tests.config.files import EXAMPLE, GITHUB, POOL, REFERENCE, example, minimal, write
 
 # --- the example file -----------------------------------------------------------------------
 
@@ -91,20 +37,6 @@ def test_example_loads_with_defaults_and_no_warnings(etc: Path) -> None:
     )
     assert config.priorities == ()
     assert config.path == etc / "config.toml"
-
-
-def _documented_keys(text: str) -> set[str]:
-    return set(re.findall(r"^#? ?(\w+) = ", text, flags=re.MULTILINE))
-
-
-@pytest.mark.parametrize(
-    "cls", [ServerConfig, GitHubConfig, QueueConfig, SchedulerConfig, PoolConfig, PriorityRule]
-)
-def test_example_and_reference_document_every_key(cls: type[object]) -> None:
-    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    assert fields - _documented_keys(EXAMPLE.read_text()) == set()
-    reference = REFERENCE.read_text()
-    assert {name for name in fields if f"`{name}`" not in reference} == set()
 
 
 def test_example_shows_a_priority_rule_and_the_seed_names() -> None:
@@ -623,156 +555,3 @@ def test_priority_rules_and_pool_options(etc: Path) -> None:
     assert config.priorities[0].repository == "acme/*"
     assert config.priorities[0].labels == ("big",)
     assert config.priorities[0].branch is None
-
-
-# --- value formats --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("30s", 30),
-        ("5m", 300),
-        ("1h30m", 5400),
-        ("7d", 604800),
-        ("250ms", 0.25),
-        ("90", 90),
-        ("1.5h", 5400),
-        ("1m1ms", 60.001),
-        ("0s", 0),
-    ],
-)
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["10x", "", "h", "1h 30m", "-5s", "1.h", "s5", "1H", "5min"])
-def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="not a duration"):
-        parse_duration(text)
-
-
-units = st.integers(min_value=0, max_value=10_000)
-
-
-@given(days=units, hours=units, minutes=units, seconds=units, millis=units)
-def test_generated_durations_round_trip(
-    days: int, hours: int, minutes: int, seconds: int, millis: int
-) -> None:
-    parts = zip((days, hours, minutes, seconds, millis), ("d", "h", "m", "s", "ms"), strict=True)
-    text = "".join(f"{count}{unit}" for count, unit in parts if count) or "0s"
-    total_ms = (((days * 24 + hours) * 60 + minutes) * 60 + seconds) * 1000 + millis
-    parsed = parse_duration(text)
-    assert parsed == float(Fraction(total_ms, 1000))
-    assert parse_duration(format_duration(parsed)) == parsed
-
-
-@given(st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False))
-def test_any_duration_formats_back_exactly(seconds: float) -> None:
-    assert parse_duration(format_duration(seconds)) == seconds
-
-
-@pytest.mark.parametrize(
-    ("text", "size"),
-    [
-        ("2GiB", 2 * 1024**3),
-        ("512MiB", 512 * 1024**2),
-        ("1GB", 10**9),
-        ("100k", 100_000),
-        ("100K", 100_000),
-        ("4096", 4096),
-        ("1.5GiB", 3 * 1024**3 // 2),
-        ("10B", 10),
-        ("2gib", 2 * 1024**3),
-        ("1 TiB", 1024**4),
-        ("64KiB", 65536),
-    ],
-)
-def test_parse_size(text: str, size: int) -> None:
-    assert parse_size(text) == size
-
-
-@pytest.mark.parametrize("text", ["2GX", "GiB", "5iB", "-1", "1 0", "", "2 G iB"])
-def test_parse_size_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="not a size"):
-        parse_size(text)
-
-
-@given(st.integers(min_value=0, max_value=2**60))
-def test_sizes_round_trip(size: int) -> None:
-    assert parse_size(format_size(size)) == size
-
-
-@pytest.mark.parametrize(
-    ("text", "parsed"),
-    [
-        ("0.0.0.0:8080", ("0.0.0.0", 8080)),
-        ("[::1]:80", ("::1", 80)),
-        ("localhost:0", ("localhost", 0)),
-        ("gantry.example.com:443", ("gantry.example.com", 443)),
-    ],
-)
-def test_parse_listen(text: str, parsed: tuple[str, int]) -> None:
-    assert parse_listen(text) == parsed
-
-
-# --- reload diff and summary ----------------------------------------------------------------
-
-
-@pytest.fixture
-def config(etc: Path) -> Config:
-    return load_config(example(etc))
-
-
-def test_nothing_changed_needs_no_restart(config: Config) -> None:
-    assert restart_required(config, config) == []
-
-
-def test_pool_and_limit_changes_apply_live(config: Config) -> None:
-    pool = dataclasses.replace(config.pools[0], memory=1024**3, max_runners=8)
-    new = dataclasses.replace(
-        config, pools=(pool,), scheduler=dataclasses.replace(config.scheduler, max_runners=20)
-    )
-    assert restart_required(config, new) == []
-
-
-@pytest.mark.parametrize(
-    ("table", "changes", "expected"),
-    [
-        ("server", {"listen": "127.0.0.1:1"}, ["server.listen"]),
-        ("server", {"metrics_listen": "127.0.0.1:2"}, ["server.metrics_listen"]),
-        # state_dir also moves the default queue file
-        ("server", {"state_dir": Path("/srv/g")}, ["server.state_dir", "queue.path"]),
-        ("server", {"runtime_dir": Path("/run/x")}, ["server.runtime_dir"]),
-        ("queue", {"backend": "redis"}, ["queue.backend"]),
-        ("queue", {"path": Path("/srv/q.db")}, ["queue.path"]),
-        ("queue", {"path": Path("/var/lib/gantryd/queue.db")}, []),  # same file, spelled out
-        ("queue", {"redis_url": "redis://127.0.0.1:6380/0"}, ["queue.redis_url"]),
-        ("queue", {"redis_prefix": "other", "retry_attempts": 9}, ["queue.redis_prefix"]),
-    ],
-)
-def test_restart_required(
-    config: Config, table: str, changes: dict[str, object], expected: list[str]
-) -> None:
-    section = dataclasses.replace(getattr(config, table), **changes)
-    assert restart_required(config, dataclasses.replace(config, **{table: section})) == expected
-
-
-def test_describe(config: Config) -> None:
-    text = describe(config)
-    assert "0.0.0.0:8080/webhook" in text
-    assert "127.0.0.1:9464" in text
-    assert "GitHub App 123456" in text
-    assert "sqlite /var/lib/gantryd/queue.db" in text
-    assert 'pool "default"  labels self-hosted, linux, x64' in text
-    assert "ghcr.io/actions/actions-runner:latest" in text
-    assert "2GiB memory" in text
-
-
-def test_describe_hides_redis_password(config: Config) -> None:
-    queue = dataclasses.replace(
-        config.queue, backend="redis", redis_url="redis://:hunter2@h:6379/0"
-    )
-    text = describe(dataclasses.replace(config, queue=queue))
-    assert "hunter2" not in text
-    assert "redis://:***@h:6379/0" in text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from docker.models.containers import Container
 
 from agent.emulator import Emulator, JobStatus, serve_emulator
+from agent.emulator.jitconfig import encode_jit_config
 
 from .conftest import app_jwt
 
@@ -86,31 +88,33 @@ async def jit_config(http: httpx.AsyncClient, app_key: rsa.RSAPrivateKey, name: 
     return encoded
 
 
-async def exit_of(container: Container, timeout: float = 90) -> tuple[int, str]:
+EXIT_TIMEOUT = 90  # seconds docker-py waits for a container to exit
+
+
+async def exit_of(container: Container) -> tuple[int, str]:
     """The container's exit code and its output, once it has exited."""
 
     def wait() -> tuple[int, str]:
-        status = container.wait(timeout=timeout)["StatusCode"]
+        status = container.wait(timeout=EXIT_TIMEOUT)["StatusCode"]
         return int(status), container.logs().decode(errors="replace")
 
     return await trio.to_thread.run_sync(wait)
 
 
-async def until_logged(container: Container, text: str, timeout: float = 60) -> str:
-    """Wait (with a deadline) until the container has printed `text`; its output so far."""
-    with trio.fail_after(timeout):
-        while True:
-            logs = (await trio.to_thread.run_sync(container.logs)).decode(errors="replace")
-            if text in logs:
-                return logs
-            await trio.sleep(0.2)
+async def until_logged(container: Container, text: str) -> str:
+    """Return once the container has printed `text` (callers set the deadline); its output."""
+    while True:
+        logs: bytes = await trio.to_thread.run_sync(container.logs)
+        if text.encode() in logs:
+            return logs.decode(errors="replace")
+        await trio.sleep(0.2)  # Docker's log, no event of ours
 
 
-async def until_file(container: Container, path: str, timeout: float = 60) -> None:
-    """Wait (with a deadline) until `path` exists inside the running container."""
-    with trio.fail_after(timeout):
-        while (await trio.to_thread.run_sync(container.exec_run, ["test", "-e", path]))[0] != 0:
-            await trio.sleep(0.2)
+async def until_file(container: Container, path: str) -> None:
+    """Return once `path` exists inside the running container (callers set the deadline)."""
+    test = ["test", "-e", path]
+    while (await trio.to_thread.run_sync(container.exec_run, test))[0] != 0:  # noqa: ASYNC110
+        await trio.sleep(0.2)  # a file in the container, no event of ours
 
 
 def shell(docker_client: docker.DockerClient, script: str, **options: Any) -> tuple[int, str]:
@@ -294,7 +298,7 @@ exec /home/runner/bin/Runner.Listener.real "$@"
 
 
 def listener_dir(tmp_path: Path, front: str) -> Path:
-    """A bin/ directory: `front` as Runner.Listener, the image's Listener as Runner.Listener.real."""
+    """A bin/: `front` as Runner.Listener, the image's Listener as Runner.Listener.real."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "Runner.Listener").write_text(front)
@@ -340,9 +344,7 @@ exit 7
 """
 
 
-@pytest.mark.parametrize(
-    ("setting", "expected"), [(None, 0), ("1", 7), ("true", 0), ("0", 0)]
-)
+@pytest.mark.parametrize(("setting", "expected"), [(None, 0), ("1", 7), ("true", 0), ("0", 0)])
 async def test_exit_7_is_passed_out_only_with_the_variable_set_to_1(
     start: Start, tmp_path: Path, setting: str | None, expected: int
 ) -> None:
@@ -359,6 +361,94 @@ async def test_exit_7_is_passed_out_only_with_the_variable_set_to_1(
     status, out = await exit_of(container)
     assert status == expected, out
     assert "deprecated listener" in out
+
+
+class TooOldBroker:
+    """GitHub's broker refusing the runner's version, in the shape the runner parses
+    (src/Sdk/WebApi/WebApi/BrokerHttpClient.cs, src/Sdk/RSWebApi/Contracts/BrokerError.cs). The
+    emulator has no version floor yet (issue 12, part B); until it does, this one-answer server
+    stands in for that answer alone."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some()
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        length = next(
+            (
+                int(v)
+                for k, _, v in (h.partition(": ") for h in lines[1:])
+                if k.lower() == "content-length"
+            ),
+            0,
+        )
+        while len(body) < length:
+            body += await stream.receive_some()
+        method, target, _ = lines[0].split(" ", 2)
+        self.requests.append(f"{method} {target}")
+        if method == "POST" and target == "/_runner/sessions":
+            status, payload = "201 Created", b'{"sessionId":"s1"}'
+        elif method == "GET" and target.startswith("/_runner/sessions/s1/message?"):
+            status = "403 Forbidden"
+            payload = (
+                b'{"source":"actions-broker-listener","errorKind":"RunnerVersionTooOld",'
+                b'"statusCode":403,"errorMessage":"Runner version v2.336.0 is deprecated"}'
+            )
+        else:
+            status, payload = "204 No Content", b""
+        await stream.send_all(
+            f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+            + payload
+        )
+        await stream.aclose()
+
+
+@pytest.mark.parametrize(
+    ("setting", "helper_says", "expected"),
+    [
+        (None, "exit with terminated error", 0),  # the Listener answers 1
+        ("true", "Exiting with unknown error code: 7", 0),  # 7, but the scripts want "1"
+        ("1", "exit with deprecated version exit code: 7", 7),
+    ],
+)
+async def test_listener_answers_a_deprecated_version_with_7_only_when_asked(
+    start: Start,
+    nursery: trio.Nursery,
+    setting: str | None,
+    helper_says: str,
+    expected: int,
+) -> None:
+    broker = TooOldBroker()
+    (listener,) = await nursery.start(partial(trio.serve_tcp, broker.handle, 0, host="127.0.0.1"))
+    port = listener.socket.getsockname()[1]
+    encoded = encode_jit_config(
+        runner_id=1,
+        runner_name="official-old",
+        pool_id=1,
+        pool_name="Default",
+        server_url=f"http://127.0.0.1:{port}/_runner",
+        github_url="https://github.com/acme/app",
+        work_folder="_work",
+        secret="s3cret",
+    )
+    environment = {"ACTIONS_RUNNER_INPUT_JITCONFIG": encoded}
+    if setting is not None:
+        environment["ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE"] = setting
+    container = await trio.to_thread.run_sync(lambda: start(environment=environment, **STRICT))
+    status, out = await exit_of(container)
+    assert status == expected, out
+    assert "Runner version v2.336.0 is deprecated" in out
+    assert helper_says in out
+    assert "Restarting runner..." not in out
+    assert any("runnerVersion=2.336.0" in request for request in broker.requests)
 
 
 # ---------------------------------------------------------------- SIGTERM
@@ -380,7 +470,8 @@ async def test_sigterm_cancels_the_running_job(
         "sleep 300 & wait\n"
     )
     job = emulator.create_job("acme/app", ["self-hosted"], script)
-    await until_file(container, "/home/runner/step-started")
+    with trio.fail_after(60):
+        await until_file(container, "/home/runner/step-started")
     await trio.to_thread.run_sync(lambda: container.kill(signal="SIGTERM"))
     with trio.fail_after(60):
         await emulator.wait_job(job.id, JobStatus.COMPLETED)
@@ -418,7 +509,8 @@ async def test_keeps_retrying_while_github_is_unreachable(
     container = await trio.to_thread.run_sync(
         lambda: start(environment={"ACTIONS_RUNNER_INPUT_JITCONFIG": encoded}, **STRICT)
     )
-    await until_logged(container, "Runner connect error")
+    with trio.fail_after(60):
+        await until_logged(container, "Runner connect error")
     job = emulator.create_job("acme/app", ["self-hosted"], "echo back-online\n")
     port = int(url.rsplit(":", 1)[1].rstrip("/"))
     await nursery.start(serve, trio.CancelScope(), trio.Event(), port)

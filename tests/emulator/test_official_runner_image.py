@@ -483,6 +483,27 @@ async def test_sigterm_cancels_the_running_job(
     assert status == 143, out
 
 
+async def test_sigterm_while_idle_closes_the_session(
+    emulator: Emulator,
+    http: httpx.AsyncClient,
+    app_key: rsa.RSAPrivateKey,
+    start: Start,
+) -> None:
+    encoded = await jit_config(http, app_key, "official-idle")
+    container = await trio.to_thread.run_sync(
+        lambda: start(environment={"ACTIONS_RUNNER_INPUT_JITCONFIG": encoded}, **STRICT)
+    )
+    (runner,) = emulator.runners(emulator.scope_for(repository="acme/app"))
+    with trio.fail_after(60):
+        await until_logged(container, "Listening for Jobs")
+    assert emulator.is_online(runner)
+    await trio.to_thread.run_sync(lambda: container.kill(signal="SIGTERM"))
+    status, out = await exit_of(container)
+    assert status == 143, out
+    assert "Exiting..." in out
+    assert not emulator.is_online(runner)  # the session was closed, not left to time out
+
+
 # ---------------------------------------------------------------- GitHub unreachable
 
 

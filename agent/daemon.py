@@ -23,7 +23,8 @@ import trio
 
 from agent.config import EX_CONFIG, Config, GitHubConfig, ServerConfig
 from agent.container.docker_api import DockerAPI
-from agent.container.pool_manager import JobEvent, PoolManager
+from agent.container.events import JobEvent
+from agent.container.pool_manager import PoolManager
 from agent.container.store import RunnerStore, open_runner_store
 from agent.github.auth import (
     AppAuth,

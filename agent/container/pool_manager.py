@@ -31,8 +31,6 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import trio
 
@@ -47,6 +45,7 @@ from agent.container.docker_api import (
     DockerAPI,
     DockerError,
 )
+from agent.container.events import JobEvent
 from agent.container.gc import collect_garbage
 from agent.container.lifecycle import (
     DEAD,
@@ -83,16 +82,6 @@ MAINTENANCE_INTERVAL = 1.0  # seconds between heartbeat/timeout/refill passes
 STATS_INTERVAL = 2.0  # seconds between usage samples of busy runners
 MAX_PARKED = 64  # claimed jobs per pool held while their repository is at max_concurrent
 EXPIRY_SLACK = 600.0  # seconds past every timeout before GC may call a container expired
-
-
-@dataclass(frozen=True, kw_only=True)
-class JobEvent:
-    """A job state change intake has committed to the queue, for the runners to follow."""
-
-    job_id: int
-    action: Literal["in_progress", "completed"]
-    runner_name: str | None
-    conclusion: str | None = None
 
 
 def _host_memory() -> int:

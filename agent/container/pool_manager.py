@@ -60,13 +60,14 @@ from agent.container.lifecycle import (
     job_outcome,
 )
 from agent.container.monitoring import DockerHealth, watch_events
+from agent.container.secret_injection import WRITE_SECRETS, injection, with_secrets_mount
 from agent.container.security import host_options
 from agent.container.store import JobUsage, RunnerStore, StoredRunner
 from agent.github.client import DeleteOutcome, GitHubClient, GitHubError, RunnerTarget
 from agent.github.runners import sweep_offline_runners
 from agent.queue.base import JobQueue, JobSpec, JobState, Lease, QueueError, StaleLease
 from agent.reload import LiveConfig
-from agent.secrets import WRITE_SECRETS, SecretsError, SecretStore, injection, with_secrets_mount
+from agent.secrets import SecretsError, SecretStore
 
 log = logging.getLogger(__name__)
 

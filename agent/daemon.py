@@ -38,8 +38,8 @@ from agent.github.client import GitHubClient
 from agent.metrics import Metrics
 from agent.operations import CountingTransport, Services, run_operations
 from agent.orchestrator.health import credentials_loaded, docker_answering, queue_writable
-from agent.orchestrator.manager import Scheduler, Wakeup
 from agent.orchestrator.reconciler import Reconciler, SeenRepositories
+from agent.orchestrator.scheduler import Scheduler, Wakeup
 from agent.orchestrator.status_reporter import StatusReporter
 from agent.orchestrator.webhook import WebhookApp
 from agent.queue import open_queue

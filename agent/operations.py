@@ -27,7 +27,7 @@ from agent.container.lifecycle import Outcome
 from agent.container.pool_manager import PoolManager
 from agent.github.client import GitHubClient
 from agent.metrics import ErrorCounter, Metrics, Sampler, Sources, serve_metrics
-from agent.orchestrator.manager import Scheduler
+from agent.orchestrator.scheduler import Scheduler
 from agent.orchestrator.webhook import WebhookApp
 from agent.queue.base import JobQueue
 from agent.reload import LiveConfig

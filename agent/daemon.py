@@ -192,7 +192,7 @@ class Daemon:
         )
         self.metrics.watch_webhooks(lambda: app.stats.received)
         async with send_events, trio.open_nursery() as nursery:
-            await nursery.start(self.pools.run, receive_events)
+            await nursery.start(self.pools.run, receive_events, self.scheduler.job_taken)
             await nursery.start(self.scheduler.run)
             await nursery.start(
                 StatusReporter(

@@ -70,7 +70,9 @@ def _v1(db: sqlite_utils.Database) -> None:
 
 
 def _v2(db: sqlite_utils.Database) -> None:
-    db.table("runners").add_column("timed_out", int)  # once a flag hidden in "reason"
+    """``timed_out`` was a word in ``reason`` (which an OOM then overwrote): a column now."""
+    db.table("runners").add_column("timed_out", int)
+    db.execute("UPDATE runners SET timed_out = (reason LIKE '%job_timeout%')")
 
 
 MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)

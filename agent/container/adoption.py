@@ -1,4 +1,4 @@
-"""Taking over what a previous run of gantryd left (DESIGN §2: containers outlive gantryd).
+"""Taking over what a previous run of gantryd left (containers outlive it: docs/design.md §2).
 
 Every runner has a row in the state database before GitHub hears of it. At start each row is
 matched with this instance's containers: a running container keeps its runner and its job; a

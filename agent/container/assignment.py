@@ -1,9 +1,9 @@
 """Which runner serves which job, as GitHub's ``in_progress`` / ``completed`` events tell.
 
-A JIT runner takes any queued job its labels cover within its scope (DESIGN §1), so the event
-may name a runner made for another job. That runner has *stolen* the job: the job it was made
-for takes over the waiting runner of the stolen one (their repositories swap with them), or
-goes back to the queue. Each job this host served is counted once when it ends, with its
+A JIT runner takes any queued job its labels cover within its scope (docs/design.md §1), so
+the event may name a runner made for another job. That runner has *stolen* the job: the job it
+was made for takes over the waiting runner of the stolen one (their repositories swap with
+them), or goes back to the queue. Each job this host served is counted once when it ends, with its
 duration from ``in_progress``; the start record outlives the runner, whose ``completed`` may
 come after the runner (and its record) is gone.
 """

@@ -1,7 +1,7 @@
 """How much work this host can take: pure arithmetic over the live runners, no Docker, no clock.
 
-Three caps hold at once (DESIGN §1): ``scheduler.max_runners`` for all pools together, each
-pool's ``max_runners``, and the host memory budget (the memory limits of live runners together
+Three caps hold at once (docs/design.md §6): ``scheduler.max_runners`` for all pools together,
+each pool's ``max_runners``, and the host memory budget (the memory limits of live runners together
 at most ``scheduler.host_memory_share`` of the host's memory). A pool's ``max_concurrent`` caps
 the live runners serving one repository; a claimed job over it waits (the scheduler holds it),
 so it never takes room from other repositories' jobs.

@@ -5,7 +5,7 @@
 
 IDLE means the runner process is up and waiting for GitHub to give it a job. A runner is made
 for one job (``made_for``, set with ``assign``) but GitHub may hand it any queued job its labels
-cover (DESIGN §1), so the job it actually runs (``running_job``, set with ``start_job``) can
+cover (docs/design.md §1), so the job it actually runs (``running_job``, set with ``start_job``) can
 differ; the pool manager swaps associations.
 
 Every fact about one runner is a field of ``Runner``: the pool manager keeps no parallel maps,

@@ -6,12 +6,13 @@ them: ``provisioning`` (bring one up), ``assignment`` (job events from intake), 
 handles Docker's events itself (a container died, was OOM-killed) and runs a one-second
 maintenance pass: lease heartbeats, the timeouts ``policy`` decides, and warm-pool refill.
 
-Demand (DESIGN §1): a JIT runner takes any queued job its labels cover within its registration
-scope. So a claimed job offered by the scheduler (``place``) first goes to a *warm* runner
-(waiting, made for no job) whose scope covers it; only when none exists is a container created,
-and each waiting runner is tied to at most one claimed job: runners waiting per (scope, labels)
-never exceed the jobs queued there. What may start is ``capacity``'s answer; a job that does not
-fit now is handed back (``Placement.NO_ROOM``) and the scheduler holds its lease.
+Demand (docs/design.md §1): a JIT runner takes any queued job its labels cover within its
+registration scope. So a claimed job offered by the scheduler (``place``) first goes to a
+*warm* runner (waiting, made for no job) whose scope covers it; only when none exists is a
+container created, and each waiting runner is tied to at most one claimed job: runners waiting
+per (scope, labels) never exceed the jobs queued there. What may start is ``capacity``'s
+answer; a job that does not fit now is handed back (``Placement.NO_ROOM``) and the scheduler
+holds its lease.
 """
 
 from __future__ import annotations

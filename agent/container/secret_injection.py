@@ -1,4 +1,4 @@
-"""How a pool's secrets reach its runner container (DESIGN §6).
+"""How a pool's secrets reach its runner container (docs/design.md §6).
 
 Through the same stdin stream as the JIT config: after the JIT line, ``stdin_frame`` sends one
 ``NAME BASE64`` line per secret, and ``WRITE_SECRETS`` in the container's command writes each to

@@ -3,11 +3,13 @@
 General layout (dependencies point one way; config is passed in, never global):
 
 - ``orchestrator/`` — the Orchestrator Manager: ``webhook`` (intake) -> ``queue`` <-
-  ``manager`` (scheduler) -> ``container.pool_manager``; ``status_reporter`` drains the outbox;
-  ``reconciler`` repairs what webhooks miss. ``job_parser`` turns payloads into jobs.
+  ``scheduler`` (claim order, priority, fairness) -> ``container.pool_manager``;
+  ``status_reporter`` drains the outbox; ``reconciler`` repairs what webhooks miss.
+  ``job_parser`` turns payloads into jobs.
 - ``queue/`` — the Job Queue: one interface (``base``), SQLite (default) and Redis backends.
-- ``container/`` — the Container Pool Manager: ``pool_manager``, ``lifecycle``, ``security``,
-  ``monitoring`` and ``docker_api`` (the only importer of docker-py).
+- ``container/`` — the Container Pool Manager: ``pool_manager`` and its helpers, the pure
+  ``capacity`` and ``policy``, ``lifecycle``, ``security``, ``secret_injection``, ``monitoring``
+  and ``docker_api`` (the only importer of docker-py); its own ``__init__`` has the layering.
 - ``github/`` — App/token auth and the REST client. ``emulator/`` — GitHub's stand-in.
 - ``ops/`` — the operator's side: the admin socket (``protocol`` shared by ``admin_server`` and
   ``admin_client``; ``commands`` and ``tables`` for the CLI), ``metrics`` with its ``sampler``,

@@ -23,7 +23,8 @@ import trio
 
 from agent.config import EX_CONFIG, Config, ConfigError, ServerConfig
 from agent.container.docker_api import DockerAPI
-from agent.container.pool_manager import JobEvent, PoolManager
+from agent.container.events import JobEvent
+from agent.container.pool_manager import PoolManager
 from agent.container.store import RunnerStore, open_runner_store
 from agent.github.auth import CredentialsError, Secret
 from agent.github.client import GitHubClient
@@ -31,8 +32,8 @@ from agent.github.credentials import Credentials, load_credentials
 from agent.ops.metrics import CountingTransport, Metrics
 from agent.ops.services import Services, run_operations
 from agent.orchestrator.health import credentials_loaded, docker_answering, queue_writable
-from agent.orchestrator.manager import Scheduler, Wakeup
 from agent.orchestrator.reconciler import Reconciler, SeenRepositories
+from agent.orchestrator.scheduler import Scheduler, Wakeup
 from agent.orchestrator.status_reporter import StatusReporter
 from agent.orchestrator.webhook import WebhookApp
 from agent.queue import open_queue
@@ -176,7 +177,7 @@ class Daemon:
         )
         self.metrics.watch_webhooks(lambda: app.stats.received)
         async with send_events, trio.open_nursery() as nursery:
-            await nursery.start(self.pools.run, receive_events)
+            await nursery.start(self.pools.run, receive_events, self.scheduler.job_taken)
             await nursery.start(self.scheduler.run)
             await nursery.start(
                 StatusReporter(

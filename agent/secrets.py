@@ -9,10 +9,8 @@ Key rotation survives a crash at any point: the new key is written to ``secrets.
 every value is re-encrypted in one transaction, then the new file replaces the old. A store
 opened while ``secrets.key.new`` exists finishes the rotation (it decrypts with either key).
 
-Injection: a pool's secrets reach its runner container through the same stdin stream as the
-JIT config (``stdin_frame``), and ``WRITE_SECRETS`` in the container's command writes each to a
-file of mode 0400 on a tmpfs (``SECRETS_DIR``) that disappears with the container: never an
-environment variable, never in ``docker inspect``, never on the host's disk.
+How the values reach a runner container (stdin, then files on a tmpfs) is the container's
+side: ``agent.container.secret_injection``. This module knows nothing of containers.
 
 Every operation on a value (set, inject, remove, rotate) is recorded in the audit log with
 when, which secret, which runner and job, which action and who — never the value.
@@ -20,8 +18,6 @@ when, which secret, which runner and job, which action and who — never the val
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import enum
 import os
 import re
@@ -36,19 +32,8 @@ import sqlite_utils
 import trio
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from agent.container.security import HostOptions
 from agent.db import Database, open_database
 
-SECRETS_DIR = "/run/gantryd-secrets"
-SECRETS_UID = 1001  # the official runner image's `runner` user
-SECRETS_TMPFS = f"rw,nosuid,nodev,noexec,size=1m,uid={SECRETS_UID},gid={SECRETS_UID},mode=0700"
-# Shell run in the container after the JIT line is read from stdin: one "NAME BASE64" line per
-# secret, then an empty line. printf is a shell builtin, so no value shows in a process list;
-# the umask only applies in the subshell, so the job's own files keep normal modes.
-WRITE_SECRETS = (
-    '(umask 0377; while read -r n v && [ -n "$n" ]; do'
-    f' printf %s "$v" | base64 -d > {SECRETS_DIR}/"$n" || exit 1; done)'
-)
 CREDENTIAL_NAME = "secrets-key"
 MAX_VALUE = 64 * 1024  # bytes
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -310,12 +295,6 @@ class SecretStore:
         return count
 
 
-def stdin_frame(values: Mapping[str, bytes]) -> bytes:
-    """The bytes after the JIT line that ``WRITE_SECRETS`` turns into files."""
-    lines = [f"{check_name(n)} {base64.b64encode(v).decode('ascii')}\n" for n, v in values.items()]
-    return ("".join(lines) + "\n").encode("ascii")
-
-
 @asynccontextmanager
 async def open_secret_store(
     state_dir: Path, *, environ: Mapping[str, str] | None = None
@@ -328,21 +307,3 @@ async def open_secret_store(
         if pending is not None:  # a rotation was interrupted: finish it
             await store._finish_rotation(pending, "gantryd")
         yield store
-
-
-async def injection(
-    store: SecretStore | None, names: Sequence[str], *, runner: str, job: int | None
-) -> bytes:
-    """What follows the JIT line on the runner's stdin: the pool's secrets, or nothing."""
-    if not names:
-        return b""
-    if store is None:
-        raise SecretsError("the pool names secrets but the secrets store is not open")
-    return stdin_frame(await store.reveal_for(names, runner=runner, job=job))
-
-
-def with_secrets_mount(host: HostOptions, names: Sequence[str]) -> HostOptions:
-    """The pool's host options plus the tmpfs the secrets are written to, if it has any."""
-    if not names:
-        return host
-    return dataclasses.replace(host, tmpfs={**host.tmpfs, SECRETS_DIR: SECRETS_TMPFS})

@@ -4,8 +4,12 @@
          \\_________\\________\\_______\\__________-> FAILED -> REMOVED
 
 IDLE means the runner process is up and waiting for GitHub to give it a job. A runner is made
-for one job (``made_for``) but GitHub may hand it any queued job its labels cover (DESIGN §1), so
-the job it actually runs (``running_job``) can differ; the pool manager swaps associations.
+for one job (``made_for``, set with ``assign``) but GitHub may hand it any queued job its labels
+cover (docs/design.md §1), so the job it actually runs (``running_job``, set with ``start_job``) can
+differ; the pool manager swaps associations.
+
+Every fact about one runner is a field of ``Runner``: the pool manager keeps no parallel maps,
+so forgetting a runner is dropping one object.
 """
 
 from __future__ import annotations
@@ -74,12 +78,39 @@ class Runner:
     peak_memory: int = 0  # bytes, highest sample while it ran
     cpu_seconds: float = 0.0
     oom_killed: bool = False
+    timed_out: bool = False  # stopped for job_timeout (stored: the stop is sent once)
+    exited_at: float | None = None  # when its container was seen exited or gone
+    retiring: bool = False  # its removal is under way (exit and completion both lead there)
 
     def move(self, new: RunnerState, *, now: float) -> None:
         if new not in _ALLOWED[self.state]:
             raise IllegalTransition(self.name, self.state, new)
         self.state = new
         self.state_since = now
+
+    def assign(
+        self, job_id: int | None, lease: Lease | None, *, repository: str | None, now: float
+    ) -> None:
+        """Make this waiting runner the one for ``job_id`` (its claim ``lease`` kept alive
+        while it waits), or warm again with None; ``repository`` is counted against that
+        repository's cap. bootstrap_timeout runs from ``now``."""
+        self.made_for, self.lease, self.repository = job_id, lease, repository
+        self.assigned_at = None if job_id is None else now
+
+    def start_job(self, job_id: int, *, now: float) -> None:
+        """GitHub gave it ``job_id`` (``in_progress``): busy with it, whatever it was made
+        for; the queue dropped the job's lease when the job started running."""
+        if self.waiting:
+            self.move(RunnerState.BUSY, now=now)
+        self.running_job = self.made_for = job_id
+        self.lease = None
+
+    def mark_exited(self, now: float) -> bool:
+        """Record that its container exited; False when that was known already."""
+        if self.exited_at is not None:
+            return False
+        self.exited_at = now
+        return True
 
     @property
     def waiting(self) -> bool:
@@ -141,7 +172,7 @@ def job_outcome(conclusion: str | None) -> str:
 
 
 class PoolObserver(Protocol):
-    """What the pool supervisor reports the moment it happens (agent/metrics.py implements it).
+    """What the pool supervisor reports the moment it happens (agent/ops/metrics.py implements it).
 
     Durations are in seconds of the supervisor's clock. Calls are synchronous and must neither
     block nor raise: they run inside the supervisor's event handling.

@@ -69,7 +69,13 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1,)
+def _v2(db: sqlite_utils.Database) -> None:
+    """``timed_out`` was a word in ``reason`` (which an OOM then overwrote): a column now."""
+    db.table("runners").add_column("timed_out", int)
+    db.execute("UPDATE runners SET timed_out = (reason LIKE '%job_timeout%')")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +123,7 @@ def _row(runner: Runner) -> dict[str, Any]:
         "running_job": runner.running_job,
         "reason": runner.reason,
         "image_digest": runner.image_digest,
+        "timed_out": int(runner.timed_out),
     }
 
 
@@ -139,6 +146,7 @@ def _runner(row: sqlite3.Row) -> StoredRunner:
         running_job=row["running_job"],
         reason=row["reason"],
         image_digest=row["image_digest"],
+        timed_out=bool(row["timed_out"]),
     )
     return StoredRunner(
         runner=runner, lease_token=row["lease_token"], lease_expires=row["lease_expires"]

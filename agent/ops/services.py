@@ -24,7 +24,7 @@ from agent.ops.admin_server import AdminApp, serve_admin
 from agent.ops.metrics import CounterView, ErrorCounter, Metrics
 from agent.ops.metrics_server import serve_metrics
 from agent.ops.sampler import Sampler, Sources
-from agent.orchestrator.manager import Scheduler
+from agent.orchestrator.scheduler import Scheduler
 from agent.orchestrator.webhook import WebhookApp
 from agent.queue.base import JobQueue
 from agent.reload import LiveConfig

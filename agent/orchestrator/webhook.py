@@ -33,13 +33,12 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import trio
 
-from agent.container.pool_manager import JobEvent
-from agent.github.auth import Secret
+from agent.container.events import JobEvent
 from agent.orchestrator.job_parser import (
     Action,
     PayloadError,
@@ -49,6 +48,9 @@ from agent.orchestrator.job_parser import (
 )
 from agent.queue.base import EnqueueOutcome, JobQueue, QueueError
 from agent.reload import LiveConfig
+
+if TYPE_CHECKING:  # annotations only: importing the module would load cryptography
+    from agent.github.auth import Secret
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ import pytest
 import trio
 
 from agent.config import load_config
+from agent.container.secret_injection import SECRETS_DIR
 from agent.container.store import open_runner_store
 from agent.ops import protocol
 from agent.ops.admin_client import AdminClient
 from agent.ops.protocol import socket_path
 from agent.queue import open_queue
 from agent.queue.base import JobState
-from agent.secrets import SECRETS_DIR
 from tests.conftest import managed_containers, remove_managed
 from tests.container.stack import RUNNER_IMAGE, ServeProcess, Setup, emulator_setup, free_port
 from tests.container.test_adoption import wait_delivered, wait_removed

@@ -29,7 +29,7 @@ from agent.config import (
     SchedulerConfig,
     ServerConfig,
 )
-from agent.container.pool_manager import JobEvent
+from agent.container.events import JobEvent
 from agent.daemon import serve_http
 from agent.github.auth import Secret
 from agent.orchestrator.webhook import ReadinessCheck, WebhookApp

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,20 @@ from tests.orchestrator.conftest import (
 )
 
 FUZZ_EXAMPLES = int(os.environ.get("GANTRYD_FUZZ_EXAMPLES", "150"))
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_intake_loads_neither_docker_nor_cryptography() -> None:
+    """The intake takes ``JobEvent`` from agent.container.events, not from the pool manager:
+    importing it in a fresh interpreter loads neither docker-py nor cryptography."""
+    code = (
+        "import sys, agent.orchestrator.webhook; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'docker', 'cryptography'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.strip() == "[]"
 
 
 # ---- §1 HTTP behaviour ---------------------------------------------------------------------

@@ -1,0 +1,111 @@
+"""Taking over what a previous run of gantryd left (containers outlive it: docs/design.md §2).
+
+Every runner has a row in the state database before GitHub hears of it. At start each row is
+matched with this instance's containers: a running container keeps its runner and its job; a
+row without one (or whose container never started) is an orphan, so its registration is deleted
+at GitHub, its container removed and its lease released. A runner whose container stopped
+meanwhile is marked exited and, unless it still waited for a job, retired at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+from agent.container.assignment import Assignments
+from agent.container.docker_api import RUNNER_LABEL, DockerAPI, DockerError
+from agent.container.lifecycle import Outcome, PoolStats, Runner, RunnerState
+from agent.container.registry import Registry
+from agent.container.removal import Removal
+from agent.container.store import RunnerStore, StoredRunner
+from agent.github.client import DeleteOutcome, GitHubClient, GitHubError
+from agent.queue.base import JobQueue, JobState, Lease
+
+log = logging.getLogger(__name__)
+
+
+async def adopt(
+    *,
+    store: RunnerStore,
+    docker: DockerAPI,
+    queue: JobQueue,
+    github: GitHubClient,
+    registry: Registry,
+    removal: Removal,
+    assignments: Assignments,
+    stats: PoolStats,
+    instance: str,
+    clock: Callable[[], float],
+) -> None:
+    """Adopt the runners of the state database into ``registry``, or delete what is left of
+    them; Docker and GitHub errors propagate (gantryd then fails to start and says why)."""
+    stored = await store.load()
+    if not stored:
+        return
+    containers = {
+        c.labels.get(RUNNER_LABEL): c for c in await docker.list_managed(instance=instance)
+    }
+    now = clock()
+    for record in stored:
+        runner = record.runner
+        container = containers.get(runner.name)
+        runner.lease = await _stored_lease(queue, record)
+        if (
+            container is None
+            or container.state == "created"
+            or runner.state in (RunnerState.REMOVED, RunnerState.CREATING)
+        ):
+            await _drop_orphan(
+                runner, container.id if container else None, github, docker, removal, store, stats
+            )
+            continue
+        runner.container_id = container.id
+        registry.add(runner)
+        stats.outcomes[Outcome.ADOPTED] += 1
+        if runner.state is RunnerState.BUSY and runner.running_job is not None:
+            assignments.record_start(runner.running_job, runner.pool, runner.state_since)
+        log.info("adopted runner=%s state=%s job=%s", runner.name, runner.state, runner.made_for)
+        if container.state != "running" or runner.state is RunnerState.FAILED:
+            runner.mark_exited(now)
+            if not runner.waiting:
+                await removal.retire(runner)
+
+
+async def _stored_lease(queue: JobQueue, record: StoredRunner) -> Lease | None:
+    """The stored lease, if the queue still has the job claimed (by it, or it is stale)."""
+    job_id = record.runner.made_for
+    if record.lease_token is None or job_id is None or record.lease_expires is None:
+        return None
+    job = await queue.get(job_id)
+    if job is None or job.state is not JobState.CLAIMED:
+        return None
+    return Lease(job=job, token=record.lease_token, expires_at=record.lease_expires)
+
+
+async def _drop_orphan(
+    runner: Runner,
+    container_id: str | None,
+    github: GitHubClient,
+    docker: DockerAPI,
+    removal: Removal,
+    store: RunnerStore,
+    stats: PoolStats,
+) -> None:
+    log.info("runner %s has no running container: deleting what is left of it", runner.name)
+    if runner.runner_id is not None:
+        try:
+            outcome = await github.delete_runner(
+                runner.target, runner.runner_id, installation_id=runner.installation_id
+            )
+        except GitHubError as exc:
+            log.warning("deregistering orphan runner=%s failed: %s", runner.name, exc)
+        else:
+            if outcome is not DeleteOutcome.NOT_FOUND:
+                stats.outcomes[Outcome.ORPHAN_REGISTRATION_DELETED] += 1
+    if container_id is not None:
+        with contextlib.suppress(DockerError):
+            await docker.remove(container_id)
+    if runner.lease is not None:
+        await removal.release(runner.lease)
+    await store.delete(runner.name)

@@ -1,0 +1,115 @@
+"""Bringing a runner up: image, JIT registration at GitHub, container, stdin, start.
+
+The runner's row is written before GitHub knows it (a crash then leaves a name the next start
+can clean up), and again once it is registered. The JIT config and the pool's secrets go in on
+the container's stdin (``secret_injection``), never in its environment. Any GitHub, Docker or
+secrets error fails the runner and counts an attempt against its job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from agent.config import PoolConfig
+from agent.container.docker_api import DockerAPI, DockerError
+from agent.container.images import Images
+from agent.container.lifecycle import (
+    Outcome,
+    PoolObserver,
+    PoolStats,
+    Runner,
+    RunnerState,
+    StartKind,
+)
+from agent.container.registry import Registry
+from agent.container.removal import Removal
+from agent.container.runner_spec import container_spec
+from agent.container.secret_injection import injection
+from agent.github.client import GitHubClient, GitHubError
+from agent.secrets import SecretsError, SecretStore
+
+log = logging.getLogger(__name__)
+
+
+class Provisioner:
+    """Starts runners the pool manager has counted; at most ``limiter``'s total at once."""
+
+    def __init__(
+        self,
+        *,
+        github: GitHubClient,
+        docker: DockerAPI,
+        registry: Registry,
+        removal: Removal,
+        images: Images,
+        secrets: SecretStore | None,
+        stats: PoolStats,
+        observer: PoolObserver,
+        clock: Callable[[], float],
+        instance: str,
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        self._github = github
+        self._docker = docker
+        self._registry = registry
+        self._removal = removal
+        self._images = images
+        self._secrets = secrets
+        self._stats = stats
+        self._observer = observer
+        self._clock = clock
+        self._instance = instance
+        self._limiter = limiter
+
+    async def provision(self, runner: Runner, pool: PoolConfig) -> None:
+        """Register and start ``runner`` (already in the registry, CREATING) as an IDLE one."""
+        await self._registry.save(runner)  # before GitHub knows it: a crash leaves a name
+        async with self._limiter:
+            try:
+                await self._bring_up(runner, pool)
+            except (GitHubError, DockerError, SecretsError) as exc:
+                self._stats.outcomes[Outcome.PROVISION_FAILED] += 1
+                await self._removal.fail(runner, str(exc))
+                return
+        self._stats.outcomes[Outcome.CREATED] += 1
+        if runner.state is RunnerState.STARTING:
+            runner.move(RunnerState.IDLE, now=self._clock())
+        if runner.made_for is not None and runner.assigned_at is not None:
+            waited = self._clock() - runner.assigned_at
+            self._observer.container_started(runner.pool, StartKind.COLD, waited)
+        await self._registry.save(runner)
+        log.info(
+            "runner started runner=%s pool=%s job=%s target=%s",
+            runner.name,
+            runner.pool,
+            runner.made_for,
+            runner.target.path,
+        )
+
+    async def _bring_up(self, runner: Runner, pool: PoolConfig) -> None:
+        runner.image_digest = await self._images.ensure(pool)
+        jit = await self._github.generate_jitconfig(
+            runner.target,
+            name=runner.name,
+            labels=pool.labels,
+            # 1 at repository scope; an organization's group looked up by name
+            runner_group_id=await self._github.runner_group_id(
+                runner.target, pool.runner_group, installation_id=runner.installation_id
+            ),
+            installation_id=runner.installation_id,
+        )
+        runner.runner_id = jit.runner_id
+        await self._registry.save(runner)
+        runner.container_id = await self._docker.create(
+            container_spec(runner, pool, instance=self._instance)
+        )
+        runner.move(RunnerState.STARTING, now=self._clock())
+        frame = await injection(
+            self._secrets, pool.secrets, runner=runner.name, job=runner.made_for
+        )
+        await self._docker.start_with_stdin(
+            runner.container_id, jit.encoded.reveal().encode("ascii") + b"\n" + frame
+        )

@@ -1,0 +1,81 @@
+"""What a new runner of a pool is: its name and record, and the container it runs in.
+
+The container spec gathers the pool's image, command, environment and limits (``security``),
+the secrets tmpfs (``secret_injection``) and gantryd's labels: ``io.gantryd.managed`` and
+``io.gantryd.instance`` let garbage collection and adoption find it, ``io.gantryd.runner``
+names its runner, and ``io.gantryd.expires`` bounds how long it may outlive everything.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from agent.config import PoolConfig
+from agent.container.docker_api import (
+    EXPIRES_LABEL,
+    INSTANCE_LABEL,
+    MANAGED_LABEL,
+    RUNNER_LABEL,
+    ContainerSpec,
+)
+from agent.container.lifecycle import Runner
+from agent.container.policy import container_expiry
+from agent.container.secret_injection import WRITE_SECRETS, with_secrets_mount
+from agent.container.security import host_options
+from agent.github.client import RunnerTarget
+
+# The runner reads its JIT config from stdin, so it never shows in `docker inspect` (Env/Cmd);
+# the official image's run.sh then reads ACTIONS_RUNNER_INPUT_JITCONFIG and unsets it.
+RUNNER_COMMAND = (
+    "/bin/sh",
+    "-c",
+    "read -r ACTIONS_RUNNER_INPUT_JITCONFIG && export ACTIONS_RUNNER_INPUT_JITCONFIG"
+    f" && {WRITE_SECRETS} && exec /home/runner/run.sh",  # secrets: files on a tmpfs
+)
+
+
+def new_runner(
+    pool: PoolConfig,
+    target: RunnerTarget,
+    installation_id: int | None,
+    *,
+    prefix: str,
+    instance: str,
+    now: float,
+) -> Runner:
+    """A runner record for this pool, registered at ``target``; named ``prefix-instance-hex``
+    so the registration sweep knows this host's runners at GitHub."""
+    return Runner(
+        name=f"{prefix}-{instance}-{secrets.token_hex(4)}",
+        pool=pool.name,
+        target=target,
+        installation_id=installation_id,
+        labels=pool.labels,
+        created_at=now,
+        state_since=now,
+        memory=pool.memory,
+        repository=target.repository,
+    )
+
+
+def container_spec(runner: Runner, pool: PoolConfig, *, instance: str) -> ContainerSpec:
+    """The create options of ``runner``'s container."""
+    labels = {
+        **pool.docker_labels,
+        MANAGED_LABEL: "true",
+        INSTANCE_LABEL: instance,
+        "io.gantryd.pool": pool.name,
+        RUNNER_LABEL: runner.name,
+        "io.gantryd.job": str(runner.made_for or ""),
+        "io.gantryd.created": str(int(runner.created_at)),
+        EXPIRES_LABEL: str(int(container_expiry(pool, runner.created_at))),
+    }
+    return ContainerSpec(
+        name=runner.name,
+        image=pool.image,
+        command=RUNNER_COMMAND,
+        labels=labels,
+        environment=dict(pool.env),
+        host=with_secrets_mount(host_options(pool), pool.secrets),
+        stdin_open=True,
+    )

@@ -21,6 +21,7 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+	.venv/bin/lint-imports --no-cache
 
 fuzz: setup
 	GANTRYD_FUZZ_EXAMPLES=20000 .venv/bin/pytest -m 'not slow' tests/orchestrator/test_webhook.py -k fuzz
@@ -29,7 +30,7 @@ chaos: setup
 	GANTRYD_CHAOS_ROUNDS=200 .venv/bin/pytest tests/queue/test_crash.py
 
 bench: setup
-	.venv/bin/python bench/queue.py
+	.venv/bin/python bench/job_queue.py
 	.venv/bin/python bench/intake.py
 	.venv/bin/python bench/dispatch.py
 	.venv/bin/python bench/footprint.py

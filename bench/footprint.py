@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, bench/ comes first on sys.path and bench/queue.py would shadow the standard
+# Run as a script, bench/ comes first on sys.path and bench/job_queue.py would shadow the standard
 # library's queue module: put the repository root there instead.
 if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parents[1])

@@ -41,8 +41,10 @@ def managed_containers(client: docker.DockerClient, instance: str) -> list[str]:
 
 
 def remove_managed(client: docker.DockerClient, instance: str) -> None:
+    # sparse: no inspect per listed container, which races gantryd's own removals (404).
     for container in client.containers.list(
         all=True,
+        sparse=True,
         filters={"label": ["io.gantryd.managed=true", f"io.gantryd.instance={instance}"]},
     ):
         try:

@@ -7,6 +7,7 @@ import enum
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,11 +92,7 @@ def test_every_field_of_every_table_says_when_it_applies() -> None:
         "pool": PoolConfig,
         "priority": PriorityRule,
     }
-    fields = {
-        f"{table}.{f.name}"
-        for table, cls in tables.items()
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-    }
+    fields = {f"{table}.{f.name}" for table, cls in tables.items() for f in dataclasses.fields(cls)}
     assert set(reload_schema()) == fields
     assert set(reload_schema().values()) == {Reload.LIVE, Reload.RESTART}
 
@@ -130,9 +127,8 @@ def _with_one_change(config: Config, key: str) -> Config:
     item = held[0] if isinstance(held, tuple) else held
     annotation = next(f.type for f in dataclasses.fields(item) if f.name == name)
     item = dataclasses.replace(item, **{name: _changed(getattr(item, name), str(annotation))})
-    return dataclasses.replace(
-        config, **{attribute: (item, *held[1:]) if isinstance(held, tuple) else item}
-    )
+    changed: dict[str, Any] = {attribute: (item, *held[1:]) if isinstance(held, tuple) else item}
+    return dataclasses.replace(config, **changed)
 
 
 @pytest.mark.parametrize("key", sorted(reload_schema()))

@@ -33,7 +33,7 @@ async def _pipe(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
 
 
 async def relay(
-    path: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    path: str, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Forward every connection on ``path`` to the Engine's socket, until cancelled."""
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -87,7 +87,7 @@ async def test_watcher_backs_off_while_docker_is_away_and_replays_missed_events(
         async with trio.open_nursery() as nursery:
             relay_scope = trio.CancelScope()
 
-            async def run_relay(*, task_status: trio.TaskStatus[None]) -> None:
+            async def run_relay(*, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
                 with relay_scope:
                     await relay(path, task_status=task_status)
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import docker
 import pytest
@@ -64,7 +64,7 @@ def read_logs_until(container: Container, marker: bytes) -> bytes:
     Not ``logs(follow=True)``: closing docker-py's log stream leaves its socket to the garbage
     collector (a ResourceWarning, an error under this suite's filterwarnings).
     """
-    while marker not in (seen := container.logs()):
+    while marker not in (seen := cast(bytes, container.logs())):
         time.sleep(0.05)
     return seen
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from functools import partial
 from pathlib import Path
 
 from agent.container.lifecycle import Runner, RunnerState
@@ -48,15 +50,17 @@ async def test_rows_written_before_the_timed_out_column_keep_what_their_reason_s
 ) -> None:
     async with open_database(tmp_path / STATE_FILE, migrations=MIGRATIONS[:1]) as db:
         for name, reason in (("h-1", "job exceeded job_timeout (60s): timed_out"), ("h-2", None)):
-            await db.write(
-                lambda conn, name=name, reason=reason: conn.execute(
-                    "INSERT INTO runners (name, pool, repository, labels, created_at, state,"
-                    " state_since, reason) VALUES (?, 'default', 'octo-org/app', '[]', 1.0,"
-                    " 'busy', 2.0, ?)",
-                    (name, reason),
-                )
-            )
+            await db.write(partial(_insert_busy, name=name, reason=reason))
     async with open_runner_store(tmp_path) as store:
         loaded = {row.runner.name: row.runner for row in await store.load()}
     assert loaded["h-1"].timed_out and not loaded["h-2"].timed_out
     assert loaded["h-1"].state is RunnerState.BUSY
+
+
+def _insert_busy(conn: sqlite3.Connection, *, name: str, reason: str | None) -> None:
+    """A busy runner row as a schema-v1 gantryd wrote it."""
+    conn.execute(
+        "INSERT INTO runners (name, pool, repository, labels, created_at, state,"
+        " state_since, reason) VALUES (?, 'default', 'octo-org/app', '[]', 1.0, 'busy', 2.0, ?)",
+        (name, reason),
+    )

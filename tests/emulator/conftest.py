@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from agent.emulator import Emulator, serve_emulator
-from tests.emulator_clock import Clock
+from tests.emulator_clock import Clock as Clock
 
 APP_ID = 4242
 INSTALLATIONS = {

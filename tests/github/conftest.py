@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from agent.emulator import Emulator, serve_emulator
 from agent.github.auth import AppAuth, Secret, TokenAuth
 from agent.github.client import GitHubClient
-from tests.emulator_clock import Clock
+from tests.emulator_clock import Clock as Clock
 
 APP_ID = 4242
 INSTALLATIONS = {11: ["acme/app", "acme/lib"], 12: ["other/tool"]}

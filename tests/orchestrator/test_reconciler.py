@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import httpx
@@ -101,7 +102,7 @@ async def test_sweep_enqueues_unknown_matching_queued_jobs_once(
     assert sorted(lease.job_id for lease in leases) == sorted([lost, other_repo, delivered.id])
 
 
-def with_github(live: LiveConfig, **changes: object) -> LiveConfig:
+def with_github(live: LiveConfig, **changes: Any) -> LiveConfig:
     """The same configuration with ``[github]`` keys changed (as a reload would)."""
     current = live.current
     return LiveConfig(

@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -71,13 +71,13 @@ async def test_bodies_over_the_cap_get_413_declared_or_streamed(tmp_path: Path) 
         declared = await intake.post(big)
         assert declared.status_code == 413 and "server.max_body" in declared.text
 
-        async def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked transfer
             for _ in range(8):
                 yield b"x" * 1024
 
         streamed = await intake.http.post(
             intake.url + "/webhook",
-            content=chunks(),  # type: ignore[arg-type]
+            content=chunks(),
             headers={"Content-Type": "application/json", "X-GitHub-Event": "workflow_job"},
         )
         assert streamed.status_code == 413

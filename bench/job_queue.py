@@ -1,6 +1,6 @@
 """Queue benchmark: gantryd's SQLite and Redis backends beside a raw sqlite3 baseline.
 
-    .venv/bin/python bench/queue.py [--quick] [--runs N] [--synchronous full|normal]
+    .venv/bin/python bench/job_queue.py [--quick] [--runs N] [--synchronous full|normal]
                                     [--redis-url URL]
 
 Without ``--redis-url`` a throw-away redis-server (AOF everysec, noeviction) is started on a free

@@ -973,6 +973,10 @@ class Emulator:
 
         await self._wait_until(reached)
 
+    def jobs_of_run(self, run_id: int) -> list[Job]:
+        """Every job (of every attempt) of a workflow run, oldest first."""
+        return [j for j in self._jobs.values() if j.run_id == run_id]
+
     def jobs_of(self, repository: str) -> list[Job]:
         """Every job of a repository, oldest first (the runs API groups them, `runs`)."""
         key = repository.lower()

@@ -308,20 +308,20 @@ def step_json(job: Job) -> list[dict[str, Any]]:
 
 
 def job_json(job: Job, api_url: str) -> dict[str, Any]:
-    """The workflow job, identical in webhooks (§2.2) and ``GET .../actions/jobs/{id}`` (§4)."""
+    """The workflow job, identical in webhooks (§2.2) and ``GET .../actions/jobs/{id}`` (§4);
+    keys in the order of octokit's payload examples."""
     repo = job.repository.full_name
     return {
         "id": job.id,
         "run_id": job.run_id,
-        "run_attempt": job.run_attempt,
+        "workflow_name": job.workflow_name,
+        "head_branch": job.head_branch,
         "run_url": f"{api_url}/repos/{repo}/actions/runs/{job.run_id}",
+        "run_attempt": job.run_attempt,
         "node_id": node_id("CR_", job.id),
         "head_sha": job.head_sha,
-        "head_branch": job.head_branch,
-        "workflow_name": job.workflow_name,
         "url": f"{api_url}/repos/{repo}/actions/jobs/{job.id}",
         "html_url": f"{api_url}/{repo}/actions/runs/{job.run_id}/job/{job.id}",
-        "check_run_url": f"{api_url}/repos/{repo}/check-runs/{job.id}",
         "status": job.status.value,
         "conclusion": job.conclusion.value if job.conclusion else None,
         "created_at": iso8601(job.created_at),
@@ -330,6 +330,7 @@ def job_json(job: Job, api_url: str) -> dict[str, Any]:
         "completed_at": iso8601(job.completed_at) if job.completed_at is not None else None,
         "name": job.name,
         "steps": step_json(job),
+        "check_run_url": f"{api_url}/repos/{repo}/check-runs/{job.id}",
         "labels": list(job.labels),
         "runner_id": job.runner_id,
         "runner_name": job.runner_name,

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
-import pytest
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
 from agent.emulator import Emulator, Faults, JobStatus, signature_256
-from agent.emulator.asgi import App, Request, Response, route
 from agent.emulator.models import RunnerScope
+
+from .conftest import Receiver
 
 SECRET = "It's a Secret to Everybody"
 
@@ -22,39 +19,6 @@ def test_signature_matches_githubs_test_vector() -> None:
     assert signature_256(SECRET.encode(), b"Hello, World!") == (
         "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
     )
-
-
-@dataclass
-class Receiver:
-    url: str = ""
-    status: int = 200
-    received: list[Request] = field(default_factory=list)
-    changed: trio.Event = field(default_factory=trio.Event)
-
-    async def wait_for(self, count: int) -> list[Request]:
-        with trio.fail_after(10):
-            while len(self.received) < count:
-                await self.changed.wait()
-                self.changed = trio.Event()
-        return self.received
-
-
-@pytest.fixture
-async def receiver(nursery: trio.Nursery) -> Receiver:
-    """A webhook receiver on loopback that records what it is sent."""
-    state = Receiver()
-
-    async def hook(request: Request) -> Response:
-        state.received.append(request)
-        state.changed.set()
-        return Response(status=state.status)
-
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    binds = await nursery.start(serve, App([route("POST", "/hook", hook)]), config)
-    state.url = f"{binds[0]}/hook"
-    return state
 
 
 async def test_ping_then_job_events_in_order_and_signed(

@@ -261,10 +261,8 @@ class Emulator:
         group = next((g for g in self._groups.get(org.lower(), []) if g.id == group_id), None)
         if group is None:
             raise ValueError(f"organization {org!r} has no runner group {group_id}")
-        if visibility is not None:
-            group.visibility = GroupVisibility(visibility)
-        if allows_public_repositories is not None:
-            group.allows_public_repositories = allows_public_repositories
+        chosen = GroupVisibility(visibility) if visibility is not None else group.visibility
+        ids = group.selected_repository_ids
         if repositories is not None:
             ids = set()
             for full_name in repositories:
@@ -272,7 +270,9 @@ class Emulator:
                 if repo is None or repo.owner.login.lower() != org.lower():
                     raise ValueError(f"{full_name!r} is not a repository of {org!r}")
                 ids.add(repo.id)
-            group.selected_repository_ids = ids
+        group.visibility, group.selected_repository_ids = chosen, ids  # all checked: now change
+        if allows_public_repositories is not None:
+            group.allows_public_repositories = allows_public_repositories
         self._dispatch()
         self._notify()
         return group

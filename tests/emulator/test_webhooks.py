@@ -107,3 +107,28 @@ async def test_repository_hook_gets_only_its_repository(
     assert payload["workflow_job"]["id"] == job.id
     assert "installation" not in payload
     assert emulator.job(job.id).status is JobStatus.QUEUED
+
+
+async def test_one_event_has_one_guid_for_all_its_hooks(
+    emulator: Emulator, base_url: str, receiver: Receiver
+) -> None:
+    emulator.add_hook(receiver.url, SECRET)
+    emulator.add_hook(receiver.url, SECRET, repository="acme/app")
+    emulator.add_hook(receiver.url, SECRET, org="acme")
+    pings = await receiver.wait_for(3)
+    assert len({r.headers["x-github-delivery"] for r in pings}) == 3  # three events
+    job = emulator.create_job("acme/app", ["gantryd"], "true")
+    emulator.cancel_job(job.id)
+    requests = (await receiver.wait_for(9))[3:]
+    by_action: dict[str, set[str]] = {}
+    targets: dict[str, set[str]] = {}
+    for request in requests:
+        action = json.loads(request.body)["action"]
+        by_action.setdefault(action, set()).add(request.headers["x-github-delivery"])
+        targets.setdefault(action, set()).add(
+            request.headers["x-github-hook-installation-target-type"]
+        )
+    assert sorted(by_action) == ["completed", "queued"]
+    assert all(len(guids) == 1 for guids in by_action.values())  # shared by the three hooks
+    assert by_action["queued"] != by_action["completed"]
+    assert targets["queued"] == {"integration", "repository", "organization"}

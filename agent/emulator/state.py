@@ -5,19 +5,31 @@
 method either completes its change or raises `GitHubError` having changed nothing. Waiters are
 woken through one `trio.Event` that is replaced after every change (`_notify`): no polling.
 
-The rules, with their source in reference/github-api.md:
+The rules, with their source in docs/github.md (§n.n below):
 
 - App JWTs verified as in `agent.emulator.jwt` (§5.1); installation tokens last
   ``token_lifetime`` (1 h on GitHub, §5.2) and are then "Bad credentials" (401).
 - A token only sees its installation's repositories (404 otherwise: they are private) and only
   acts with its permissions (403 naming the missing one; permission per endpoint from §3.1, §4).
-- ``generate-jitconfig`` requires ``name``, ``runner_group_id`` and 1..100 ``labels`` (422), names
-  are unique per scope (409) (§3.2); deleting a busy runner is refused with 422 (§3.4).
+- ``generate-jitconfig`` requires ``name`` (at most 64 characters), ``runner_group_id`` and
+  1..100 ``labels`` (422), names are unique per scope (409) (§3.2); deleting a busy runner is
+  refused with 422 (§3.4).
 - A queued job goes to *any* connected idle runner whose labels are a case-insensitive superset of
   the job's and whose scope covers the job's repository — not necessarily the runner made for it
-  (§2.1, §10 point 6, DESIGN §1). A JIT runner runs one job and is then removed (§3.2, §8.2).
-- ``workflow_job`` webhooks ``queued`` / ``in_progress`` / ``completed`` (§2.1) carry the job
-  as it was at that moment (§2.2), signed, to every hook that covers the job (`webhooks`).
+  (§2.1, §10 point 6, DESIGN §1) — and, for an organization runner, whose runner group admits the
+  repository (`RunnerGroup.admits`: no public repositories unless allowed, selected or private
+  visibility); otherwise the job stays queued. A JIT runner runs one job and is then removed
+  (§3.2, §8.2); one that has taken no job is removed ``runner_idle_timeout`` after registration.
+- A job naming an environment with required reviewers waits (``queued`` with status
+  ``waiting``, then ``waiting``) until `review_job`; approved, it is ``queued`` again under the
+  same id; rejected, or unreviewed for 30 days, it fails (§2.1, §2.4).
+- Re-runs (`rerun_job`, `rerun_run`) create new jobs with new ids under the next ``run_attempt``,
+  only once the run has completed (§4).
+- Message polls of runners older than ``min_runner_version`` (off unless set) are refused as
+  deprecated (§8.3).
+- ``workflow_job`` webhooks ``queued`` / ``waiting`` / ``in_progress`` / ``completed`` (§2.1)
+  carry the job as it was at that moment (§2.2), signed, to every hook that covers the job, with
+  one delivery GUID per event (`webhooks`).
 """
 
 from __future__ import annotations

@@ -176,6 +176,7 @@ class Emulator:
         self._runners: dict[int, Runner] = {}
         self._jobs: dict[int, Job] = {}
         self._queued: dict[int, Job] = {}  # insertion order = the order jobs were queued
+        self._waiting: dict[int, Job] = {}  # held for their environment's reviewers
         self._environments: dict[tuple[str, str], Environment] = {}  # (repo, name), lower-case
         self._hooks: list[Hook] = []
         self.deliveries: list[Delivery] = []
@@ -615,8 +616,8 @@ class Emulator:
             idle = runner.job_id is None and not runner.ran_job
             if idle and now - runner.registered_at >= self.runner_idle_timeout:
                 self._remove_runner(runner)
-        for job in list(self._jobs.values()):
-            if job.status is JobStatus.WAITING and now - job.created_at >= APPROVAL_TIMEOUT:
+        for job in list(self._waiting.values()):
+            if now - job.created_at >= APPROVAL_TIMEOUT:
                 self._complete_unrun(job, Conclusion.FAILURE)
 
     async def _reap_forever(self) -> None:
@@ -831,6 +832,7 @@ class Emulator:
         deployment = job.deployment
         if deployment is not None and deployment.environment.required_reviewers:
             job.status = JobStatus.WAITING
+            self._waiting[job.id] = job
             self._emit(job, "queued")
             self._emit(job, "waiting")
             self._notify()
@@ -852,6 +854,7 @@ class Emulator:
             raise GitHubError(422, f"Job {job_id} is {job.status.value}, not waiting for a review")
         assert job.deployment is not None
         job.deployment.updated_at = self._clock()
+        del self._waiting[job.id]
         if not approve:
             self._complete_unrun(job, Conclusion.FAILURE)
             return job
@@ -883,6 +886,7 @@ class Emulator:
 
     def _complete_unrun(self, job: Job, conclusion: Conclusion) -> None:
         self._queued.pop(job.id, None)
+        self._waiting.pop(job.id, None)
         job.status = JobStatus.COMPLETED
         job.conclusion = conclusion
         job.completed_at = self._clock()

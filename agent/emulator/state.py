@@ -1135,7 +1135,8 @@ class Emulator:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send webhook deliveries until cancelled. Deliveries queued before start wait for it."""
+        """Send webhook deliveries and make `reap` passes until cancelled. Deliveries queued
+        before start wait for it."""
         if self._nursery is not None:
             raise RuntimeError("this Emulator is already running")
         async with httpx.AsyncClient(trust_env=False) as client, trio.open_nursery() as nursery:

@@ -120,8 +120,13 @@ class Emulator:
 
     ``installations`` maps an installation id to the ``owner/repo`` names it covers; an App is
     installed on one account, so all of them must share one owner. Owners are organizations
-    unless listed in ``user_accounts``. ``clock`` gives epoch seconds (inject one to expire
-    tokens in tests). `run` (in a nursery) sends the webhooks; `serve_emulator` does both.
+    unless listed in ``user_accounts``; repositories are private unless listed in
+    ``public_repositories``. ``clock`` gives epoch seconds (inject one to expire tokens, idle
+    runners and reviews in tests). ``runner_idle_timeout`` is how long a JIT runner may stay
+    registered without taking a job; ``min_runner_version`` (``"2.329.0"``) turns on the
+    deprecated-version refusal, off by default because GitHub's floor is not a fixed version
+    (it moves 30 days behind each release, docs/github.md §8.3-8.4). `run` (in a nursery)
+    sends the webhooks and reaps; `serve_emulator` does both.
     """
 
     def __init__(

@@ -5,11 +5,13 @@ Layout, lower layers first (each imports only from those above it):
 - `errors`, `jwt`, `models`, `jitconfig`, `webhooks` — GitHub's error answers, App JWT checks,
   the records and their JSON, the JIT config format, signed webhook deliveries and `Faults`;
 - `state` — `Emulator`: all state and GitHub's rules, with a Python API for tests;
-- `asgi` — a raw ASGI app (routing, lifespan); `rest`, `broker`, `control` — the route tables
-  for GitHub's REST API, the stand-in runner's protocol and the test/demo control API;
+- `asgi` — a raw ASGI app (routing, lifespan); `rest`, `runs`, `repos`, `deliveries`,
+  `checks_rest`, `broker`, `control` — the route tables for GitHub's REST API, the stand-in
+  runner's protocol and the test/demo control API; `headers`, `ratelimit` — GitHub's edge rules
+  (User-Agent, API version) and rate limits in front of them;
 - `server` — `serve_emulator` (hypercorn, trio worker); `cli` — ``python -m agent.emulator``.
 
-Facts come from /work/shared/reference/github-api.md; code cites its sections as "§n.n".
+Facts come from docs/github.md; code cites its sections as "§n.n".
 """
 
 from agent.emulator.models import Conclusion, Job, JobStatus

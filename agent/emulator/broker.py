@@ -8,10 +8,19 @@ trivially parseable for a busybox shell: every answer is one line of compact JSO
 script travels base64-encoded.
 
     POST /_runner/sessions                   -> 201 {"sessionId": ...}  | 401 | 409
-    GET  /_runner/sessions/{sid}/message     -> 200 {"job_id": N, "script": b64} | 204 after
-                                                POLL_SECONDS | 404 session gone (runner removed)
+    GET  /_runner/sessions/{sid}/message[?runnerVersion=2.336.0]
+                                             -> 200 {"job_id": N, "script": b64} | 204 after
+                                                POLL_SECONDS | 404 runner removed or session
+                                                gone | 403 version below the floor
     POST /_runner/sessions/{sid}/close       -> 204
     POST /_runner/jobs/{job_id}/result?exit_code=N   (body: the raw log) -> 204
+
+Refusals are shaped as the real services shape them, so a stand-in can tell them apart the way
+the real runner does: unknown or removed credentials are OAuth ``invalid_client`` (401);
+broker errors carry ``errorKind`` (``RunnerNotFound``, ``RunnerSessionInvalid``,
+``RunnerVersionTooOld``; `errors.BrokerError`). The real runner sends its version as the
+``runnerVersion`` query parameter of every message poll (actions/runner
+src/Sdk/WebApi/WebApi/BrokerHttpClient.cs, ``GetRunnerMessageAsync``).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ POLL_SECONDS = 25.0  # a long-poll answers 204 after this long without a job
 def _secret(request: Request) -> str:
     scheme, _, secret = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not secret:
-        raise errors.bad_credentials()
+        raise errors.OAuthError()
     return secret
 
 
@@ -45,6 +54,7 @@ def build_routes(emulator: Emulator) -> list[Route]:
 
     async def message(request: Request, session_id: str) -> Response:
         secret = _secret(request)
+        version = request.query_value("runnerVersion")
         outcome: Job | GitHubError | None = None
         async with trio.open_nursery() as nursery:
 
@@ -52,7 +62,7 @@ def build_routes(emulator: Emulator) -> list[Route]:
                 nonlocal outcome
                 with trio.move_on_after(POLL_SECONDS):
                     try:
-                        outcome = await emulator.wait_message(secret, session_id)
+                        outcome = await emulator.wait_message(secret, session_id, version=version)
                     except GitHubError as error:  # raised below, outside the nursery's group
                         outcome = error
                 nursery.cancel_scope.cancel()

@@ -78,7 +78,7 @@ def build_routes(emulator: Emulator) -> list[Route]:
                 409, "Cannot cancel a workflow run that is completed.", documentation_url=_CANCEL
             )
         for job in jobs:  # not emulated: stopping a job already on a runner
-            if job.status is JobStatus.QUEUED:
+            if job.status in (JobStatus.QUEUED, JobStatus.WAITING):
                 emulator.cancel_job(job.id)
         checks.note_cancelled(number)
         return Response.json(202, {})

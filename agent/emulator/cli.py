@@ -19,8 +19,9 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from agent.emulator.models import parse_runner_version
 from agent.emulator.server import serve_emulator
-from agent.emulator.state import Emulator
+from agent.emulator.state import DEFAULT_RUNNER_IDLE_TIMEOUT, Emulator
 
 EX_USAGE = 2
 
@@ -70,6 +71,26 @@ def _parser() -> argparse.ArgumentParser:
         default=3600.0,
         metavar="SECONDS",
         help="installation token lifetime (default %(default)s, as on GitHub)",
+    )
+    parser.add_argument(
+        "--public-repository",
+        action="append",
+        default=[],
+        metavar="OWNER/REPO",
+        help="make an installed repository public (repeatable; all are private otherwise)",
+    )
+    parser.add_argument(
+        "--runner-idle-timeout",
+        type=float,
+        default=DEFAULT_RUNNER_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="remove a JIT runner that has not taken a job this long after it was registered "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--min-runner-version",
+        metavar="X.Y.Z",
+        help="refuse message polls of runners older than this as deprecated (default: off)",
     )
     return parser
 
@@ -137,6 +158,13 @@ def _build(args: argparse.Namespace) -> tuple[Emulator, str | None, str]:
             ) from None
     if args.token_lifetime <= 0:
         raise UsageError("--token-lifetime must be positive")
+    if args.runner_idle_timeout <= 0:
+        raise UsageError("--runner-idle-timeout must be positive")
+    if args.min_runner_version is not None:
+        try:
+            parse_runner_version(args.min_runner_version)
+        except ValueError as error:
+            raise UsageError(f"--min-runner-version: {error}") from None
     key = (
         _generate_key(args.generate_app_key)
         if args.generate_app_key
@@ -148,9 +176,12 @@ def _build(args: argparse.Namespace) -> tuple[Emulator, str | None, str]:
             app_public_key=key,
             installations=_installations(args.installation),
             token_lifetime=args.token_lifetime,
+            public_repositories=args.public_repository,
+            runner_idle_timeout=args.runner_idle_timeout,
+            min_runner_version=args.min_runner_version,
         )
     except ValueError as error:
-        raise UsageError(f"--installation: {error}") from None
+        raise UsageError(f"--installation / --public-repository: {error}") from None
     return emulator, args.webhook_url, secret
 
 

@@ -3,14 +3,28 @@
 What a person does on GitHub's web site — pushing commits that queue jobs, adding webhooks,
 reading logs — and what a test needs to steer it (faults). Not part of GitHub's API.
 
-    POST /_emulator/jobs             {repository, labels, script, name?, workflow_name?,
-                                      head_branch?, installation?}        -> 201 job
-    GET  /_emulator/jobs/{id}[?wait_status=completed&timeout=30]
+    POST  /_emulator/jobs            {repository, labels, script, name?, workflow_name?,
+                                      head_branch?, installation?, environment?, run_id?}
+                                                                           -> 201 job
+    GET   /_emulator/jobs/{id}[?wait_status=completed&timeout=30]
                                                               -> 200 job (+ exit_code, log)
-    POST /_emulator/jobs/{id}/cancel                                       -> 202 job
-    POST /_emulator/hooks            {url, secret, content_type?, repository?, org?} -> 201
-    GET  /_emulator/deliveries                                             -> 200 [delivery]
-    PUT  /_emulator/faults           {drop_rate?, ..., server_error_rate?} -> 200 faults
+    POST  /_emulator/jobs/{id}/cancel                                      -> 202 job
+    POST  /_emulator/jobs/{id}/review {state: "approved" | "rejected"}     -> 200 job
+    POST  /_emulator/jobs/{id}/rerun                                       -> 201 new job
+    POST  /_emulator/runs/{run_id}/rerun  {failed_only?}                   -> 201 [new job]
+    POST  /_emulator/environments    {repository, name, required_reviewers?} -> 201
+    POST  /_emulator/orgs/{org}/runner-groups
+                                     {name, visibility?, allows_public_repositories?,
+                                      repositories?}                       -> 201 group
+    PATCH /_emulator/orgs/{org}/runner-groups/{id}
+                                     {visibility?, allows_public_repositories?,
+                                      repositories?}                       -> 200 group
+    POST  /_emulator/hooks           {url, secret, content_type?, repository?, org?} -> 201
+    GET   /_emulator/deliveries                                            -> 200 [delivery]
+    PUT   /_emulator/faults          {drop_rate?, ..., server_error_rate?} -> 200 faults
+
+The review stands in for a required reviewer's "Approve and deploy" / "Reject" (GitHub's own
+``POST .../runs/{run_id}/pending_deployments`` needs a reviewer's user token, not the App's).
 """
 
 from __future__ import annotations
@@ -22,7 +36,7 @@ import trio
 
 from agent.emulator.asgi import Request, Response, Route, route
 from agent.emulator.errors import GitHubError
-from agent.emulator.models import Job, JobStatus, job_json
+from agent.emulator.models import Job, JobStatus, job_json, runner_group_json
 from agent.emulator.state import Emulator
 from agent.emulator.webhooks import Faults
 
@@ -43,6 +57,15 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> A
     return value
 
 
+def _optional(body: dict[str, Any], name: str, kind: type) -> Any:
+    """``body[name]`` if given (a bool is not an int here), else None."""
+    value = body.get(name)
+    wrong = not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
+    if value is not None and wrong:
+        raise GitHubError(422, f"{name!r} must be given as {kind.__name__}")
+    return value
+
+
 def build_routes(emulator: Emulator) -> list[Route]:
     def view(job: Job) -> dict[str, Any]:
         body = job_json(job, emulator.base_url)
@@ -58,9 +81,7 @@ def build_routes(emulator: Emulator) -> list[Route]:
     async def create_job(request: Request) -> Response:
         body = _object(request)
         labels = _field(body, "labels", list)
-        installation = body.get("installation")
-        if installation is not None and not isinstance(installation, int):
-            raise GitHubError(422, "'installation' must be given as int")
+        installation = _optional(body, "installation", int)
         job = emulator.create_job(
             _field(body, "repository", str),
             labels,
@@ -69,6 +90,8 @@ def build_routes(emulator: Emulator) -> list[Route]:
             workflow_name=_field(body, "workflow_name", str, "CI"),
             head_branch=_field(body, "head_branch", str, "main"),
             installation=installation,
+            environment=_optional(body, "environment", str),
+            run_id=_optional(body, "run_id", int),
         )
         return Response.json(201, view(job))
 
@@ -88,6 +111,74 @@ def build_routes(emulator: Emulator) -> list[Route]:
 
     async def cancel_job(request: Request, id: str) -> Response:
         return Response.json(202, view(emulator.cancel_job(job_id(id))))
+
+    async def review_job(request: Request, id: str) -> Response:
+        state = _field(_object(request), "state", str)
+        if state not in ("approved", "rejected"):
+            raise GitHubError(422, "'state' must be 'approved' or 'rejected'")
+        return Response.json(
+            200, view(emulator.review_job(job_id(id), approve=state == "approved"))
+        )
+
+    async def rerun_job(request: Request, id: str) -> Response:
+        return Response.json(201, view(emulator.rerun_job(job_id(id))))
+
+    async def rerun_run(request: Request, run_id: str) -> Response:
+        body = request.json() or {}
+        if not isinstance(body, dict):
+            raise GitHubError(400, "Expected a JSON object")
+        failed_only = _field(body, "failed_only", bool, False)
+        jobs = emulator.jobs_of_run(job_id(run_id))
+        if not jobs:
+            raise GitHubError(404, "Not Found")
+        again = emulator.rerun_run(
+            jobs[0].repository.full_name, jobs[0].run_id, failed_only=failed_only
+        )
+        return Response.json(201, [view(job) for job in again])
+
+    async def add_environment(request: Request) -> Response:
+        body = _object(request)
+        environment = emulator.add_environment(
+            _field(body, "repository", str),
+            _field(body, "name", str),
+            required_reviewers=_field(body, "required_reviewers", bool, False),
+        )
+        return Response.json(
+            201,
+            {
+                "id": environment.id,
+                "name": environment.name,
+                "repository": environment.repository.full_name,
+                "required_reviewers": environment.required_reviewers,
+            },
+        )
+
+    def policy(body: dict[str, Any]) -> dict[str, Any]:
+        repositories = _optional(body, "repositories", list)
+        if repositories is not None and not all(isinstance(r, str) for r in repositories):
+            raise GitHubError(422, "'repositories' must be a list of 'owner/repo' names")
+        return {
+            "visibility": _optional(body, "visibility", str),
+            "allows_public_repositories": _optional(body, "allows_public_repositories", bool),
+            "repositories": repositories,
+        }
+
+    async def add_group(request: Request, org: str) -> Response:
+        body = _object(request)
+        name = _field(body, "name", str)
+        settings = {k: v for k, v in policy(body).items() if v is not None}
+        try:
+            group = emulator.add_runner_group(org, name, **settings)
+        except ValueError as error:
+            raise GitHubError(422, str(error)) from None
+        return Response.json(201, runner_group_json(group, org, emulator.base_url))
+
+    async def change_group(request: Request, org: str, id: str) -> Response:
+        try:
+            group = emulator.set_runner_group_policy(org, job_id(id), **policy(_object(request)))
+        except ValueError as error:
+            raise GitHubError(422, str(error)) from None
+        return Response.json(200, runner_group_json(group, org, emulator.base_url))
 
     async def add_hook(request: Request) -> Response:
         body = _object(request)
@@ -143,6 +234,12 @@ def build_routes(emulator: Emulator) -> list[Route]:
         route("POST", "/_emulator/jobs", create_job),
         route("GET", "/_emulator/jobs/{id}", get_job),
         route("POST", "/_emulator/jobs/{id}/cancel", cancel_job),
+        route("POST", "/_emulator/jobs/{id}/review", review_job),
+        route("POST", "/_emulator/jobs/{id}/rerun", rerun_job),
+        route("POST", "/_emulator/runs/{run_id}/rerun", rerun_run),
+        route("POST", "/_emulator/environments", add_environment),
+        route("POST", "/_emulator/orgs/{org}/runner-groups", add_group),
+        route("PATCH", "/_emulator/orgs/{org}/runner-groups/{id}", change_group),
         route("POST", "/_emulator/hooks", add_hook),
         route("GET", "/_emulator/deliveries", deliveries),
         route("PUT", "/_emulator/faults", set_faults),

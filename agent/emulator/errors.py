@@ -8,7 +8,7 @@ issues where the reference is silent (marked there).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 REST_DOCS = "https://docs.github.com/rest"
@@ -24,19 +24,73 @@ class GitHubError(Exception):
         *,
         documentation_url: str = REST_DOCS,
         headers: Mapping[str, str] | None = None,
+        errors: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         super().__init__(f"{status} {message}")
         self.status = status
         self.message = message
         self.documentation_url = documentation_url
         self.headers = dict(headers or {})
+        self.errors = [dict(error) for error in errors]  # "Validation Failed" details
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"message": self.message}
+        if self.errors:
+            body["errors"] = self.errors
+        body["documentation_url"] = self.documentation_url
+        body["status"] = str(self.status)
+        return body
+
+
+class BrokerError(GitHubError):
+    """An error of the runner's broker, in its own shape: the runner's ``BrokerHttpClient``
+    (actions/runner src/Sdk/WebApi/WebApi/BrokerHttpClient.cs) reads ``errorKind`` of bodies
+    whose ``source`` is ``actions-broker-listener`` and maps it to an exception
+    (src/Sdk/RSWebApi/Contracts/BrokerError.cs, BrokerErrorKind.cs)."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(status, message)
+        self.kind = kind
 
     def body(self) -> dict[str, Any]:
         return {
-            "message": self.message,
-            "documentation_url": self.documentation_url,
-            "status": str(self.status),
+            "source": "actions-broker-listener",
+            "errorKind": self.kind,
+            "statusCode": self.status,
+            "errorMessage": self.message,
         }
+
+
+class OAuthError(GitHubError):
+    """The runner's token service answer for credentials it does not know: RFC 6749 §5.2
+    ``invalid_client``, which the runner reads as "The runner registration has been deleted
+    from the server" (actions/runner src/Runner.Listener/MessageListener.cs)."""
+
+    def __init__(self) -> None:
+        super().__init__(401, "invalid_client")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": "invalid_client", "error_description": "Registration not found."}
+
+
+def runner_not_found() -> BrokerError:
+    """The runner was removed (deleted, its job done, or idle too long): RunnerNotFound, on
+    which the runner prints "The runner no longer exists on the server" and exits."""
+    return BrokerError(404, "RunnerNotFound", "Runner not found")
+
+
+def session_invalid() -> BrokerError:
+    return BrokerError(404, "RunnerSessionInvalid", "Runner session is no longer valid")
+
+
+def version_too_old(version: str) -> BrokerError:
+    """RunnerVersionTooOld: 403 and the message runners print (actions/runner issues #1991,
+    #3381: "Runner version v2.317.0 is deprecated and cannot receive messages.")."""
+    return BrokerError(
+        403,
+        "RunnerVersionTooOld",
+        f"Runner version v{version} is deprecated and cannot receive messages.",
+    )
 
 
 def bad_credentials() -> GitHubError:

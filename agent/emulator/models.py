@@ -21,6 +21,7 @@ READ_ONLY_LABELS = frozenset(
 
 
 class JobStatus(enum.StrEnum):
+    WAITING = "waiting"  # its environment's reviewers have not approved it yet (§2.1)
     QUEUED = "queued"  # waiting for a matching runner
     IN_PROGRESS = "in_progress"  # assigned to a runner (runner_* fields set)
     COMPLETED = "completed"  # conclusion set
@@ -28,13 +29,24 @@ class JobStatus(enum.StrEnum):
 
 class Conclusion(enum.StrEnum):
     SUCCESS = "success"  # script exited 0
-    FAILURE = "failure"  # script exited non-zero
-    CANCELLED = "cancelled"  # cancelled while queued
+    FAILURE = "failure"  # script exited non-zero, or a reviewer rejected its deployment
+    CANCELLED = "cancelled"  # cancelled while queued or waiting
 
 
 class AccountType(enum.StrEnum):
     USER = "User"
     ORGANIZATION = "Organization"
+
+
+RunnerVersion = tuple[int, int, int]
+
+
+def parse_runner_version(text: str) -> RunnerVersion:
+    """``2.336.0`` (the runner's ``runnerVersion``, an optional ``v`` before it) as a tuple."""
+    parts = text.removeprefix("v").split(".")
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        raise ValueError(f"not a runner version (major.minor.patch): {text!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
 
 
 def iso8601(epoch: float) -> str:
@@ -63,6 +75,26 @@ class Repository:
     @property
     def full_name(self) -> str:
         return f"{self.owner.login}/{self.name}"
+
+
+@dataclass(kw_only=True)
+class Environment:
+    """A deployment environment of a repository; with reviewers, its jobs wait for approval."""
+
+    id: int
+    repository: Repository
+    name: str
+    required_reviewers: bool = False
+
+
+@dataclass(kw_only=True)
+class Deployment:
+    """The deployment GitHub creates for a job that names an environment."""
+
+    id: int
+    environment: Environment
+    created_at: float
+    updated_at: float
 
 
 @dataclass(kw_only=True)
@@ -102,11 +134,39 @@ class RunnerScope:
         return self.repository or f"org {self.organization}"
 
 
+class GroupVisibility(enum.StrEnum):
+    """Which repositories of the organization may use a runner group's runners."""
+
+    ALL = "all"  # every repository (public ones only with allows_public_repositories)
+    SELECTED = "selected"  # the group's selected repositories
+    PRIVATE = "private"  # private (and internal) repositories
+
+
 @dataclass(kw_only=True)
 class RunnerGroup:
+    """An organization's runner group and its repository access policy.
+
+    GitHub's default: "only private repositories can access the runners in a runner group";
+    ``allows_public_repositories`` overrides it (false on creation, the Default group included).
+    Repository runners belong to a fixed Default group (id 1) with no policy of their own.
+    """
+
     id: int
     name: str
     default: bool = False
+    visibility: GroupVisibility = GroupVisibility.ALL
+    allows_public_repositories: bool = False
+    selected_repository_ids: set[int] = field(default_factory=set)
+
+    def admits(self, repo: Repository) -> bool:
+        """Whether jobs of ``repo`` may run on this group's (organization) runners."""
+        if not repo.private and not self.allows_public_repositories:
+            return False
+        if self.visibility is GroupVisibility.SELECTED:
+            return repo.id in self.selected_repository_ids
+        if self.visibility is GroupVisibility.PRIVATE:
+            return repo.private
+        return True
 
 
 @dataclass(kw_only=True)
@@ -128,6 +188,7 @@ class Runner:
     runner_group: RunnerGroup
     work_folder: str
     secret: str  # the per-runner credential inside its JIT config
+    registered_at: float  # emulator clock; an idle JIT runner is removed some minutes later
     os: str = "unknown"  # GitHub reports "unknown" until the runner has connected
     session: Session | None = None
     job_id: int | None = None  # assigned job; busy while set
@@ -147,6 +208,8 @@ class Job:
     head_branch: str
     head_sha: str
     created_at: float
+    run_attempt: int = 1  # 1, then one more for every re-run of the run or of this job
+    deployment: Deployment | None = None  # when the job names an environment
     status: JobStatus = JobStatus.QUEUED
     conclusion: Conclusion | None = None
     started_at: float | None = None
@@ -182,6 +245,27 @@ def runner_json(runner: Runner, *, online: bool) -> dict[str, Any]:
         "runner_group_id": runner.runner_group.id,
         "labels": label_json(runner),
     }
+
+
+def runner_group_json(group: RunnerGroup, org: str, api_url: str) -> dict[str, Any]:
+    """Schema "runner-groups-org" (``GET /orgs/{org}/actions/runner-groups[/{id}]``); the
+    ``selected_repositories_url`` only for ``selected`` groups, as in the docs' example."""
+    url = f"{api_url}/orgs/{org}/actions/runner-groups/{group.id}"
+    body: dict[str, Any] = {
+        "id": group.id,
+        "name": group.name,
+        "visibility": group.visibility.value,
+        "default": group.default,
+        "runners_url": f"{url}/runners",
+        "inherited": False,
+        "allows_public_repositories": group.allows_public_repositories,
+        "restricted_to_workflows": False,
+        "selected_workflows": [],
+        "workflow_restrictions_read_only": False,
+    }
+    if group.visibility is GroupVisibility.SELECTED:
+        body["selected_repositories_url"] = f"{url}/repositories"
+    return body
 
 
 def account_json(account: Account) -> dict[str, Any]:
@@ -224,20 +308,20 @@ def step_json(job: Job) -> list[dict[str, Any]]:
 
 
 def job_json(job: Job, api_url: str) -> dict[str, Any]:
-    """The workflow job, identical in webhooks (§2.2) and ``GET .../actions/jobs/{id}`` (§4)."""
+    """The workflow job, identical in webhooks (§2.2) and ``GET .../actions/jobs/{id}`` (§4);
+    keys in the order of octokit's payload examples."""
     repo = job.repository.full_name
     return {
         "id": job.id,
         "run_id": job.run_id,
-        "run_attempt": 1,
+        "workflow_name": job.workflow_name,
+        "head_branch": job.head_branch,
         "run_url": f"{api_url}/repos/{repo}/actions/runs/{job.run_id}",
+        "run_attempt": job.run_attempt,
         "node_id": node_id("CR_", job.id),
         "head_sha": job.head_sha,
-        "head_branch": job.head_branch,
-        "workflow_name": job.workflow_name,
         "url": f"{api_url}/repos/{repo}/actions/jobs/{job.id}",
         "html_url": f"{api_url}/{repo}/actions/runs/{job.run_id}/job/{job.id}",
-        "check_run_url": f"{api_url}/repos/{repo}/check-runs/{job.id}",
         "status": job.status.value,
         "conclusion": job.conclusion.value if job.conclusion else None,
         "created_at": iso8601(job.created_at),
@@ -246,11 +330,71 @@ def job_json(job: Job, api_url: str) -> dict[str, Any]:
         "completed_at": iso8601(job.completed_at) if job.completed_at is not None else None,
         "name": job.name,
         "steps": step_json(job),
+        "check_run_url": f"{api_url}/repos/{repo}/check-runs/{job.id}",
         "labels": list(job.labels),
         "runner_id": job.runner_id,
         "runner_name": job.runner_name,
         "runner_group_id": job.runner_group_id,
         "runner_group_name": job.runner_group_name,
+    }
+
+
+# The app GitHub names as the creator of every Actions deployment, as in octokit's
+# payload-examples/api.github.com/workflow_job/queued.with-deployment.payload.json.
+ACTIONS_APP: dict[str, Any] = {
+    "id": 15368,
+    "slug": "github-actions",
+    "node_id": "MDM6QXBwMTUzNjg=",
+    "owner": {
+        "login": "github",
+        "id": 9919,
+        "node_id": "MDEyOk9yZ2FuaXphdGlvbjk5MTk=",
+        "type": "Organization",
+    },
+    "name": "GitHub Actions",
+    "description": "Automate your workflow from idea to production",
+    "external_url": "https://help.github.com/en/actions",
+    "html_url": "https://github.com/apps/github-actions",
+    "created_at": "2018-07-30T09:30:17Z",
+    "updated_at": "2019-12-10T19:04:12Z",
+    "permissions": {
+        "actions": "write",
+        "checks": "write",
+        "deployments": "write",
+        "metadata": "read",
+        "statuses": "write",
+    },
+    "events": ["check_run", "check_suite", "deployment", "deployment_status", "workflow_run"],
+}
+
+
+def deployment_json(job: Job, creator: dict[str, Any], api_url: str) -> dict[str, Any] | None:
+    """The ``deployment`` of a job that names an environment, shaped as in octokit's
+    ``queued.with-deployment`` example (schema common/deployment); None for other jobs."""
+    deployment = job.deployment
+    if deployment is None:
+        return None
+    repo = job.repository.full_name
+    url = f"{api_url}/repos/{repo}/deployments/{deployment.id}"
+    return {
+        "url": url,
+        "id": deployment.id,
+        "node_id": node_id("DE_", deployment.id),
+        "task": "deploy",
+        "original_environment": deployment.environment.name,
+        "environment": deployment.environment.name,
+        "description": None,
+        "created_at": iso8601(deployment.created_at),
+        "updated_at": iso8601(deployment.updated_at),
+        "statuses_url": f"{url}/statuses",
+        "repository_url": f"{api_url}/repos/{repo}",
+        "creator": creator,
+        "sha": job.head_sha,
+        "ref": job.head_branch,
+        "payload": {},
+        "transient_environment": False,
+        "production_environment": False,
+        "performed_via_github_app": ACTIONS_APP,
     }
 
 

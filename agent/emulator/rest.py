@@ -14,7 +14,14 @@ from agent.emulator import errors
 from agent.emulator.asgi import Request, Response, Route, route
 from agent.emulator.errors import GitHubError
 from agent.emulator.jwt import NOT_DECODED
-from agent.emulator.models import RunnerScope, job_json, runner_json, token_json
+from agent.emulator.models import (
+    RunnerScope,
+    job_json,
+    repository_json,
+    runner_group_json,
+    runner_json,
+    token_json,
+)
 from agent.emulator.state import Emulator
 
 _DOCS = "https://docs.github.com/rest"
@@ -180,23 +187,32 @@ def build_routes(emulator: Emulator) -> list[Route]:
     async def runner_groups(request: Request, org: str) -> Response:
         docs = f"{_GROUPS}#list-self-hosted-runner-groups-for-an-organization"
         scoped(request, "read", docs, None, None, org)
-        groups_url = f"{emulator.base_url}/orgs/{org}/actions/runner-groups"
-        groups = [
-            {
-                "id": group.id,
-                "name": group.name,
-                "visibility": "all",
-                "default": group.default,
-                "inherited": False,
-                "allows_public_repositories": False,
-                "restricted_to_workflows": False,
-                "selected_workflows": [],
-                "workflow_restrictions_read_only": False,
-                "runners_url": f"{groups_url}/{group.id}/runners",
-            }
-            for group in emulator.runner_groups(org)
-        ]
-        return Response.json(200, {"total_count": len(groups), "runner_groups": groups})
+        per_page, page = _page_args(request)
+        found = emulator.runner_groups(org, visible_to=request.query_value("visible_to_repository"))
+        shown = found[(page - 1) * per_page : page * per_page]
+        groups = [runner_group_json(g, org, emulator.base_url) for g in shown]
+        links = _link_header(emulator.base_url, request, page, per_page, len(found))
+        return Response.json(200, {"total_count": len(found), "runner_groups": groups}, links)
+
+    async def runner_group(request: Request, org: str, group_id: str) -> Response:
+        docs = f"{_GROUPS}#get-a-self-hosted-runner-group-for-an-organization"
+        scoped(request, "read", docs, None, None, org)
+        group = emulator.runner_group(org, _int(group_id, docs), docs=docs)
+        return Response.json(200, runner_group_json(group, org, emulator.base_url))
+
+    async def group_repositories(request: Request, org: str, group_id: str) -> Response:
+        docs = f"{_GROUPS}#list-repository-access-to-a-self-hosted-runner-group-in-an-organization"
+        scoped(request, "read", docs, None, None, org)
+        group = emulator.runner_group(org, _int(group_id, docs), docs=docs)
+        per_page, page = _page_args(request)
+        found = emulator.group_repositories(group)
+        shown = found[(page - 1) * per_page : page * per_page]
+        links = _link_header(emulator.base_url, request, page, per_page, len(found))
+        body = {
+            "total_count": len(found),
+            "repositories": [repository_json(r, emulator.base_url) for r in shown],
+        }
+        return Response.json(200, body, links)
 
     # ---- jobs (§4: Actions read) ------------------------------------------------------
 
@@ -216,5 +232,11 @@ def build_routes(emulator: Emulator) -> list[Route]:
         *runner_routes("/repos/{owner}/{repo}", "a-repository"),
         *runner_routes("/orgs/{org}", "an-organization"),
         route("GET", "/orgs/{org}/actions/runner-groups", faulty(runner_groups)),
+        route("GET", "/orgs/{org}/actions/runner-groups/{group_id}", faulty(runner_group)),
+        route(
+            "GET",
+            "/orgs/{org}/actions/runner-groups/{group_id}/repositories",
+            faulty(group_repositories),
+        ),
         route("GET", "/repos/{owner}/{repo}/actions/jobs/{job_id}", faulty(get_job)),
     ]

@@ -15,11 +15,13 @@ from hypercorn.trio import serve
 
 from agent.emulator import broker, checks_rest, control, deliveries, repos, rest, runs
 from agent.emulator.asgi import App, Receive, Scope, Send
+from agent.emulator.headers import require_headers
 from agent.emulator.state import Emulator
 
 
 def build_app(emulator: Emulator) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The ASGI app: GitHub's REST API (rate-limited), the runner broker and the control API."""
+    """The ASGI app: GitHub's REST API (its edge header rules first, then rate limits), the
+    runner broker and the control API."""
     app = App(
         [
             *rest.build_routes(emulator),
@@ -31,7 +33,7 @@ def build_app(emulator: Emulator) -> Callable[[Scope, Receive, Send], Awaitable[
             *control.build_routes(emulator),
         ]
     )
-    return emulator.rate_limits.middleware(app)
+    return require_headers(emulator.rate_limits.middleware(app))
 
 
 async def serve_emulator(

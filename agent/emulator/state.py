@@ -5,19 +5,31 @@
 method either completes its change or raises `GitHubError` having changed nothing. Waiters are
 woken through one `trio.Event` that is replaced after every change (`_notify`): no polling.
 
-The rules, with their source in reference/github-api.md:
+The rules, with their source in docs/github.md (§n.n below):
 
 - App JWTs verified as in `agent.emulator.jwt` (§5.1); installation tokens last
   ``token_lifetime`` (1 h on GitHub, §5.2) and are then "Bad credentials" (401).
 - A token only sees its installation's repositories (404 otherwise: they are private) and only
   acts with its permissions (403 naming the missing one; permission per endpoint from §3.1, §4).
-- ``generate-jitconfig`` requires ``name``, ``runner_group_id`` and 1..100 ``labels`` (422), names
-  are unique per scope (409) (§3.2); deleting a busy runner is refused with 422 (§3.4).
+- ``generate-jitconfig`` requires ``name`` (at most 64 characters), ``runner_group_id`` and
+  1..100 ``labels`` (422), names are unique per scope (409) (§3.2); deleting a busy runner is
+  refused with 422 (§3.4).
 - A queued job goes to *any* connected idle runner whose labels are a case-insensitive superset of
   the job's and whose scope covers the job's repository — not necessarily the runner made for it
-  (§2.1, §10 point 6, DESIGN §1). A JIT runner runs one job and is then removed (§3.2, §8.2).
-- ``workflow_job`` webhooks ``queued`` / ``in_progress`` / ``completed`` (§2.1) carry the job
-  as it was at that moment (§2.2), signed, to every hook that covers the job (`webhooks`).
+  (§2.1, §10 point 6, DESIGN §1) — and, for an organization runner, whose runner group admits the
+  repository (`RunnerGroup.admits`: no public repositories unless allowed, selected or private
+  visibility); otherwise the job stays queued. A JIT runner runs one job and is then removed
+  (§3.2, §8.2); one that has taken no job is removed ``runner_idle_timeout`` after registration.
+- A job naming an environment with required reviewers waits (``queued`` with status
+  ``waiting``, then ``waiting``) until `review_job`; approved, it is ``queued`` again under the
+  same id; rejected, or unreviewed for 30 days, it fails (§2.1, §2.4).
+- Re-runs (`rerun_job`, `rerun_run`) create new jobs with new ids under the next ``run_attempt``,
+  only once the run has completed (§4).
+- Message polls of runners older than ``min_runner_version`` (off unless set) are refused as
+  deprecated (§8.3).
+- ``workflow_job`` webhooks ``queued`` / ``waiting`` / ``in_progress`` / ``completed`` (§2.1)
+  carry the job as it was at that moment (§2.2), signed, to every hook that covers the job, with
+  one delivery GUID per event (`webhooks`).
 """
 
 from __future__ import annotations
@@ -47,6 +59,9 @@ from agent.emulator.models import (
     Account,
     AccountType,
     Conclusion,
+    Deployment,
+    Environment,
+    GroupVisibility,
     Installation,
     InstallationToken,
     Job,
@@ -57,7 +72,9 @@ from agent.emulator.models import (
     RunnerScope,
     Session,
     account_json,
+    deployment_json,
     job_json,
+    parse_runner_version,
     repository_json,
 )
 from agent.emulator.ratelimit import RateLimits
@@ -86,9 +103,16 @@ _LEVELS = {"read": 1, "write": 2, "admin": 3}
 
 SESSION_IDLE = 60.0  # seconds without a poll after which a runner's session is gone (offline)
 MAX_LABELS = 100  # generate-jitconfig "Maximum items: 100" (§3.2)
+MAX_RUNNER_NAME = 64  # characters (§3.2)
+DEFAULT_RUNNER_IDLE_TIMEOUT = 300.0  # seconds a JIT runner may stay registered without a job
+APPROVAL_TIMEOUT = 30 * 86400.0  # "If a job is not approved within 30 days, it will ... fail"
+REAP_INTERVAL = 1.0  # seconds between `Emulator.reap` passes while the emulator runs
 DEFAULT_GROUP_ID = 1  # repository runners and every org's "Default" group (§3.2)
 SENDER = Account(login="octocat", id=583231, type=AccountType.USER)  # who "pushed" the jobs
 PERSONAL_TOKEN_PREFIXES = ("ghp_", "github_pat_")  # classic and fine-grained tokens (§5.4)
+_RUNS_DOCS = "https://docs.github.com/rest/actions/workflow-runs"
+RERUN_JOB_DOCS = f"{_RUNS_DOCS}#re-run-a-job-from-a-workflow-run"
+RERUN_RUN_DOCS = f"{_RUNS_DOCS}#re-run-a-workflow"
 
 
 class Emulator:
@@ -96,8 +120,13 @@ class Emulator:
 
     ``installations`` maps an installation id to the ``owner/repo`` names it covers; an App is
     installed on one account, so all of them must share one owner. Owners are organizations
-    unless listed in ``user_accounts``. ``clock`` gives epoch seconds (inject one to expire
-    tokens in tests). `run` (in a nursery) sends the webhooks; `serve_emulator` does both.
+    unless listed in ``user_accounts``; repositories are private unless listed in
+    ``public_repositories``. ``clock`` gives epoch seconds (inject one to expire tokens, idle
+    runners and reviews in tests). ``runner_idle_timeout`` is how long a JIT runner may stay
+    registered without taking a job; ``min_runner_version`` (``"2.329.0"``) turns on the
+    deprecated-version refusal, off by default because GitHub's floor is not a fixed version
+    (it moves 30 days behind each release, docs/github.md §8.3-8.4). `run` (in a nursery)
+    sends the webhooks and reaps; `serve_emulator` does both.
     """
 
     def __init__(
@@ -113,11 +142,18 @@ class Emulator:
         permissions: Mapping[int, Mapping[str, str]] | None = None,
         faults: Faults | None = None,
         seed: int | None = None,
+        public_repositories: Collection[str] = (),
+        runner_idle_timeout: float = DEFAULT_RUNNER_IDLE_TIMEOUT,
+        min_runner_version: str | None = None,
     ) -> None:
         self.app_id = app_id
         self._public_key = app_public_key
         self._issuers = {str(app_id)} | ({client_id} if client_id else set())
         self.token_lifetime = token_lifetime
+        self.runner_idle_timeout = runner_idle_timeout
+        self.min_runner_version = (
+            parse_runner_version(min_runner_version) if min_runner_version is not None else None
+        )
         self._clock = clock
         self.faults = faults or Faults()
         self._rng = random.Random(seed)
@@ -125,6 +161,7 @@ class Emulator:
         self.rate_limits = RateLimits(clock=clock, key_of=self.budget_key, rng=self._rng)
         self.base_url = "http://127.0.0.1"  # set by serve_emulator once the port is bound
         self._users = {login.lower() for login in user_accounts}
+        self._public = {name.lower() for name in public_repositories}
         self._account_ids = itertools.count(9_919_000)
         self._repo_ids = itertools.count(376_034_443)
         self._runner_ids = itertools.count(1)
@@ -133,6 +170,8 @@ class Emulator:
         self._hook_ids = itertools.count(292_430_182)
         self._job_ids = itertools.count(14_541_957_942)  # int64 range, as on GitHub (§2.2)
         self._run_ids = itertools.count(4_747_967_848)
+        self._environment_ids = itertools.count(1_070_000_001)
+        self._deployment_ids = itertools.count(875_096_709)
         self._accounts: dict[str, Account] = {}
         self._repos: dict[str, Repository] = {}
         self._installations: dict[int, Installation] = {}
@@ -142,6 +181,8 @@ class Emulator:
         self._runners: dict[int, Runner] = {}
         self._jobs: dict[int, Job] = {}
         self._queued: dict[int, Job] = {}  # insertion order = the order jobs were queued
+        self._waiting: dict[int, Job] = {}  # held for their environment's reviewers
+        self._environments: dict[tuple[str, str], Environment] = {}  # (repo, name), lower-case
         self._hooks: list[Hook] = []
         self.deliveries: list[Delivery] = []
         self._changed = trio.Event()
@@ -149,6 +190,9 @@ class Emulator:
         self._sender: Sender | None = None
         for installation_id, names in installations.items():
             self._install(installation_id, names, (permissions or {}).get(installation_id))
+        unknown = self._public - set(self._repos)
+        if unknown:
+            raise ValueError(f"public_repositories not in any installation: {sorted(unknown)}")
 
     # ---------------------------------------------------------------- set-up
 
@@ -188,16 +232,67 @@ class Emulator:
                 if kind is AccountType.ORGANIZATION:
                     default = RunnerGroup(id=DEFAULT_GROUP_ID, name="Default", default=True)
                     self._groups[owner.lower()] = [default]
-            self._repos[key] = Repository(id=next(self._repo_ids), owner=account, name=name)
+            self._repos[key] = Repository(
+                id=next(self._repo_ids), owner=account, name=name, private=key not in self._public
+            )
         return self._repos[key]
 
-    def add_runner_group(self, org: str, name: str) -> RunnerGroup:
-        """Create an organization runner group (the UI's job on GitHub; here for tests)."""
+    def add_runner_group(
+        self,
+        org: str,
+        name: str,
+        *,
+        visibility: GroupVisibility | str = GroupVisibility.ALL,
+        allows_public_repositories: bool = False,
+        repositories: Collection[str] = (),
+    ) -> RunnerGroup:
+        """Create an organization runner group (an admin's job on GitHub; here for tests).
+
+        As on GitHub, a new group does not admit public repositories unless told to.
+        ``repositories`` (full names) are the selected ones of a ``selected`` group.
+        """
         groups = self._groups.get(org.lower())
         if groups is None:
             raise ValueError(f"{org!r} is not an organization known to the emulator")
         group = RunnerGroup(id=next(self._group_ids), name=name)
         groups.append(group)
+        self.set_runner_group_policy(
+            org,
+            group.id,
+            visibility=visibility,
+            allows_public_repositories=allows_public_repositories,
+            repositories=repositories,
+        )
+        return group
+
+    def set_runner_group_policy(
+        self,
+        org: str,
+        group_id: int,
+        *,
+        visibility: GroupVisibility | str | None = None,
+        allows_public_repositories: bool | None = None,
+        repositories: Collection[str] | None = None,
+    ) -> RunnerGroup:
+        """Change a group's repository access, as an organization admin does (the Default
+        group included); runners already registered follow the new policy at once."""
+        group = next((g for g in self._groups.get(org.lower(), []) if g.id == group_id), None)
+        if group is None:
+            raise ValueError(f"organization {org!r} has no runner group {group_id}")
+        chosen = GroupVisibility(visibility) if visibility is not None else group.visibility
+        ids = group.selected_repository_ids
+        if repositories is not None:
+            ids = set()
+            for full_name in repositories:
+                repo = self._repos.get(full_name.lower())
+                if repo is None or repo.owner.login.lower() != org.lower():
+                    raise ValueError(f"{full_name!r} is not a repository of {org!r}")
+                ids.add(repo.id)
+        group.visibility, group.selected_repository_ids = chosen, ids  # all checked: now change
+        if allows_public_repositories is not None:
+            group.allows_public_repositories = allows_public_repositories
+        self._dispatch()
+        self._notify()
         return group
 
     # ---------------------------------------------------------------- App (JWT) endpoints
@@ -384,6 +479,21 @@ class Emulator:
     ) -> tuple[Runner, str]:
         """Register a JIT runner; return it and its ``encoded_jit_config`` (§3.2)."""
         name, group_id, labels, work_folder = _validate_jit_request(body, docs)
+        if len(name) > MAX_RUNNER_NAME:
+            raise GitHubError(
+                422,
+                "Validation Failed",
+                documentation_url=docs,
+                errors=[
+                    {
+                        "resource": "Runner",
+                        "code": "custom",
+                        "field": "name",
+                        "message": f"name is too long (maximum is {MAX_RUNNER_NAME} characters)",
+                    }
+                ],
+            )
+        self.reap()
         group = self._group(scope, group_id)
         if group is None:
             raise errors.not_found(docs)
@@ -403,6 +513,7 @@ class Emulator:
             runner_group=group,
             work_folder=work_folder,
             secret=secrets.token_urlsafe(32),
+            registered_at=self._clock(),
         )
         self._runners[runner.id] = runner
         target = scope.repository or scope.organization
@@ -432,10 +543,32 @@ class Emulator:
     def _label_id(self, label: str) -> int:
         return self._labels.setdefault(label.lower(), next(self._label_ids))
 
-    def runner_groups(self, org: str) -> list[RunnerGroup]:
-        return list(self._groups.get(org.lower(), []))
+    def runner_groups(self, org: str, *, visible_to: str | None = None) -> list[RunnerGroup]:
+        """An organization's groups; with ``visible_to`` (a repository name of the org), only
+        those its jobs may use (``?visible_to_repository=``)."""
+        groups = self._groups.get(org.lower(), [])
+        if visible_to is None:
+            return list(groups)
+        repo = self._repos.get(f"{org}/{visible_to}".lower())
+        return [g for g in groups if repo is not None and g.admits(repo)]
+
+    def runner_group(self, org: str, group_id: int, *, docs: str = errors.REST_DOCS) -> RunnerGroup:
+        group = next((g for g in self._groups.get(org.lower(), []) if g.id == group_id), None)
+        if group is None:
+            raise errors.not_found(docs)
+        return group
+
+    def group_repositories(self, group: RunnerGroup) -> list[Repository]:
+        """The selected repositories of a ``selected`` group, in id order (none otherwise)."""
+        if group.visibility is not GroupVisibility.SELECTED:
+            return []
+        return sorted(
+            (r for r in self._repos.values() if r.id in group.selected_repository_ids),
+            key=lambda repo: repo.id,
+        )
 
     def runners(self, scope: RunnerScope, *, name: str | None = None) -> list[Runner]:
+        self.reap()
         return [
             r
             for r in self._runners.values()
@@ -443,6 +576,7 @@ class Emulator:
         ]
 
     def runner(self, scope: RunnerScope, runner_id: int, *, docs: str = errors.REST_DOCS) -> Runner:
+        self.reap()
         runner = self._runners.get(runner_id)
         if runner is None or runner.scope != scope:
             raise errors.not_found(docs)
@@ -473,17 +607,42 @@ class Emulator:
         runner.session = None
         self._notify()
 
+    def reap(self) -> None:
+        """What GitHub removes on its own clock, done whenever state is looked at (and every
+        `REAP_INTERVAL` while `run` runs):
+
+        - a JIT runner that has not taken a job ``runner_idle_timeout`` after it was registered
+          (docs/github.md §3.2: JIT runners that never run a job are removed; observed after
+          2-6 minutes, JIT configs valid about 5);
+        - a job still waiting for approval after `APPROVAL_TIMEOUT` fails (§2.1).
+        """
+        now = self._clock()
+        for runner in list(self._runners.values()):
+            idle = runner.job_id is None and not runner.ran_job
+            if idle and now - runner.registered_at >= self.runner_idle_timeout:
+                self._remove_runner(runner)
+        for job in list(self._waiting.values()):
+            if now - job.created_at >= APPROVAL_TIMEOUT:
+                self._complete_unrun(job, Conclusion.FAILURE)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            self.reap()
+            await trio.sleep(REAP_INTERVAL)
+
     # ---------------------------------------------------------------- broker (runner side)
 
     def _runner_by_secret(self, secret: str) -> Runner:
         for runner in self._runners.values():
             if secrets.compare_digest(runner.secret, secret):
                 return runner
-        raise errors.bad_credentials()  # never registered, or removed (deleted / job done)
+        raise errors.OAuthError()  # never registered, or removed (deleted / job done / idle)
 
     def open_session(self, secret: str, *, os_name: str = "Linux") -> Session:
         """The runner connects: online from now on. A live second session is a conflict (409),
-        which the real runner reports as SessionConflict (exit code 5, reference §8.3)."""
+        which the real runner reports as SessionConflict (exit code 5, reference §8.3).
+        Credentials of a removed runner are ``invalid_client`` (401, `errors.OAuthError`)."""
+        self.reap()
         runner = self._runner_by_secret(secret)
         if self.is_online(runner):
             raise GitHubError(409, "A session for this runner already exists.")
@@ -499,24 +658,39 @@ class Emulator:
             runner.session = None
             self._notify()
 
-    async def wait_message(self, secret: str, session_id: str) -> Job:
+    async def wait_message(
+        self, secret: str, session_id: str, *, version: str | None = None
+    ) -> Job:
         """Long-poll: the job assigned to this runner, once there is one (the caller times out).
 
         The same job is returned again until its result is reported, so a poll whose answer is
-        lost does not lose the job.
+        lost does not lose the job. ``version`` is the poll's ``runnerVersion``; below
+        ``min_runner_version`` the poll is refused as deprecated (403 RunnerVersionTooOld, the
+        runner's exit code 7, reference §8.3). A runner removed while it polls gets
+        RunnerNotFound; a closed or replaced session RunnerSessionInvalid.
         """
+        self.reap()
         runner = self._runner_by_secret(secret)
         session = runner.session
         if session is None or session.id != session_id:
-            raise errors.not_found()
+            raise errors.session_invalid()
+        if self.min_runner_version is not None:
+            try:
+                deprecated = parse_runner_version(version or "") < self.min_runner_version
+            except ValueError:
+                deprecated = True  # no version, or not one: it cannot be shown new enough
+            if deprecated:
+                raise errors.version_too_old(version or "")
         session.polls += 1
         session.last_seen = self._clock()
         try:
             self._dispatch()
             while runner.job_id is None:
                 await self._changed.wait()
+                if runner.id not in self._runners:
+                    raise errors.runner_not_found()
                 if runner.session is not session:
-                    raise errors.not_found()  # closed, replaced, or the runner was deleted
+                    raise errors.session_invalid()
             return self._jobs[runner.job_id]
         finally:
             session.polls -= 1
@@ -546,7 +720,12 @@ class Emulator:
                 self._assign(job, runner)
 
     def _can_take(self, runner: Runner, job: Job) -> bool:
+        """Idle, online, labels a superset, scope covering the repository and, for an
+        organization runner, its group admitting the repository (else the job stays queued,
+        as on GitHub)."""
         if runner.job_id is not None or runner.ran_job or not self.is_online(runner):
+            return False
+        if runner.scope.organization is not None and not runner.runner_group.admits(job.repository):
             return False
         have = {label.lower() for label in runner.labels}
         return runner.scope.covers(job.repository) and all(
@@ -567,6 +746,22 @@ class Emulator:
 
     # ---------------------------------------------------------------- jobs (control side)
 
+    def add_environment(
+        self, repository: str, name: str, *, required_reviewers: bool = False
+    ) -> Environment:
+        """Configure a deployment environment (repository settings on GitHub). A job naming an
+        environment that does not exist creates it unprotected, as GitHub does."""
+        repo = self._repos.get(repository.lower())
+        if repo is None:
+            raise GitHubError(404, f"Repository {repository!r} is not in any installation")
+        key = (repo.full_name.lower(), name.lower())
+        environment = self._environments.get(key)
+        if environment is None:
+            environment = Environment(id=next(self._environment_ids), repository=repo, name=name)
+            self._environments[key] = environment
+        environment.required_reviewers = required_reviewers
+        return environment
+
     def create_job(
         self,
         repository: str,
@@ -577,8 +772,16 @@ class Emulator:
         workflow_name: str = "CI",
         head_branch: str = "main",
         installation: int | None = None,
+        environment: str | None = None,
+        run_id: int | None = None,
     ) -> Job:
-        """A workflow job is queued (as a push would make it): ``queued`` webhook, then dispatch."""
+        """A workflow job is created (as a push would make it) and announced with ``queued``.
+
+        With ``environment`` the job gets a deployment; if that environment has required
+        reviewers the job waits (`JobStatus.WAITING`: ``queued`` with status ``waiting``, then
+        ``waiting``) until `review_job` approves it. ``run_id`` adds the job to an existing run
+        of the repository (its latest attempt); otherwise the job starts a run of its own.
+        """
         repo = self._repos.get(repository.lower())
         if repo is None:
             raise GitHubError(404, f"Repository {repository!r} is not in any installation")
@@ -589,9 +792,16 @@ class Emulator:
             raise GitHubError(422, f"Installation {installation} does not cover {repo.full_name}")
         if not labels or not all(isinstance(label, str) and label for label in labels):
             raise GitHubError(422, "A job needs at least one non-empty label (runs-on)")
+        attempt, head_sha = 1, secrets.token_hex(20)
+        if run_id is not None:
+            run = [j for j in self.jobs_of(repo.full_name) if j.run_id == run_id]
+            if not run:
+                raise GitHubError(404, f"{repo.full_name} has no workflow run {run_id}")
+            attempt, head_sha = max(j.run_attempt for j in run), run[0].head_sha
         job = Job(
             id=next(self._job_ids),
-            run_id=next(self._run_ids),
+            run_id=run_id if run_id is not None else next(self._run_ids),
+            run_attempt=attempt,
             repository=repo,
             installation_id=installation,
             labels=tuple(labels),
@@ -599,10 +809,61 @@ class Emulator:
             name=name,
             workflow_name=workflow_name,
             head_branch=head_branch,
-            head_sha=secrets.token_hex(20),
+            head_sha=head_sha,
             created_at=self._clock(),
         )
+        if environment is not None:
+            self._deploy(job, environment)
+        self._start(job)
+        return job
+
+    def _deploy(self, job: Job, environment: str) -> None:
+        known = self._environments.get((job.repository.full_name.lower(), environment.lower()))
+        if known is None:
+            known = self.add_environment(job.repository.full_name, environment)
+        now = self._clock()
+        job.deployment = Deployment(
+            id=next(self._deployment_ids), environment=known, created_at=now, updated_at=now
+        )
+
+    def _start(self, job: Job) -> None:
+        """Announce a new job (attempt): queued and dispatched, or waiting for its reviewers.
+
+        The waiting sequence is GitHub's (octokit payload-examples workflow_job/
+        queued.with-deployment and waiting, one job id): ``queued`` carrying status
+        ``waiting`` and the deployment, then ``waiting``.
+        """
         self._jobs[job.id] = job
+        deployment = job.deployment
+        if deployment is not None and deployment.environment.required_reviewers:
+            job.status = JobStatus.WAITING
+            self._waiting[job.id] = job
+            self._emit(job, "queued")
+            self._emit(job, "waiting")
+            self._notify()
+            return
+        self._queued[job.id] = job
+        self._emit(job, "queued")
+        self._dispatch()
+        self._notify()
+
+    def review_job(self, job_id: int, *, approve: bool) -> Job:
+        """A reviewer approves or rejects the deployment of a waiting job.
+
+        Approved: ``queued`` again, now with status ``queued`` and the same job id, and only
+        then can a runner take it. Rejected: ``completed`` with conclusion ``failure`` ("If a
+        job is rejected, the workflow will fail", GitHub docs, Reviewing deployments).
+        """
+        job = self.job(job_id)
+        if job.status is not JobStatus.WAITING:
+            raise GitHubError(422, f"Job {job_id} is {job.status.value}, not waiting for a review")
+        assert job.deployment is not None
+        job.deployment.updated_at = self._clock()
+        del self._waiting[job.id]
+        if not approve:
+            self._complete_unrun(job, Conclusion.FAILURE)
+            return job
+        job.status = JobStatus.QUEUED
         self._queued[job.id] = job
         self._emit(job, "queued")
         self._dispatch()
@@ -621,17 +882,92 @@ class Emulator:
         return job
 
     def cancel_job(self, job_id: int) -> Job:
-        """Cancel a queued job: it completes ``cancelled`` with no runner (§2.1, ARC notes)."""
+        """Cancel a queued or waiting job: it completes ``cancelled`` with no runner (§2.1)."""
         job = self.job(job_id)
-        if job.status is not JobStatus.QUEUED:
+        if job.status not in (JobStatus.QUEUED, JobStatus.WAITING):
             raise GitHubError(409, f"Cannot cancel a job that is {job.status.value}.")
-        del self._queued[job.id]
+        self._complete_unrun(job, Conclusion.CANCELLED)
+        return job
+
+    def _complete_unrun(self, job: Job, conclusion: Conclusion) -> None:
+        self._queued.pop(job.id, None)
+        self._waiting.pop(job.id, None)
         job.status = JobStatus.COMPLETED
-        job.conclusion = Conclusion.CANCELLED
+        job.conclusion = conclusion
         job.completed_at = self._clock()
         self._emit(job, "completed")
         self._notify()
-        return job
+
+    def latest_jobs(self, jobs: Sequence[Job]) -> list[Job]:
+        """Of one run's jobs, the latest attempt of each (``filter=latest``, §4), in order."""
+        latest: dict[str, Job] = {}
+        for job in jobs:
+            if job.name not in latest or job.run_attempt > latest[job.name].run_attempt:
+                latest[job.name] = job
+        return sorted(latest.values(), key=lambda j: j.id)
+
+    def rerun_job(self, job_id: int) -> Job:
+        """Re-run one job of a completed run: a new attempt of the run with a new job id
+        (``run_attempt`` one more), announced like a new job (``queued``, or waiting for its
+        environment's reviewers again). While any job of the run is unfinished GitHub refuses
+        with 403 "The workflow run containing this job is already running"."""
+        job = self.job(job_id)
+        run = [j for j in self.jobs_of(job.repository.full_name) if j.run_id == job.run_id]
+        if any(j.status is not JobStatus.COMPLETED for j in run):
+            raise GitHubError(
+                403,
+                "The workflow run containing this job is already running",
+                documentation_url=RERUN_JOB_DOCS,
+            )
+        return self._rerun([job], attempt=max(j.run_attempt for j in run) + 1)[0]
+
+    def rerun_run(self, repository: str, run_id: int, *, failed_only: bool = False) -> list[Job]:
+        """Re-run a completed run (or its failed and cancelled jobs): the latest attempt's jobs
+        again under new ids and the next ``run_attempt``."""
+        run = [j for j in self.jobs_of(repository) if j.run_id == run_id]
+        if not run:
+            raise errors.not_found(RERUN_RUN_DOCS)
+        if any(j.status is not JobStatus.COMPLETED for j in run):
+            # Observed wording for a run is not quoted anywhere we could check [U]; the job
+            # endpoint's is (see rerun_job).
+            raise GitHubError(
+                403, "This workflow run is already running", documentation_url=RERUN_RUN_DOCS
+            )
+        chosen = [
+            j
+            for j in self.latest_jobs(run)
+            if not failed_only or j.conclusion in (Conclusion.FAILURE, Conclusion.CANCELLED)
+        ]
+        if not chosen:
+            raise GitHubError(
+                403,
+                "This workflow run has no failed jobs to re-run",
+                documentation_url=RERUN_RUN_DOCS,
+            )
+        return self._rerun(chosen, attempt=max(j.run_attempt for j in run) + 1)
+
+    def _rerun(self, jobs: Sequence[Job], *, attempt: int) -> list[Job]:
+        again = []
+        for old in jobs:
+            job = Job(
+                id=next(self._job_ids),
+                run_id=old.run_id,
+                run_attempt=attempt,
+                repository=old.repository,
+                installation_id=old.installation_id,
+                labels=old.labels,
+                script=old.script,
+                name=old.name,
+                workflow_name=old.workflow_name,
+                head_branch=old.head_branch,
+                head_sha=old.head_sha,
+                created_at=self._clock(),
+            )
+            if old.deployment is not None:
+                self._deploy(job, old.deployment.environment.name)
+            self._start(job)
+            again.append(job)
+        return again
 
     # ---------------------------------------------------------------- waiting
 
@@ -657,6 +993,10 @@ class Emulator:
             return (runner is not None and self.is_online(runner)) == online
 
         await self._wait_until(reached)
+
+    def jobs_of_run(self, run_id: int) -> list[Job]:
+        """Every job (of every attempt) of a workflow run, oldest first."""
+        return [j for j in self._jobs.values() if j.run_id == run_id]
 
     def jobs_of(self, repository: str) -> list[Job]:
         """Every job of a repository, oldest first (the runs API groups them, `runs`)."""
@@ -737,16 +1077,26 @@ class Emulator:
         return hook.target_name == job.repository.owner.login
 
     def _emit(self, job: Job, action: str) -> None:
-        """Queue a ``workflow_job`` event with the job as it is now, for every covering hook."""
+        """Queue a ``workflow_job`` event with the job as it is now, for every covering hook.
+
+        One event has one ``X-GitHub-Delivery`` GUID for all its hooks (repository,
+        organization, App): the GUID is "shared with all deliveries for all webhooks that
+        subscribe to this event" (§1.4). A job with a deployment carries it, except in
+        ``waiting``, as in octokit's examples (queued.with-deployment has it, waiting not).
+        """
+        guid = new_guid()
+        deployment = deployment_json(job, account_json(SENDER), self.base_url)
         for hook in self._hooks:
             if not self._covers(hook, job):
                 continue
             payload: dict[str, Any] = {
                 "action": action,
                 "workflow_job": job_json(job, self.base_url),
-                "repository": repository_json(job.repository, self.base_url),
-                "sender": account_json(SENDER),
             }
+            if deployment is not None and action != "waiting":
+                payload["deployment"] = deployment
+            payload["repository"] = repository_json(job.repository, self.base_url)
+            payload["sender"] = account_json(SENDER)
             owner = job.repository.owner
             if owner.type is AccountType.ORGANIZATION:
                 payload["organization"] = {
@@ -761,11 +1111,19 @@ class Emulator:
                         f"Installation{job.installation_id}".encode()
                     ).decode(),
                 }
-            self._enqueue(hook, "workflow_job", payload, job=job)
+            self._enqueue(hook, "workflow_job", payload, job=job, guid=guid)
 
-    def _enqueue(self, hook: Hook, event: str, payload: dict[str, Any], *, job: Job | None) -> None:
+    def _enqueue(
+        self,
+        hook: Hook,
+        event: str,
+        payload: dict[str, Any],
+        *,
+        job: Job | None,
+        guid: str | None = None,
+    ) -> None:
         body = encode_body(hook, payload)
-        guid = new_guid()
+        guid = guid or new_guid()
         installation = payload.get("installation")
         hook.outbox_send.send_nowait(
             Outgoing(
@@ -782,7 +1140,8 @@ class Emulator:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send webhook deliveries until cancelled. Deliveries queued before start wait for it."""
+        """Send webhook deliveries and make `reap` passes until cancelled. Deliveries queued
+        before start wait for it."""
         if self._nursery is not None:
             raise RuntimeError("this Emulator is already running")
         async with httpx.AsyncClient(trust_env=False) as client, trio.open_nursery() as nursery:
@@ -797,6 +1156,7 @@ class Emulator:
             try:
                 for hook in self._hooks:
                     nursery.start_soon(self._sender.run_hook, hook)
+                nursery.start_soon(self._reap_forever)
                 task_status.started()
                 await trio.sleep_forever()
             finally:

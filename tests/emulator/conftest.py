@@ -6,6 +6,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -13,8 +14,12 @@ import pytest
 import trio
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from hypercorn.config import Config
+from hypercorn.trio import serve
 
 from agent.emulator import Emulator, serve_emulator
+from agent.emulator.asgi import App, Request, Response, route
+from agent.emulator.webhooks import Hook, Outgoing
 from tests.emulator_clock import Clock as Clock
 
 APP_ID = 4242
@@ -86,3 +91,47 @@ def token_for(emulator: Emulator, app_key: rsa.RSAPrivateKey, clock: Clock) -> C
         return emulator.issue_token(app_jwt(app_key, clock.now), installation_id).token
 
     return issue
+
+
+@dataclass
+class Receiver:
+    url: str = ""
+    status: int = 200
+    received: list[Request] = field(default_factory=list)
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    async def wait_for(self, count: int) -> list[Request]:
+        with trio.fail_after(10):
+            while len(self.received) < count:
+                await self.changed.wait()
+                self.changed = trio.Event()
+        return self.received
+
+
+@pytest.fixture
+async def receiver(nursery: trio.Nursery) -> Receiver:
+    """A webhook receiver on loopback that records what it is sent."""
+    state = Receiver()
+
+    async def hook(request: Request) -> Response:
+        state.received.append(request)
+        state.changed.set()
+        return Response(status=state.status)
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    binds = await nursery.start(serve, App([route("POST", "/hook", hook)]), config)
+    state.url = f"{binds[0]}/hook"
+    return state
+
+
+def sent(hook: Hook) -> list[Outgoing]:
+    """What the emulator has queued for ``hook`` and not yet sent (an emulator not running
+    keeps every delivery in the hook's outbox), in order."""
+    found = []
+    while True:
+        try:
+            found.append(hook.outbox_receive.receive_nowait())
+        except trio.WouldBlock:
+            return found

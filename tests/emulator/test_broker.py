@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from agent.emulator import Conclusion, Emulator, JobStatus, broker
+from agent.emulator.models import parse_runner_version
 
 
 async def jit_runner(http: httpx.AsyncClient, token: str, name: str = "r") -> tuple[str, str]:
@@ -53,6 +54,7 @@ async def test_one_job_through_the_broker(
     # The JIT runner is gone after its job: its credentials no longer work.
     again = await http.post(f"{server}/sessions", headers=headers)
     assert again.status_code == 401
+    assert again.json()["error"] == "invalid_client"
 
 
 async def test_idle_poll_answers_204(
@@ -72,3 +74,55 @@ async def test_idle_poll_answers_204(
 async def test_bad_credentials(http: httpx.AsyncClient, base_url: str) -> None:
     response = await http.post("/_runner/sessions", headers={"Authorization": "Bearer nope"})
     assert response.status_code == 401
+
+
+async def test_version_floor_is_off_unless_set(
+    http: httpx.AsyncClient, token_for: Callable[[int], str], emulator: Emulator
+) -> None:
+    server, secret = await jit_runner(http, token_for(11))
+    headers = {"Authorization": f"Bearer {secret}"}
+    session = (await http.post(f"{server}/sessions", headers=headers)).json()["sessionId"]
+    job = emulator.create_job("acme/app", ["gantryd"], "true")
+    message = await http.get(f"{server}/sessions/{session}/message", headers=headers)
+    assert message.json()["job_id"] == job.id  # no runnerVersion, no floor: served
+
+
+@pytest.mark.parametrize("version", ["2.316.1", None, "latest"])
+async def test_runner_below_the_floor_is_refused_as_deprecated(
+    http: httpx.AsyncClient,
+    token_for: Callable[[int], str],
+    emulator: Emulator,
+    version: str | None,
+) -> None:
+    emulator.min_runner_version = parse_runner_version("2.329.0")
+    server, secret = await jit_runner(http, token_for(11))
+    headers = {"Authorization": f"Bearer {secret}"}
+    session = (await http.post(f"{server}/sessions", headers=headers)).json()["sessionId"]
+    emulator.create_job("acme/app", ["gantryd"], "true")
+    params = {"runnerVersion": version} if version is not None else {}
+    refused = await http.get(f"{server}/sessions/{session}/message", params=params, headers=headers)
+    assert refused.status_code == 403
+    assert refused.json() == {
+        "source": "actions-broker-listener",
+        "errorKind": "RunnerVersionTooOld",
+        "statusCode": 403,
+        "errorMessage": f"Runner version v{version or ''} is deprecated and cannot receive "
+        "messages.",
+    }
+    served = await http.get(
+        f"{server}/sessions/{session}/message",
+        params={"runnerVersion": "2.329.0"},
+        headers=headers,
+    )
+    assert served.status_code == 200
+
+
+async def test_closed_session_is_invalid(
+    http: httpx.AsyncClient, token_for: Callable[[int], str]
+) -> None:
+    server, secret = await jit_runner(http, token_for(11))
+    headers = {"Authorization": f"Bearer {secret}"}
+    session = (await http.post(f"{server}/sessions", headers=headers)).json()["sessionId"]
+    await http.post(f"{server}/sessions/{session}/close", headers=headers)
+    gone = await http.get(f"{server}/sessions/{session}/message", headers=headers)
+    assert (gone.status_code, gone.json()["errorKind"]) == (404, "RunnerSessionInvalid")

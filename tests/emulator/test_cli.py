@@ -60,6 +60,39 @@ async def test_user_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
             ],
             "one owner",
         ),
+        (
+            [
+                "--generate-app-key",
+                str(tmp_path / "k3"),
+                "--installation",
+                "a/x=1",
+                "--public-repository",
+                "a/y",
+            ],
+            "not in any installation",
+        ),
+        (
+            [
+                "--generate-app-key",
+                str(tmp_path / "k4"),
+                "--installation",
+                "a/x=1",
+                "--min-runner-version",
+                "2.x",
+            ],
+            "--min-runner-version",
+        ),
+        (
+            [
+                "--generate-app-key",
+                str(tmp_path / "k5"),
+                "--installation",
+                "a/x=1",
+                "--runner-idle-timeout",
+                "0",
+            ],
+            "--runner-idle-timeout",
+        ),
     ]
     for args, expected in cases:
         result = await trio.run_process(

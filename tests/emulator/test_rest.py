@@ -117,6 +117,26 @@ async def test_jitconfig_validation_is_422(
     assert message in response.json()["message"]
 
 
+async def test_runner_name_over_64_characters_is_422(
+    http: httpx.AsyncClient, token_for: Callable[[int], str]
+) -> None:
+    headers = auth(token_for(11))
+    response = await http.post(JIT, json={**BODY, "name": "n" * 65}, headers=headers)
+    assert response.status_code == 422
+    assert response.json()["message"] == "Validation Failed"
+    assert response.json()["errors"] == [
+        {
+            "resource": "Runner",
+            "code": "custom",
+            "field": "name",
+            "message": "name is too long (maximum is 64 characters)",
+        }
+    ]
+    assert (
+        await http.post(JIT, json={**BODY, "name": "n" * 64}, headers=headers)
+    ).status_code == 201
+
+
 async def test_jitconfig_bad_json_is_400(
     http: httpx.AsyncClient, token_for: Callable[[int], str]
 ) -> None:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
-import pytest
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
 from agent.emulator import Emulator, Faults, JobStatus, signature_256
-from agent.emulator.asgi import App, Request, Response, route
 from agent.emulator.models import RunnerScope
+
+from .conftest import Receiver
 
 SECRET = "It's a Secret to Everybody"
 
@@ -22,39 +19,6 @@ def test_signature_matches_githubs_test_vector() -> None:
     assert signature_256(SECRET.encode(), b"Hello, World!") == (
         "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
     )
-
-
-@dataclass
-class Receiver:
-    url: str = ""
-    status: int = 200
-    received: list[Request] = field(default_factory=list)
-    changed: trio.Event = field(default_factory=trio.Event)
-
-    async def wait_for(self, count: int) -> list[Request]:
-        with trio.fail_after(10):
-            while len(self.received) < count:
-                await self.changed.wait()
-                self.changed = trio.Event()
-        return self.received
-
-
-@pytest.fixture
-async def receiver(nursery: trio.Nursery) -> Receiver:
-    """A webhook receiver on loopback that records what it is sent."""
-    state = Receiver()
-
-    async def hook(request: Request) -> Response:
-        state.received.append(request)
-        state.changed.set()
-        return Response(status=state.status)
-
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    binds = await nursery.start(serve, App([route("POST", "/hook", hook)]), config)
-    state.url = f"{binds[0]}/hook"
-    return state
 
 
 async def test_ping_then_job_events_in_order_and_signed(
@@ -143,3 +107,28 @@ async def test_repository_hook_gets_only_its_repository(
     assert payload["workflow_job"]["id"] == job.id
     assert "installation" not in payload
     assert emulator.job(job.id).status is JobStatus.QUEUED
+
+
+async def test_one_event_has_one_guid_for_all_its_hooks(
+    emulator: Emulator, base_url: str, receiver: Receiver
+) -> None:
+    emulator.add_hook(receiver.url, SECRET)
+    emulator.add_hook(receiver.url, SECRET, repository="acme/app")
+    emulator.add_hook(receiver.url, SECRET, org="acme")
+    pings = await receiver.wait_for(3)
+    assert len({r.headers["x-github-delivery"] for r in pings}) == 3  # three events
+    job = emulator.create_job("acme/app", ["gantryd"], "true")
+    emulator.cancel_job(job.id)
+    requests = (await receiver.wait_for(9))[3:]
+    by_action: dict[str, set[str]] = {}
+    targets: dict[str, set[str]] = {}
+    for request in requests:
+        action = json.loads(request.body)["action"]
+        by_action.setdefault(action, set()).add(request.headers["x-github-delivery"])
+        targets.setdefault(action, set()).add(
+            request.headers["x-github-hook-installation-target-type"]
+        )
+    assert sorted(by_action) == ["completed", "queued"]
+    assert all(len(guids) == 1 for guids in by_action.values())  # shared by the three hooks
+    assert by_action["queued"] != by_action["completed"]
+    assert targets["queued"] == {"integration", "repository", "organization"}

@@ -76,6 +76,9 @@ async def test_token_refresh_when_it_expires_mid_run(
 ) -> None:
     """The cached token dies at GitHub while gantryd still trusts it: one 401, one refresh."""
     emulator.token_lifetime = 400.0  # > the client's 300 s refresh margin: cached, then stale
+    # GitHub removes idle JIT runners after 5 minutes; the jump below would remove the first two
+    # before they are counted. Idle expiry is not under test here.
+    emulator.runner_idle_timeout = 3600.0
     server = Recorder(build_app(emulator))
     auth = AppAuth(app_id=str(APP_ID), key=app_key)
     async with GitHubClient(

@@ -61,6 +61,7 @@ from agent.emulator.models import (
     repository_json,
 )
 from agent.emulator.ratelimit import RateLimits
+from agent.emulator.scalesets import ActionsService
 from agent.emulator.webhooks import (
     ZEN,
     Delivery,
@@ -147,6 +148,8 @@ class Emulator:
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._sender: Sender | None = None
+        # Runner scale sets (the Actions service); told below of every job change.
+        self.actions = ActionsService(self, clock=clock)
         for installation_id, names in installations.items():
             self._install(installation_id, names, (permissions or {}).get(installation_id))
 
@@ -535,6 +538,7 @@ class Emulator:
         job.log = log
         runner.job_id = None
         self._emit(job, "completed")
+        self.actions.job_completed(job, runner)
         self._remove_runner(runner)
         return job
 
@@ -545,8 +549,18 @@ class Emulator:
             if runner is not None:
                 self._assign(job, runner)
 
+    def dispatch(self) -> None:
+        """Give queued jobs to runners now (`ActionsService` after assigning a job)."""
+        self._dispatch()
+
+    def queued_jobs(self) -> list[Job]:
+        """Jobs no runner has taken yet, oldest first."""
+        return list(self._queued.values())
+
     def _can_take(self, runner: Runner, job: Job) -> bool:
         if runner.job_id is not None or runner.ran_job or not self.is_online(runner):
+            return False
+        if not self.actions.may_take(runner, job):
             return False
         have = {label.lower() for label in runner.labels}
         return runner.scope.covers(job.repository) and all(
@@ -563,6 +577,7 @@ class Emulator:
         runner.job_id = job.id
         runner.ran_job = True
         self._emit(job, "in_progress")
+        self.actions.job_started(job, runner)
         self._notify()
 
     # ---------------------------------------------------------------- jobs (control side)
@@ -605,6 +620,7 @@ class Emulator:
         self._jobs[job.id] = job
         self._queued[job.id] = job
         self._emit(job, "queued")
+        self.actions.job_queued(job)
         self._dispatch()
         self._notify()
         return job
@@ -630,6 +646,7 @@ class Emulator:
         job.conclusion = Conclusion.CANCELLED
         job.completed_at = self._clock()
         self._emit(job, "completed")
+        self.actions.job_cancelled(job)
         self._notify()
         return job
 

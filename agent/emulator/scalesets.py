@@ -254,6 +254,7 @@ class ActionsService:
         self._requests: dict[int, RunnerRequest] = {}
         self._by_job: dict[int, RunnerRequest] = {}  # the job's current request
         self._changed = trio.Event()
+        self.registrations = 0  # successful runner-registrations (admin tokens handed out)
 
     @property
     def base_url(self) -> str:
@@ -309,6 +310,7 @@ class ActionsService:
         }
         token = _jwt(claims)
         self._admin_tokens[token] = (scope, expires_at)
+        self.registrations += 1
         return {"url": self.base_url, "token": token, "token_schema": "OAuthAccessToken"}
 
     def admin_scope(self, token: str) -> RunnerScope:

@@ -9,7 +9,7 @@ call made once more when the queue answers 401.
 
 Every request goes through `GitHubClient.send`: the same timeouts, 5xx and connection retries
 with backoff, rate-limit pacing and concurrency cap as the REST client (a long-poll does not hold
-a concurrency place). Answers may start with a UTF-8 BOM, which is dropped before parsing.
+a concurrency place). Answers may start with a UTF-8 BOM, which parsing skips.
 Refusals become typed exceptions (`SessionConflict`, `SessionGone`, `ScaleSetNotFound`,
 `RunnerExists`, `RunnerNotFound`, `JobStillRunning`, `TokenRefused`), all `ActionsServiceError`
 and so `GitHubError`, naming the ``ActivityId`` / ``X-GitHub-Request-Id`` to quote to GitHub.
@@ -51,7 +51,6 @@ API_VERSION = "6.0-preview"
 ADMIN_REFRESH_MARGIN = 60.0  # seconds before the admin token's exp (actions/scaleset client.go)
 REGISTRATION_ATTEMPTS = 3  # runner-registration is retried on 401/403 (a new token may lag)
 LONG_POLL_TIMEOUT = 90.0  # seconds; GitHub holds a poll ~50 s before answering 202
-BOM = b"\xef\xbb\xbf"
 SCALE_SETS = "_apis/runtime/runnerscalesets"
 AGENTS = "_apis/distributedtask/pools/0/agents"
 
@@ -118,8 +117,10 @@ _BY_TYPE: Sequence[tuple[str, type[ActionsServiceError]]] = (
 
 
 def _body(response: httpx.Response) -> Any:
-    """The answer's JSON without a leading BOM; ``None`` when it is not JSON."""
-    content = response.content.removeprefix(BOM)
+    """The answer's JSON, ``None`` when it is not JSON. Parsed from the bytes: `json.loads`
+    detects the encoding of bytes and so skips a UTF-8 BOM (decoding to `str` first would keep
+    it and fail)."""
+    content = response.content
     if not content.strip():
         return None
     try:

@@ -4,9 +4,12 @@ Layout, lower layers first (each imports only from those above it):
 
 - `errors`, `jwt`, `models`, `jitconfig`, `webhooks` — GitHub's error answers, App JWT checks,
   the records and their JSON, the JIT config format, signed webhook deliveries and `Faults`;
+- `scaleset_models`, `scalesets` — the Actions service behind runner scale sets (records;
+  `ActionsService`, which `state` owns as ``Emulator.actions``);
 - `state` — `Emulator`: all state and GitHub's rules, with a Python API for tests;
 - `asgi` — a raw ASGI app (routing, lifespan); `rest`, `broker`, `control` — the route tables
   for GitHub's REST API, the stand-in runner's protocol and the test/demo control API;
+  `actions_service` — the scale-set protocol's routes (REST side and Actions service);
 - `server` — `serve_emulator` (hypercorn, trio worker); `cli` — ``python -m agent.emulator``.
 
 Facts come from /work/shared/reference/github-api.md; code cites its sections as "§n.n".

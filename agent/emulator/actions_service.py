@@ -39,23 +39,24 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from agent.emulator import errors
 from agent.emulator.asgi import Request, Response, Route, route
 from agent.emulator.errors import GitHubError
-from agent.emulator.models import RunnerScope, iso8601
-from agent.emulator.scalesets import (
+from agent.emulator.models import Runner, RunnerScope, iso8601
+from agent.emulator.scaleset_models import (
     BOM,
-    ActionsService,
+    MESSAGE_TYPE,
+    QueueMessage,
+    ScaleSet,
+    ScaleSetSession,
+    Statistics,
     bad_request,
-    count_value,
-    message_json,
-    runner_reference_json,
-    scale_set_json,
-    session_json,
     unauthorized,
 )
+from agent.emulator.scalesets import ActionsService
 from agent.emulator.state import Emulator
 
 _DOCS = "https://docs.github.com/rest/actions/self-hosted-runners"
@@ -333,3 +334,66 @@ def _request_id() -> str:
     """``X-GitHub-Request-Id``'s form, e.g. ``FDE7:2CEC23:20F50E1:21AB6FB:6A94D802``."""
     parts = (secrets.token_hex(n).upper() for n in (2, 3, 4, 4, 4))
     return ":".join(parts)
+
+
+def scale_set_json(service: ActionsService, scale_set: ScaleSet) -> dict[str, Any]:
+    """``RunnerScaleSet`` (actions/scaleset types.go)."""
+    return {
+        "id": scale_set.id,
+        "name": scale_set.name,
+        "runnerGroupId": scale_set.group.id,
+        "runnerGroupName": scale_set.group.name,
+        "labels": [{"type": label.type, "name": label.name} for label in scale_set.labels],
+        "RunnerSetting": dict(scale_set.runner_setting),
+        "createdOn": iso8601(scale_set.created_on),
+        "runnerJitConfigUrl": (
+            f"{service.base_url}_apis/runtime/runnerscalesets/{scale_set.id}/generatejitconfig"
+        ),
+        "statistics": service.statistics(scale_set).json(),
+    }
+
+
+def runner_reference_json(runner: Runner, *, online: bool) -> dict[str, Any]:
+    """``RunnerReference`` (actions/scaleset types.go; the fuller field set from GARM params)."""
+    return {
+        "id": runner.id,
+        "name": runner.name,
+        "os": runner.os,
+        "runnerScaleSetId": runner.scale_set_id or 0,
+        "runnerGroupId": runner.runner_group.id,
+        "runnerGroupName": runner.runner_group.name,
+        "enabled": True,
+        "ephemeral": True,
+        "status": "online" if online else "offline",
+        "busy": runner.job_id is not None,
+        "labels": [{"type": "System", "name": name} for name in runner.labels],
+    }
+
+
+def session_json(
+    service: ActionsService, scale_set: ScaleSet, session: ScaleSetSession, token: str
+) -> dict[str, Any]:
+    """``RunnerScaleSetSession`` (actions/scaleset types.go)."""
+    return {
+        "sessionId": session.id,
+        "ownerName": session.owner,
+        "runnerScaleSet": scale_set_json(service, scale_set),
+        "messageQueueUrl": service.message_queue_url,
+        "messageQueueAccessToken": token,
+        "statistics": service.statistics(scale_set).json(),
+    }
+
+
+def message_json(message: QueueMessage, statistics: Statistics) -> dict[str, Any]:
+    return {
+        "messageId": message.id,
+        "messageType": MESSAGE_TYPE,
+        "body": message.body,
+        "statistics": statistics.json(),
+    }
+
+
+def count_value(items: Iterable[Any]) -> dict[str, Any]:
+    """The ``{count, value}`` list envelope of the Actions service."""
+    value = list(items)
+    return {"count": len(value), "value": value}

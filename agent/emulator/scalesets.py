@@ -3,8 +3,9 @@
 `ActionsService` is the part of the emulated GitHub that a scale-set listener talks to after
 trading a registration token for an admin token (docs/scale-set.md). It belongs to one
 `Emulator` (``emulator.actions``), reads its repositories, runner groups and runners, and is told
-by it when a job is queued, started, completed or cancelled. The HTTP side is
-`agent.emulator.actions_service`. Sources are named per rule; "(guess)" marks what no source says.
+by it when a job is queued, started, completed or cancelled. Its records are in
+`agent.emulator.scaleset_models`, its HTTP side in `agent.emulator.actions_service`. Sources
+are named per rule; "(guess)" marks what no source says.
 
 The rules:
 
@@ -41,200 +42,43 @@ change) or the next acquire deadline, never by polling.
 
 from __future__ import annotations
 
-import base64
-import enum
 import itertools
 import json
 import secrets
 import string
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from agent.emulator.errors import GitHubError
 from agent.emulator.models import Job, Runner, RunnerGroup, RunnerScope, iso8601
+from agent.emulator.scaleset_models import (
+    DISTRIBUTED_TASK,
+    MAX_BATCH,
+    MAX_REQUEUES,
+    REGISTRATION_TOKEN_LIFETIME,
+    ActionsError,
+    ActionsSettings,
+    Label,
+    QueueMessage,
+    QueueToken,
+    RequestState,
+    RunnerRequest,
+    ScaleSet,
+    ScaleSetSession,
+    Statistics,
+    agent_not_found,
+    bad_request,
+    make_jwt,
+    scale_set_not_found,
+    unauthorized,
+)
 
 if TYPE_CHECKING:
     from agent.emulator.state import Emulator
-
-REGISTRATION_TOKEN_LIFETIME = 3600.0  # "The token expires after one hour" (GitHub REST docs)
-MAX_BATCH = 50  # job messages per queue message (docs/scale-set.md, ARC listener)
-MAX_REQUEUES = 3  # offers after the first before a never-acquired job is cancelled
-MESSAGE_TYPE = "RunnerScaleSetJobMessages"
-BOM = b"\xef\xbb\xbf"
-_RUNTIME = "GitHub.Actions.Runtime.WebApi"
-_DISTRIBUTED_TASK = "GitHub.DistributedTask.WebApi"  # (guess) the namespace of Agent*Exception
-
-
-@dataclass(kw_only=True)
-class ActionsSettings:
-    """What a test may shorten; defaults are GitHub's where known (see the module docstring)."""
-
-    poll_timeout: float = 50.0  # seconds a message long-poll is held before 202 (docs, ARC)
-    session_idle: float = 90.0  # seconds without a poll or refresh before a session is gone
-    acquire_timeout: float = 120.0  # seconds a delivered JobAvailable waits for acquire (guess)
-    admin_token_lifetime: float = 3600.0  # (guess)
-    queue_token_lifetime: float = 3600.0  # (guess)
-    # UTF-8 BOM before JSON bodies of the Actions service. The runner-registration answer always
-    # has one (GARM trims it there only: util/github/scalesets/token.go); on github.com's broker
-    # the other answers have none (GARM decodes them untrimmed), on older services they did
-    # (actions/scaleset trims every answer: common_client.go `sendRequest`).
-    bom_bodies: bool = True
-
-
-class ActionsError(GitHubError):
-    """An Actions-service error: ``{typeName, message, ...}`` as the .NET service renders it."""
-
-    def __init__(
-        self, status: int, type_name: str, message: str, *, namespace: str | None = _RUNTIME
-    ) -> None:
-        super().__init__(status, message)
-        self.type_key = type_name
-        self.type_name = f"{namespace}.{type_name}, {namespace}" if namespace else type_name
-
-    def body(self) -> dict[str, Any]:
-        # The VSS "WrappedException" shape; clients read typeName and message (errors.go).
-        return {
-            "$id": "1",
-            "innerException": None,
-            "message": self.message,
-            "typeName": self.type_name,
-            "typeKey": self.type_key,
-            "errorCode": 0,
-            "eventId": 3000,
-        }
-
-
-def unauthorized() -> GitHubError:
-    """An unknown or expired admin or message-queue token (actions/scaleset: 401 = expired)."""
-    return GitHubError(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
-
-
-def scale_set_not_found(identifier: object) -> ActionsError:
-    # Message as GitHub sends it (a public listener log: "No runner scale set found with
-    # identifier 1"); typeName from ARC #3935 / #4370.
-    return ActionsError(
-        404,
-        "RunnerScaleSetNotFoundException",
-        f"No runner scale set found with identifier {identifier}",
-    )
-
-
-def bad_request(message: str) -> ActionsError:
-    return ActionsError(400, "ArgumentException", message, namespace="System")  # (guess)
-
-
-class RequestState(enum.Enum):
-    AVAILABLE = "available"  # offered (JobAvailable), waiting for acquirejobs
-    ACQUIRED = "acquired"  # acquired, waiting for capacity
-    ASSIGNED = "assigned"  # JobAssigned: waiting for an idle runner of the scale set
-    RUNNING = "running"  # a runner took it (JobStarted)
-    DONE = "done"  # JobCompleted sent; the request is over
-
-
-@dataclass(kw_only=True)
-class Label:
-    name: str
-    type: str = "System"
-
-
-@dataclass(kw_only=True)
-class RunnerRequest:
-    """One offer of a job to a scale set (``runnerRequestId``); a requeue makes a new one."""
-
-    id: int
-    job: Job
-    scale_set_id: int
-    job_guid: str  # "jobId": a string, not the REST job id (GARM PR #459)
-    queued_at: float
-    state: RequestState = RequestState.AVAILABLE
-    offered_at: float | None = None  # when a poll first delivered its JobAvailable
-    assigned_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    offers: int = 1
-
-
-@dataclass(kw_only=True)
-class QueueMessage:
-    id: int
-    body: str  # a JSON string holding the array of job messages
-    request_ids: tuple[int, ...]  # JobAvailable requests in it
-
-
-@dataclass(kw_only=True)
-class ScaleSetSession:
-    id: str  # a UUID
-    owner: str
-    last_seen: float  # emulator clock
-    polls: int = 0
-
-
-@dataclass(kw_only=True)
-class QueueToken:
-    scale_set_id: int
-    session_id: str
-    expires_at: float
-
-
-@dataclass(kw_only=True)
-class ScaleSet:
-    id: int
-    name: str
-    scope: RunnerScope
-    group: RunnerGroup
-    labels: list[Label]
-    runner_setting: dict[str, Any]
-    created_on: float
-    session: ScaleSetSession | None = None
-    capacity: int | None = None  # X-ScaleSetMaxCapacity of the last poll; None: not told yet
-    events: list[dict[str, Any]] = field(default_factory=list)  # not yet in a message
-    messages: dict[int, QueueMessage] = field(default_factory=dict)  # delivered, not deleted
-
-    def label_names(self) -> list[str]:
-        """The labels a job may name: the scale set's name, then its labels (no duplicates)."""
-        names = {self.name.lower(): self.name}
-        for label in self.labels:
-            names.setdefault(label.name.lower(), label.name)
-        return list(names.values())
-
-
-@dataclass(frozen=True, kw_only=True)
-class Statistics:
-    total_available_jobs: int
-    total_acquired_jobs: int
-    total_assigned_jobs: int  # assigned or running: what a listener scales on
-    total_running_jobs: int
-    total_registered_runners: int
-    total_busy_runners: int
-    total_idle_runners: int
-
-    def json(self) -> dict[str, int]:
-        return {
-            "totalAvailableJobs": self.total_available_jobs,
-            "totalAcquiredJobs": self.total_acquired_jobs,
-            "totalAssignedJobs": self.total_assigned_jobs,
-            "totalRunningJobs": self.total_running_jobs,
-            "totalRegisteredRunners": self.total_registered_runners,
-            "totalBusyRunners": self.total_busy_runners,
-            "totalIdleRunners": self.total_idle_runners,
-        }
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _jwt(claims: Mapping[str, Any]) -> str:
-    """A JWT-shaped token: real header and claims, a random signature (the emulator looks the
-    token up; clients only decode ``exp``, never verify)."""
-    header = {"typ": "JWT", "alg": "RS256", "x5t": _b64url(secrets.token_bytes(20))}
-    parts = (json.dumps(header), json.dumps(dict(claims)))
-    return ".".join(_b64url(p.encode()) for p in parts) + "." + _b64url(secrets.token_bytes(64))
 
 
 class ActionsService:
@@ -308,7 +152,7 @@ class ActionsService:
             "iat": int(now),
             "exp": int(expires_at),
         }
-        token = _jwt(claims)
+        token = make_jwt(claims)
         self._admin_tokens[token] = (scope, expires_at)
         self.registrations += 1
         return {"url": self.base_url, "token": token, "token_schema": "OAuthAccessToken"}
@@ -344,7 +188,7 @@ class ActionsService:
             "iat": int(now),
             "exp": int(expires_at),
         }
-        token = _jwt(claims)
+        token = make_jwt(claims)
         self._queue_tokens[token] = QueueToken(
             scale_set_id=scale_set.id, session_id=session.id, expires_at=expires_at
         )
@@ -560,7 +404,7 @@ class ActionsService:
                     409,
                     "AgentExistsException",
                     f"Agent {body['name']} already exists in pool {scale_set.group.id}.",
-                    namespace=_DISTRIBUTED_TASK,
+                    namespace=DISTRIBUTED_TASK,
                 ) from None
             raise
         runner.scale_set_id = scale_set.id
@@ -581,7 +425,7 @@ class ActionsService:
                 400,
                 "JobStillRunningException",
                 f"The agent {runner.name} is still running a job.",
-                namespace=_DISTRIBUTED_TASK,
+                namespace=DISTRIBUTED_TASK,
             )
         self._emulator.delete_runner(scope, runner_id)
         self._notify()
@@ -893,92 +737,16 @@ class ActionsService:
             workflowRunId=job.run_id,
             eventName="push",
             requestLabels=list(job.labels),
-            queueTime=_time(job.created_at),
+            queueTime=iso8601(job.created_at),
         )
         times = {
             "scaleSetAssignTime": request.assigned_at,
             "runnerAssignTime": request.started_at,
             "finishTime": request.finished_at,
         }
-        event.update({key: _time(value) for key, value in times.items() if value is not None})
+        event.update({key: iso8601(value) for key, value in times.items() if value is not None})
         if runner is not None:
             event.update(runnerId=runner.id, runnerName=runner.name)
         if result is not None:
             event["result"] = result
         return event
-
-
-def agent_not_found(runner_id: object) -> ActionsError:
-    return ActionsError(
-        404,
-        "AgentNotFoundException",
-        f"No agent found in pool 0 which has an ID of {runner_id}.",  # message (guess)
-        namespace=_DISTRIBUTED_TASK,
-    )
-
-
-def _time(epoch: float) -> str:
-    return iso8601(epoch)
-
-
-def scale_set_json(service: ActionsService, scale_set: ScaleSet) -> dict[str, Any]:
-    """``RunnerScaleSet`` (actions/scaleset types.go)."""
-    return {
-        "id": scale_set.id,
-        "name": scale_set.name,
-        "runnerGroupId": scale_set.group.id,
-        "runnerGroupName": scale_set.group.name,
-        "labels": [{"type": label.type, "name": label.name} for label in scale_set.labels],
-        "RunnerSetting": dict(scale_set.runner_setting),
-        "createdOn": iso8601(scale_set.created_on),
-        "runnerJitConfigUrl": (
-            f"{service.base_url}_apis/runtime/runnerscalesets/{scale_set.id}/generatejitconfig"
-        ),
-        "statistics": service.statistics(scale_set).json(),
-    }
-
-
-def runner_reference_json(runner: Runner, *, online: bool) -> dict[str, Any]:
-    """``RunnerReference`` (actions/scaleset types.go; the fuller field set from GARM params)."""
-    return {
-        "id": runner.id,
-        "name": runner.name,
-        "os": runner.os,
-        "runnerScaleSetId": runner.scale_set_id or 0,
-        "runnerGroupId": runner.runner_group.id,
-        "runnerGroupName": runner.runner_group.name,
-        "enabled": True,
-        "ephemeral": True,
-        "status": "online" if online else "offline",
-        "busy": runner.job_id is not None,
-        "labels": [{"type": "System", "name": name} for name in runner.labels],
-    }
-
-
-def session_json(
-    service: ActionsService, scale_set: ScaleSet, session: ScaleSetSession, token: str
-) -> dict[str, Any]:
-    """``RunnerScaleSetSession`` (actions/scaleset types.go)."""
-    return {
-        "sessionId": session.id,
-        "ownerName": session.owner,
-        "runnerScaleSet": scale_set_json(service, scale_set),
-        "messageQueueUrl": service.message_queue_url,
-        "messageQueueAccessToken": token,
-        "statistics": service.statistics(scale_set).json(),
-    }
-
-
-def message_json(message: QueueMessage, statistics: Statistics) -> dict[str, Any]:
-    return {
-        "messageId": message.id,
-        "messageType": MESSAGE_TYPE,
-        "body": message.body,
-        "statistics": statistics.json(),
-    }
-
-
-def count_value(items: Iterable[Any]) -> dict[str, Any]:
-    """The ``{count, value}`` list envelope of the Actions service."""
-    value = list(items)
-    return {"count": len(value), "value": value}

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.emulator import Conclusion, Emulator, JobStatus
 from agent.emulator.models import RunnerScope
-from agent.emulator.scalesets import BOM, MAX_BATCH, MAX_REQUEUES
+from agent.emulator.scaleset_models import BOM, MAX_BATCH, MAX_REQUEUES
 from tests.emulator_clock import Clock
 
 from .conftest import app_jwt

@@ -120,7 +120,6 @@ class RunnerRequest:
 class QueueMessage:
     id: int
     body: str  # a JSON string holding the array of job messages
-    request_ids: tuple[int, ...]  # JobAvailable requests in it
 
 
 @dataclass(kw_only=True)

@@ -525,16 +525,12 @@ class ActionsService:
             return None
         batch, scale_set.events = scale_set.events[:MAX_BATCH], scale_set.events[MAX_BATCH:]
         now = self._clock()
-        offered = []
-        for event in batch:
+        for event in batch:  # the acquire deadline runs from the first delivery
             request = self._requests[event["runnerRequestId"]]
             if event["messageType"] == "JobAvailable" and request.offered_at is None:
                 request.offered_at = now
-                offered.append(request.id)
         message = QueueMessage(
-            id=next(self._message_ids),
-            body=json.dumps(batch, separators=(",", ":")),
-            request_ids=tuple(offered),
+            id=next(self._message_ids), body=json.dumps(batch, separators=(",", ":"))
         )
         scale_set.messages[message.id] = message
         return message
@@ -615,6 +611,9 @@ class ActionsService:
         request.finished_at = self._clock()
         result = "succeeded" if job.exit_code == 0 else "failed"
         self._push(request, self._event("JobCompleted", request, runner=runner, result=result))
+        scale_set = self._scale_sets.get(request.scale_set_id)
+        if scale_set is not None:
+            self._assign_acquired(scale_set)  # a place is free
 
     def job_cancelled(self, job: Job) -> None:
         request = self._by_job.pop(job.id, None)

@@ -595,3 +595,23 @@ async def test_control_api(admin: Admin, http: httpx.AsyncClient, quick: Emulato
     assert expired.status_code == 204
     assert (await session.poll()).status_code == 401
     assert (await http.post("/_emulator/actions/expire", json={"what": "x"})).status_code == 422
+
+
+async def test_a_finished_job_frees_its_place_for_the_next(
+    admin: Admin, emulator: Emulator, quick: Emulator
+) -> None:
+    scale_set = await admin.scale_set()
+    session = await admin.session(scale_set["id"])
+    _, secret, _ = await scale_set_runner(admin, scale_set["id"], "only")
+    emulator.open_session(secret)
+    first = emulator.create_job("acme/app", ["gantry"], "true")
+    emulator.create_job("acme/app", ["gantry"], "true")
+    last, offers = await session.message(capacity=1)
+    await session.acquire([m["runnerRequestId"] for m in offers])
+    last, batch = await session.message(last, capacity=1)
+    assert [m["messageType"] for m in batch] == ["JobAssigned", "JobStarted"]
+    assert first.status is JobStatus.IN_PROGRESS
+    emulator.report_result(secret, first.id, 0, b"")
+    _, batch = await session.message(last, capacity=1)
+    assert [m["messageType"] for m in batch] == ["JobCompleted", "JobAssigned"]
+    assert batch[1]["runnerRequestId"] == offers[1]["runnerRequestId"]

@@ -193,6 +193,7 @@ class Runner:
     session: Session | None = None
     job_id: int | None = None  # assigned job; busy while set
     ran_job: bool = False  # a JIT runner takes one job, then is removed
+    scale_set_id: int | None = None  # made by a scale set's generatejitconfig (`scalesets`)
 
 
 @dataclass(kw_only=True)

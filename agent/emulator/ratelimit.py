@@ -31,7 +31,7 @@ SECONDARY_MESSAGE = (
     "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
 )
 CONCURRENCY_RETRY_AFTER = 60  # seconds; §7: "wait at least one minute"
-PRIVATE_PREFIXES = ("/_runner", "/_emulator")
+PRIVATE_PREFIXES = ("/_runner", "/_emulator", "/_actions")  # /_actions: not the REST API
 
 
 @dataclass(frozen=True, kw_only=True)

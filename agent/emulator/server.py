@@ -13,7 +13,16 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from agent.emulator import broker, checks_rest, control, deliveries, repos, rest, runs
+from agent.emulator import (
+    actions_service,
+    broker,
+    checks_rest,
+    control,
+    deliveries,
+    repos,
+    rest,
+    runs,
+)
 from agent.emulator.asgi import App, Receive, Scope, Send
 from agent.emulator.headers import require_headers
 from agent.emulator.state import Emulator
@@ -30,6 +39,7 @@ def build_app(emulator: Emulator) -> Callable[[Scope, Receive, Send], Awaitable[
             *runs.build_routes(emulator),
             *repos.build_routes(emulator),
             *broker.build_routes(emulator),
+            *actions_service.build_routes(emulator),
             *control.build_routes(emulator),
         ]
     )

@@ -78,6 +78,7 @@ from agent.emulator.models import (
     repository_json,
 )
 from agent.emulator.ratelimit import RateLimits
+from agent.emulator.scalesets import ActionsService
 from agent.emulator.webhooks import (
     ZEN,
     Delivery,
@@ -188,6 +189,8 @@ class Emulator:
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._sender: Sender | None = None
+        # Runner scale sets (the Actions service); told below of every job change.
+        self.actions = ActionsService(self, clock=clock)
         for installation_id, names in installations.items():
             self._install(installation_id, names, (permissions or {}).get(installation_id))
         unknown = self._public - set(self._repos)
@@ -709,6 +712,7 @@ class Emulator:
         job.log = log
         runner.job_id = None
         self._emit(job, "completed")
+        self.actions.job_completed(job, runner)
         self._remove_runner(runner)
         return job
 
@@ -719,6 +723,14 @@ class Emulator:
             if runner is not None:
                 self._assign(job, runner)
 
+    def dispatch(self) -> None:
+        """Give queued jobs to runners now (`ActionsService` after assigning a job)."""
+        self._dispatch()
+
+    def queued_jobs(self) -> list[Job]:
+        """Jobs no runner has taken yet, oldest first."""
+        return list(self._queued.values())
+
     def _can_take(self, runner: Runner, job: Job) -> bool:
         """Idle, online, labels a superset, scope covering the repository and, for an
         organization runner, its group admitting the repository (else the job stays queued,
@@ -726,6 +738,8 @@ class Emulator:
         if runner.job_id is not None or runner.ran_job or not self.is_online(runner):
             return False
         if runner.scope.organization is not None and not runner.runner_group.admits(job.repository):
+            return False
+        if not self.actions.may_take(runner, job):
             return False
         have = {label.lower() for label in runner.labels}
         return runner.scope.covers(job.repository) and all(
@@ -742,6 +756,7 @@ class Emulator:
         runner.job_id = job.id
         runner.ran_job = True
         self._emit(job, "in_progress")
+        self.actions.job_started(job, runner)
         self._notify()
 
     # ---------------------------------------------------------------- jobs (control side)
@@ -844,6 +859,7 @@ class Emulator:
             return
         self._queued[job.id] = job
         self._emit(job, "queued")
+        self.actions.job_queued(job)
         self._dispatch()
         self._notify()
 
@@ -866,6 +882,7 @@ class Emulator:
         job.status = JobStatus.QUEUED
         self._queued[job.id] = job
         self._emit(job, "queued")
+        self.actions.job_queued(job)
         self._dispatch()
         self._notify()
         return job
@@ -896,6 +913,7 @@ class Emulator:
         job.conclusion = conclusion
         job.completed_at = self._clock()
         self._emit(job, "completed")
+        self.actions.job_cancelled(job)
         self._notify()
 
     def latest_jobs(self, jobs: Sequence[Job]) -> list[Job]:

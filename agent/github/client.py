@@ -13,6 +13,7 @@ Paths are relative to ``api_url``, so a GitHub Enterprise Server base such as
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import random
 from collections.abc import Mapping
@@ -117,7 +118,8 @@ class RunnerInfo:
     busy: bool
 
 
-def _backoff(attempt: int) -> float:
+def backoff_delay(attempt: int) -> float:
+    """Seconds to wait before retry ``attempt`` (1, 2, …): doubling, capped, with jitter."""
     delay: float = min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** (attempt - 1))
     return delay * random.uniform(0.5, 1.5)
 
@@ -237,29 +239,39 @@ class GitHubClient:
         *,
         authorization: str,
         gate: str,
-        json: Mapping[str, Any] | None = None,
+        json: object = None,
         params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        http_timeout: float | None = None,
+        long_poll: bool = False,
     ) -> httpx.Response:
-        """One logical request: retried on 5xx and connection errors, paced by rate limits."""
+        """One logical request: retried on 5xx and connection errors, paced by rate limits.
+
+        ``path`` may be an absolute URL (another host, e.g. the Actions service).
+        ``http_timeout`` replaces the client's httpx timeout for this one request (a transport
+        setting, not a deadline). A ``long_poll`` is held open by the server on purpose, so it
+        does not take one of the ``max_concurrency`` places.
+        """
         limits = self._gate(gate)
         failures = limited = 0
+        cap = contextlib.nullcontext() if long_poll else self._limiter
         while True:
             try:
-                async with self._limiter, limits.slot():
+                async with cap, limits.slot():
                     response = await self._http.request(
                         method,
                         path,
                         json=json,
                         params=params,
-                        headers={"Authorization": authorization},
-                        timeout=self._timeout,
+                        headers={**(headers or {}), "Authorization": authorization},
+                        timeout=self._timeout if http_timeout is None else http_timeout,
                     )
                     limits.observe(response.headers)
             except httpx.TransportError as exc:
                 failures += 1
                 if failures >= MAX_ATTEMPTS:
                     raise GitHubError(method, path, None, str(exc) or type(exc).__name__) from exc
-                await trio.sleep(_backoff(failures))
+                await trio.sleep(backoff_delay(failures))
                 continue
             wait = limits.refused(response.status_code, response.headers)
             if wait is not None:
@@ -275,7 +287,7 @@ class GitHubClient:
             if response.status_code >= 500:
                 failures += 1
                 if failures < MAX_ATTEMPTS:
-                    await trio.sleep(_backoff(failures))
+                    await trio.sleep(backoff_delay(failures))
                     continue
             return response
 
@@ -363,12 +375,47 @@ class GitHubClient:
             method, path, installation_id=installation_id, json=json, params=params
         )
 
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        authorization: str,
+        gate: str,
+        json: object = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        http_timeout: float | None = None,
+        long_poll: bool = False,
+    ) -> httpx.Response:
+        """A request with credentials the caller holds (``RemoteAuth``, the Actions service's
+        own tokens), under this client's retries, pacing and concurrency cap; the raw answer.
+
+        ``gate`` names the rate-limit budget the credential spends (one per credential kind).
+        """
+        return await self._send(
+            method,
+            url,
+            authorization=authorization,
+            gate=gate,
+            json=json,
+            params=params,
+            headers=headers,
+            http_timeout=http_timeout,
+            long_poll=long_poll,
+        )
+
     async def _fetch_installation_token(self, installation_id: int, jwt: str) -> tuple[str, float]:
         path = f"/app/installations/{installation_id}/access_tokens"
         response = await self._send("POST", path, authorization=f"Bearer {jwt}", gate="app")
         self._check(response, path, 201)
         body = response.json()
         return str(body["token"]), parse_github_time(str(body["expires_at"]))
+
+    def check(self, response: httpx.Response, path: str, *expected: int) -> httpx.Response:
+        """The response if its status is expected, else the `GitHubError` (or
+        `PermissionMissing`) naming ``path``: for callers of `request`."""
+        return self._check(response, path, *expected)
 
     def _check(self, response: httpx.Response, path: str, *expected: int) -> httpx.Response:
         """The response if its status is expected, else the error naming ``path``."""

@@ -4,7 +4,7 @@ Services (each runs until cancelled, started with ``nursery.start`` so READY=1 i
 once all of them are truly up): the pool manager with its Docker event watcher, the scheduler,
 the status reporter, the reconciler and the HTTP intake. Signals: SIGHUP reloads the
 configuration and the credentials it names (the old ones stay on any error); SIGTERM/SIGINT
-stop intake and scheduling and exit 0, leaving runner containers running (DESIGN §2).
+stop intake and scheduling and exit 0, leaving runner containers running (docs/design.md §2).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """gantryd's own footprint: RSS and CPU when idle, and with 50 runners and 10k queued jobs.
 
-DESIGN §8 targets RSS <= 100 MB with 50 runners and 10k queued, idle CPU ~ 0. The baseline,
+docs/design.md §8 targets RSS <= 100 MB with 50 runners and 10k queued, idle CPU ~ 0. The baseline,
 measured in the same run, is a Python process that imports everything gantryd imports and then
 sleeps: what the interpreter and the libraries cost before gantryd does anything.
 

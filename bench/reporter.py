@@ -5,7 +5,7 @@
 N jobs are queued in a SQLite queue (one outbox entry each); the reporter creates N check runs
 (POST), then the jobs finish and it updates them (PATCH), over loopback HTTP to the emulator
 served by hypercorn. Pacing is lifted so the figure is gantryd's own cost; in service GitHub's
-content-creation limit (80 creations per minute, reference §7) is the bound.
+content-creation limit (80 creations per minute, docs/github.md §7) is the bound.
 """
 
 from __future__ import annotations

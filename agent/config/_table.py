@@ -48,9 +48,9 @@ _TABLES: Mapping[str, str] = {  # top-level key -> how it is written
     "pool": "[[pool]]",
     "priority": "[[priority]]",
 }
-# The seed's JSON names (DESIGN §6). They are rejected with the key to use rather than accepted
-# as aliases: one spelling per setting, and the seed's retryDelay was milliseconds where a bare
-# number here is seconds, so an alias would silently mean something 1000 times longer.
+# The seed's JSON names (docs/design.md §6). They are rejected with the key to use rather than
+# accepted as aliases: one spelling per setting, and the seed's retryDelay was milliseconds where
+# a bare number here is seconds, so an alias would silently mean something 1000 times longer.
 _SEED_NAMES: Mapping[str, str] = {
     "containerPool": "its settings are keys of each [[pool]] (min_idle, max_runners)",
     "jobQueue": "its settings are in [queue] (retry_attempts, retry_delay) and [scheduler] "

@@ -1,4 +1,4 @@
-"""Garbage collection of gantryd's Docker objects (DESIGN §6).
+"""Garbage collection of gantryd's Docker objects (docs/design.md §6).
 
 Only objects carrying ``io.gantryd.managed=true`` and this host's ``io.gantryd.instance`` are
 ever looked at, so another gantryd (or another test run) on the same Engine and anything without

@@ -159,7 +159,7 @@ class StartKind(enum.StrEnum):
 
 
 # GitHub's workflow_job conclusions; anything else is counted as "unknown" so a label never
-# takes a value from outside this set (reference §2: the payload's ``conclusion``).
+# takes a value from outside this set (docs/github.md §2: the payload's ``conclusion``).
 GITHUB_CONCLUSIONS = frozenset(
     {"success", "failure", "neutral", "cancelled", "skipped", "timed_out", "action_required"}
 )

@@ -1,4 +1,4 @@
-"""Hardening profiles turned into Docker create options (DESIGN §6).
+"""Hardening profiles turned into Docker create options (docs/design.md §6).
 
 ``strict`` (the default): non-root, every capability dropped, no-new-privileges, Docker's default
 seccomp profile, capped pids/memory (swap equal to memory, so none)/CPU, ``nofile`` and ``core=0``
@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.config import PoolConfig, SecurityProfile
 
-RUNNER_UID = "1001"  # the official image's `runner` user (reference §8.1)
+RUNNER_UID = "1001"  # the official image's `runner` user (docs/github.md §8.1)
 RUN_TMPFS_SIZE = 16 * 1024 * 1024
 LOG_MAX_SIZE = "10m"
 LOG_MAX_FILES = "3"

@@ -1,7 +1,7 @@
 """The local state database: this host's runners, so a restarted gantryd can adopt them.
 
-Whatever the queue backend, what belongs to this host alone lives here (DESIGN §5): one row per
-runner that has not been removed yet (written before its GitHub registration, so a crash never
+Whatever the queue backend, what belongs to this host alone lives here (docs/design.md §5): one row
+per runner that has not been removed yet (written before its GitHub registration, so a crash never
 leaves a registration gantryd cannot name), and the resources each served job used, for the
 reporter. SQLite through ``agent.db`` (one writer, ``synchronous=FULL``: losing a runner's row
 would let garbage collection remove a container whose job is still running).

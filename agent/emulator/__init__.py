@@ -1,4 +1,4 @@
-"""A local stand-in for GitHub, strict enough to prove gantryd against (DESIGN §7).
+"""A local stand-in for GitHub, strict enough to prove gantryd against (docs/design.md §7).
 
 Layout, lower layers first (each imports only from those above it):
 

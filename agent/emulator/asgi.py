@@ -5,7 +5,7 @@ answers here and only here: `GitHubError` as GitHub's JSON error body, anything 
 500 (logged, no details to the client).
 
 The ``lifespan`` scope is answered properly (startup/shutdown complete): hypercorn's trio worker
-fails at start-up when an app simply returns on it (DESIGN §4).
+fails at start-up when an app simply returns on it (docs/design.md §4).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The private runner protocol under a JIT config's ``serverUrl`` (``/_runner``).
 
 It stands in for GitHub's broker, which the real runner talks to after reading its JIT config
-(reference §8.2): the runner authenticates with the secret from ``.credentials``, opens a session
-(it is *online* from then on; a second live session is a conflict, the real runner's
+(docs/github.md §8.2): the runner authenticates with the secret from ``.credentials``, opens a
+session (it is *online* from then on; a second live session is a conflict, the real runner's
 SessionConflict, §8.3), long-polls for a job message, runs it, and reports the result. Kept
 trivially parseable for a busybox shell: every answer is one line of compact JSON and the job's
 script travels base64-encoded.

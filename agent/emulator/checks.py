@@ -6,7 +6,7 @@
     POST  /repos/{o}/{r}/statuses/{sha}                    -> 201 status      (statuses: write)
     POST  /repos/{o}/{r}/actions/runs/{run_id}/cancel      -> 202 | 409       (actions: write)
 
-Rules, from reference/github-api.md: §6.1 check runs — ``name`` and ``head_sha`` required on
+Rules, from docs/github.md: §6.1 check runs — ``name`` and ``head_sha`` required on
 create; ``status`` one of queued/in_progress/completed (waiting/requested/pending are reserved
 for Actions); ``conclusion`` from the documented set (``stale`` only GitHub sets) and required
 when ``status`` is completed or ``completed_at`` is given; a conclusion alone sets the status to

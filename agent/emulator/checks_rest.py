@@ -1,6 +1,6 @@
 """The routes of what a reporter writes: check runs, commit statuses, run cancellation.
 
-Records and validation live in `agent.emulator.checks` (reference §6.1, §6.2); this module adds
+Records and validation live in `agent.emulator.checks` (docs/github.md §6.1, §6.2); this module adds
 authentication and the permission each route needs (§5.3: checks, statuses, actions), and the
 5xx faults every REST route passes through.
 """

@@ -1,4 +1,4 @@
-"""The App's webhook deliveries API (reference §1.4), for gantryd's missed-delivery recovery.
+"""The App's webhook deliveries API (docs/github.md §1.4), for gantryd's missed-delivery recovery.
 
     GET  /app/hook/deliveries[?per_page=&cursor=]        -> 200 [hook-delivery-item], newest first
     GET  /app/hook/deliveries/{delivery_id}              -> 200 item + request/response

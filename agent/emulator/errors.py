@@ -2,7 +2,7 @@
 
 GitHub answers errors with ``{"message": ..., "documentation_url": ...}`` (plus ``"status"`` as
 a string in current responses) and the matching status code; the messages below are the ones
-GitHub sends, quoted in reference/github-api.md (§3.2, §3.4, §5.1, §5.2) or observed in client
+GitHub sends, quoted in docs/github.md (§3.2, §3.4, §5.1, §5.2) or observed in client
 issues where the reference is silent (marked there).
 """
 
@@ -94,7 +94,7 @@ def version_too_old(version: str) -> BrokerError:
 
 
 def bad_credentials() -> GitHubError:
-    """Unknown or expired installation token (reference §5.2: "Expired token → 401")."""
+    """Unknown or expired installation token (docs/github.md §5.2: "Expired token → 401")."""
     return GitHubError(401, "Bad credentials")
 
 
@@ -110,7 +110,7 @@ def not_found(docs: str = REST_DOCS) -> GitHubError:
 def not_accessible(permission: str, level: str, docs: str = REST_DOCS) -> GitHubError:
     """The installation lacks a permission: 403, naming it in X-Accepted-GitHub-Permissions.
 
-    Message and header as GitHub sends them for integrations (reference §3.1 lists which
+    Message and header as GitHub sends them for integrations (docs/github.md §3.1 lists which
     permission each runner endpoint needs; §5.3 the App's set).
     """
     return GitHubError(

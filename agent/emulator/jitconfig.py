@@ -1,6 +1,6 @@
 """The ``encoded_jit_config`` the emulator hands out, in the real runner's format.
 
-Reference §8.2: the value is base64 of a JSON object ``{file name: base64(file content)}`` that
+docs/github.md §8.2: the value is base64 of a JSON object ``{file name: base64(file content)}`` that
 the runner writes into its root: ``.runner`` (agent id and name, pool, server URL, work folder),
 ``.credentials`` and ``.credentials_rsaparams``. The real ``.credentials`` names an OAuth client
 whose key is in ``.credentials_rsaparams``; the stand-in runner authenticates with a per-runner

@@ -1,4 +1,4 @@
-"""Verification of GitHub App JWTs, as GitHub does it (reference §5.1).
+"""Verification of GitHub App JWTs, as GitHub does it (docs/github.md §5.1).
 
 Decoded by hand (base64url ``header.payload.signature``) so the emulator depends on nothing but
 ``cryptography``. The messages are GitHub's own, as clients report them:
@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from agent.emulator.errors import GitHubError
 
-MAX_LIFETIME = 600.0  # seconds `exp` may lie in the future (reference §5.1: "no more than 10 min")
+# Seconds `exp` may lie in the future (docs/github.md §5.1: "no more than 10 minutes").
+MAX_LIFETIME = 600.0
 
 NOT_DECODED = "A JSON web token could not be decoded"
 EXP_IN_PAST = (
@@ -54,7 +55,7 @@ def verify_app_jwt(
     """Return the claims of a valid App JWT; raise a 401 `GitHubError` with GitHub's message.
 
     ``issuers`` holds the App id (as a string) and, if known, its client id: GitHub accepts
-    either in ``iss``, the id as integer or string (reference §5.1).
+    either in ``iss``, the id as integer or string (docs/github.md §5.1).
     """
     parts = token.split(".")
     if len(parts) != 3:

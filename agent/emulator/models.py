@@ -1,7 +1,7 @@
 """The emulator's records and their JSON as GitHub renders it.
 
 Plain mutable dataclasses owned by `agent.emulator.state.Emulator`; only it changes them. The
-``*_json`` functions produce GitHub's object shapes (reference §2.2 workflow_job, §3.2/§3.4
+``*_json`` functions produce GitHub's object shapes (docs/github.md §2.2 workflow_job, §3.2/§3.4
 runner, §4 job, §5.2 installation token) so the REST API and the webhooks render one thing one way.
 """
 
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 # Labels GitHub marks "read-only" (the runner's default labels: self-hosted, OS, architecture);
-# every other label is "custom" (reference §3.2 example). Compared case-insensitively.
+# every other label is "custom" (docs/github.md §3.2 example). Compared case-insensitively.
 READ_ONLY_LABELS = frozenset(
     {"self-hosted", "linux", "windows", "macos", "x64", "x86", "arm", "arm64"}
 )
@@ -50,7 +50,7 @@ def parse_runner_version(text: str) -> RunnerVersion:
 
 
 def iso8601(epoch: float) -> str:
-    """GitHub's timestamp form, ``YYYY-MM-DDTHH:MM:SSZ`` (reference §6.1)."""
+    """GitHub's timestamp form, ``YYYY-MM-DDTHH:MM:SSZ`` (docs/github.md §6.1)."""
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -118,7 +118,7 @@ class InstallationToken:
 
 @dataclass(frozen=True, kw_only=True)
 class RunnerScope:
-    """Where a runner is registered: one repository, or an organization (reference §3.1)."""
+    """Where a runner is registered: one repository, or an organization (docs/github.md §3.1)."""
 
     repository: str | None = None  # "owner/name"
     organization: str | None = None
@@ -235,7 +235,7 @@ def label_json(runner: Runner) -> list[dict[str, Any]]:
 
 
 def runner_json(runner: Runner, *, online: bool) -> dict[str, Any]:
-    """Schema "Self hosted runners" (reference §3.2)."""
+    """Schema "Self hosted runners" (docs/github.md §3.2)."""
     return {
         "id": runner.id,
         "name": runner.name,
@@ -293,7 +293,7 @@ def repository_json(repo: Repository, api_url: str) -> dict[str, Any]:
 
 
 def step_json(job: Job) -> list[dict[str, Any]]:
-    """One "Set up job" step once started; ``steps`` is empty while queued (reference §2.2)."""
+    """One "Set up job" step once started; ``steps`` is empty while queued (docs/github.md §2.2)."""
     if job.started_at is None or job.runner_id is None:
         return []
     return [
@@ -400,7 +400,7 @@ def deployment_json(job: Job, creator: dict[str, Any], api_url: str) -> dict[str
 
 
 def token_json(token: InstallationToken) -> dict[str, Any]:
-    """201 body of ``POST /app/installations/{id}/access_tokens`` (reference §5.2)."""
+    """201 body of ``POST /app/installations/{id}/access_tokens`` (docs/github.md §5.2)."""
     body: dict[str, Any] = {
         "token": token.token,
         "expires_at": iso8601(token.expires_at),

@@ -1,4 +1,4 @@
-"""GitHub's REST rate limits, as an ASGI layer in front of the emulator's routes (reference §7).
+"""GitHub's REST rate limits (docs/github.md §7), an ASGI layer in front of the emulator's routes.
 
 Every REST answer carries ``x-ratelimit-limit``, ``-remaining``, ``-used``, ``-reset`` (epoch
 seconds) and ``-resource``. Each credential has a budget of ``limit`` requests per ``window``

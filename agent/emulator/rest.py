@@ -1,6 +1,6 @@
 """GitHub's REST endpoints that gantryd calls, translated onto `Emulator`.
 
-Routes, status codes and permissions from reference/github-api.md §3.1 (runners), §4 (jobs) and
+Routes, status codes and permissions from docs/github.md §3.1 (runners), §4 (jobs) and
 §5.2 (App installations and tokens). Authentication as GitHub does it (headers, reference top):
 a JWT only as ``Authorization: Bearer``; an installation token as ``Bearer`` or ``token``.
 """

@@ -1,4 +1,4 @@
-"""Workflow runs and their jobs (reference §4), what gantryd's reconciler sweeps, and re-runs.
+"""Workflow runs and their jobs (docs/github.md §4), what gantryd's reconciler sweeps, and re-runs.
 
     GET  /repos/{owner}/{repo}/actions/runs[?status=&per_page=&page=]
          -> {total_count, workflow_runs}

@@ -16,9 +16,9 @@ The rules, with their source in docs/github.md (§n.n below):
   refused with 422 (§3.4).
 - A queued job goes to *any* connected idle runner whose labels are a case-insensitive superset of
   the job's and whose scope covers the job's repository — not necessarily the runner made for it
-  (§2.1, §10 point 6, DESIGN §1) — and, for an organization runner, whose runner group admits the
-  repository (`RunnerGroup.admits`: no public repositories unless allowed, selected or private
-  visibility); otherwise the job stays queued. A JIT runner runs one job and is then removed
+  (§2.1, §10 point 6, docs/design.md §1) — and, for an organization runner, whose runner group
+  admits the repository (`RunnerGroup.admits`: no public repositories unless allowed, selected or
+  private visibility); otherwise the job stays queued. A JIT runner runs one job and is then removed
   (§3.2, §8.2); one that has taken no job is removed ``runner_idle_timeout`` after registration.
 - A job naming an environment with required reviewers waits (``queued`` with status
   ``waiting``, then ``waiting``) until `review_job`; approved, it is ``queued`` again under the
@@ -91,7 +91,7 @@ from agent.emulator.webhooks import (
     new_guid,
 )
 
-# What the App may do in every installation unless told otherwise (reference §5.3).
+# What the App may do in every installation unless told otherwise (docs/github.md §5.3).
 DEFAULT_PERMISSIONS: Mapping[str, str] = {
     "actions": "read",
     "administration": "write",
@@ -643,7 +643,7 @@ class Emulator:
 
     def open_session(self, secret: str, *, os_name: str = "Linux") -> Session:
         """The runner connects: online from now on. A live second session is a conflict (409),
-        which the real runner reports as SessionConflict (exit code 5, reference §8.3).
+        which the real runner reports as SessionConflict (exit code 5, docs/github.md §8.3).
         Credentials of a removed runner are ``invalid_client`` (401, `errors.OAuthError`)."""
         self.reap()
         runner = self._runner_by_secret(secret)
@@ -669,7 +669,7 @@ class Emulator:
         The same job is returned again until its result is reported, so a poll whose answer is
         lost does not lose the job. ``version`` is the poll's ``runnerVersion``; below
         ``min_runner_version`` the poll is refused as deprecated (403 RunnerVersionTooOld, the
-        runner's exit code 7, reference §8.3). A runner removed while it polls gets
+        runner's exit code 7, docs/github.md §8.3). A runner removed while it polls gets
         RunnerNotFound; a closed or replaced session RunnerSessionInvalid.
         """
         self.reap()

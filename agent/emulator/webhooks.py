@@ -46,7 +46,7 @@ def signature_256(secret: bytes, body: bytes) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class Faults:
-    """Misbehaviour on demand (DESIGN §7); all off by default. Rates are probabilities 0..1.
+    """Misbehaviour on demand (docs/design.md §7); all off by default. Rates are probabilities 0..1.
 
     What GitHub itself does, made frequent: deliveries that fail (recorded as failed, so they can
     be redelivered, §1.3/§1.4), arrive twice with the same GUID, or out of order (§1.3), late

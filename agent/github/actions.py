@@ -1,4 +1,4 @@
-"""The REST calls of missed-delivery recovery: workflow runs and jobs (reference §4), the
+"""The REST calls of missed-delivery recovery: workflow runs and jobs (docs/github.md §4), the
 repositories of a configured organization, and the App's webhook deliveries (§1.4).
 
 One page per call, so the caller (the reconciler) can stop between pages when its share of the

@@ -1,7 +1,7 @@
 """GitHub authentication: App JWTs, installation tokens, or a plain token.
 
 A GitHub App signs a short JWT (RS256, ``iat`` 60 s in the past to absorb clock drift, ``exp``
-"no more than 10 minutes into the future"; reference §5.1) and trades it for an installation
+"no more than 10 minutes into the future"; docs/github.md §5.1) and trades it for an installation
 token that lasts an hour. ``iss`` is the App id or the client id (both accepted, §5.1).
 Tokens are cached per installation and refreshed a few minutes before they expire, so a request
 never leaves with a token that dies in flight.

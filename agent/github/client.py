@@ -2,12 +2,12 @@
 
 Every call carries a timeout, retries connection errors and 5xx with exponential backoff and
 jitter, never sends what the rate limit would refuse and waits out refusals (`RateLimitGate`,
-reference §7), and runs under a concurrency cap. GitHub's refusals become ``GitHubError`` naming
-the endpoint, the status and GitHub's own message; a missing App or token permission becomes
+docs/github.md §7), and runs under a concurrency cap. GitHub's refusals become ``GitHubError``
+naming the endpoint, the status and GitHub's own message; a missing App or token permission becomes
 ``PermissionMissing`` naming the permission to grant.
 
 Paths are relative to ``api_url``, so a GitHub Enterprise Server base such as
-``https://HOST/api/v3`` keeps its prefix (reference §9; httpx joins ``base_url`` and
+``https://HOST/api/v3`` keeps its prefix (docs/github.md §9; httpx joins ``base_url`` and
 ``"/repos/…"`` by appending, tests/github/test_client.py proves it against the emulator).
 """
 
@@ -54,7 +54,7 @@ class PermissionMissing(GitHubError):
     """403 "Resource not accessible by …": the credentials lack a permission GitHub names.
 
     GitHub lists what would have been accepted in ``X-Accepted-GitHub-Permissions`` (e.g.
-    ``checks=write``); the message tells the operator what to grant (reference §5.3).
+    ``checks=write``); the message tells the operator what to grant (docs/github.md §5.3).
     """
 
     def __init__(self, method: str, path: str, message: str, accepted: str, *, app: bool) -> None:

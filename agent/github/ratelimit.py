@@ -1,6 +1,6 @@
 """Client-side rate-limit bookkeeping: never send a request GitHub is bound to refuse.
 
-Reference §7. The primary limit is a budget per hour (``x-ratelimit-remaining`` until
+docs/github.md §7. The primary limit is a budget per hour (``x-ratelimit-remaining`` until
 ``x-ratelimit-reset``); once it is spent GitHub answers 403/429 and "continuing to make requests
 while you are rate limited may result in the banning of your integration". So `RateLimitGate`
 keeps the budget as GitHub last reported it, minus the requests in flight since, and holds every

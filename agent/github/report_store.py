@@ -7,7 +7,7 @@ run but before its id was written here, the mark tells the next run to look the 
 (by its ``external_id``) instead of creating another. And it keeps when the job started
 running, for the duration in the final report.
 
-This is host-local state (DESIGN §5): a small SQLite file through ``agent.db``, beside the
+This is host-local state (docs/design.md §5): a small SQLite file through ``agent.db``, beside the
 queue, whatever the queue backend is.
 """
 

@@ -2,7 +2,7 @@
 
 Pure functions from an outbox entry (the job's latest state) and what the reporter looked up
 (queue position, timings, the pool's limits) to GitHub's request bodies, within GitHub's limits
-(reference §6.1: output summary and text ≤ 65535 characters; §6.2: status ``state`` values).
+(docs/github.md §6.1: output summary and text ≤ 65535 characters; §6.2: status ``state`` values).
 The texts are written for the person waiting on the job: where it is, what it used, and — when
 gantryd itself failed — the reason in plain words.
 """

@@ -1,4 +1,4 @@
-"""Runner registrations gantryd left at GitHub: find and delete them (reference §3.4, §10.8).
+"""Runner registrations gantryd left at GitHub: find and delete them (docs/github.md §3.4, §10.8).
 
 A JIT runner that never ran a job is removed by GitHub by itself, but only after a day offline
 (§3.2); one whose container vanished with gantryd (crash, host reboot) stays listed until then.

@@ -38,7 +38,7 @@ from agent import __version__
 
 log = logging.getLogger(__name__)
 
-# Histogram buckets (seconds) that fit what they measure (issue 7): a container start takes
+# Histogram buckets (seconds) that fit what they measure: a container start takes
 # from a tenth of a second (warm: none at all) to minutes (an image pull); a job, from seconds
 # to GitHub's 6-hour limit; a queue wait, from instant to hours when capacity is short.
 START_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)

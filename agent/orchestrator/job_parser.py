@@ -1,7 +1,7 @@
 """workflow_job payloads -> typed events, label -> pool routing, and priority rules.
 
-Label matching follows GitHub (reference §2.1): a job runs on a runner that has all of the job's
-labels, compared case-insensitively. When several pools match, the closest fit wins: the pool
+Label matching follows GitHub (docs/github.md §2.1): a job runs on a runner that has all of the
+job's labels, compared case-insensitively. When several pools match, the closest fit wins: the pool
 with the fewest labels beyond the job's, so a plain ``[self-hosted, linux]`` job lands in the
 general pool rather than in the ``gpu`` pool that also covers it; ties go by order in the file.
 (Issue 4 words it "the most specific pool wins". Read as "the pool with most labels", a plain
@@ -68,7 +68,7 @@ def _get(obj: Mapping[str, Any], path: str) -> Any:
 
 
 def _int(obj: Mapping[str, Any], path: str) -> int:
-    """GitHub's ids and attempt numbers: positive int64 (job ids exceed 2**31, reference §2.2)."""
+    """GitHub's ids and attempt numbers: positive int64 (docs/github.md §2.2: job ids > 2**31)."""
     value = _get(obj, path)
     if isinstance(value, bool) or not isinstance(value, int):
         raise PayloadError(path, "must be an integer")
@@ -129,7 +129,7 @@ def parse_workflow_job(payload: Any) -> WorkflowJobEvent:
 def parse_rest_job(
     job: Mapping[str, Any], *, repository: str, installation_id: int | None
 ) -> WorkflowJobEvent:
-    """A queued job found through ``GET .../runs/{id}/jobs`` (reference §4: the same fields as
+    """A queued job found through ``GET .../runs/{id}/jobs`` (docs/github.md §4: the same fields as
     the webhook's ``workflow_job``), as if its ``queued`` delivery had arrived."""
     payload = {
         "action": Action.QUEUED.value,

@@ -1,6 +1,6 @@
 """The reconciler: periodic repair of what webhooks alone cannot guarantee.
 
-GitHub never retries a failed delivery (reference §1.3), so a job whose ``queued`` webhook was
+GitHub never retries a failed delivery (docs/github.md §1.3), so a job whose ``queued`` webhook was
 lost (gantryd down, network, a 503) would wait 24 h and fail. Every ``reconcile_interval`` one
 pass, ``reconcile_once``, does three idempotent things:
 

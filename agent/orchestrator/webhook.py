@@ -1,7 +1,7 @@
 """Webhook intake: the HTTP front door GitHub posts ``workflow_job`` deliveries to.
 
 A delivery is answered 2xx only once what it says is committed to the queue (GitHub never
-retries a failed delivery, reference §1.3), and always within ``server.response_deadline``.
+retries a failed delivery, docs/github.md §1.3), and always within ``server.response_deadline``.
 The queue work runs as a task of the app's own nursery (opened by the ASGI lifespan) and the
 request waits for it with that deadline: a commit stuck behind a locked database cannot hold
 the answer (a write already inside a transaction is not abandoned, ``agent.db``). Past the

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Stand-in for the official runner's /home/runner/run.sh (reference/github-api.md §8), talking
+# Stand-in for the official runner's /home/runner/run.sh (docs/github.md §8), talking
 # to gantryd's GitHub emulator (agent/emulator/broker.py) with busybox wget.
 #
 # Contract kept from the real one:

@@ -1,4 +1,4 @@
-"""A real restart of the Docker Engine during a run, without systemctl (issue 5).
+"""A real restart of the Docker Engine during a run, without systemctl.
 
 dockerd is stopped with SIGTERM (its pid from /var/run/docker.pid) while three jobs run, and
 started again exactly as .ci/setup starts it. Without live-restore (.ci/setup does not turn it

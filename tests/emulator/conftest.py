@@ -39,7 +39,7 @@ def _b64url(data: bytes) -> str:
 
 
 def sign_jwt(key: rsa.RSAPrivateKey, claims: dict[str, Any], *, alg: str = "RS256") -> str:
-    """An RS256 JWT as GitHub's docs build one (reference §5.1)."""
+    """An RS256 JWT as GitHub's docs build one (docs/github.md §5.1)."""
     header = _b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
     payload = _b64url(json.dumps(claims).encode())
     signing_input = f"{header}.{payload}".encode()

@@ -1,4 +1,4 @@
-"""App JWT verification (agent/emulator/jwt.py), with GitHub's messages (reference §5.1)."""
+"""App JWT verification (agent/emulator/jwt.py), with GitHub's messages (docs/github.md §5.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rate-limit headers, primary and secondary refusals (agent/emulator/ratelimit.py, §7)."""
+"""Rate-limit headers, primary and secondary refusals (emulator/ratelimit.py; docs/github.md §7)."""
 
 from __future__ import annotations
 

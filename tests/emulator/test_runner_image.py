@@ -96,6 +96,6 @@ async def test_runner_runs_one_job_and_exits_0(
         return status, container.logs()
 
     status, logs = await trio.to_thread.run_sync(wait_exit)
-    assert status == 0  # the real runner exits 0 after a failed job too (reference §8.3)
+    assert status == 0  # the real runner exits 0 after a failed job too (docs/github.md §8.3)
     assert b"hello from 1001" in logs
     assert emulator.runners(emulator.scope_for(repository="acme/app")) == []

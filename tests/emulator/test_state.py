@@ -233,7 +233,7 @@ async def test_org_runner_serves_any_repository_of_its_org(emulator: Emulator) -
 
 async def test_runner_steals_the_oldest_matching_job(emulator: Emulator) -> None:
     # gantryd makes runner B for job 2, but B connects first and takes job 1: GitHub does not
-    # bind a JIT runner to a job (DESIGN §1).
+    # bind a JIT runner to a job (docs/design.md §1).
     first = emulator.create_job("acme/app", ["gantryd"], "true")
     second = emulator.create_job("acme/app", ["gantryd"], "true")
     register(emulator, REPO_APP, "made-for-first")

@@ -15,7 +15,7 @@ SECRET = "It's a Secret to Everybody"
 
 
 def test_signature_matches_githubs_test_vector() -> None:
-    # reference §1.2
+    # docs/github.md §1.2
     assert signature_256(SECRET.encode(), b"Hello, World!") == (
         "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
     )

@@ -32,7 +32,7 @@ def test_jwt_is_rs256_backdated_and_short(key: rsa.RSAPrivateKey) -> None:
     claims = _decode(payload)
     assert claims["iss"] == "12345"
     assert claims["iat"] == 1_000_000 - 60
-    # GitHub's rule: exp no more than 10 minutes after *its* now (reference §5.1).
+    # GitHub's rule: exp no more than 10 minutes after *its* now (docs/github.md §5.1).
     assert isinstance(claims["exp"], int) and 0 < claims["exp"] - 1_000_000 <= 600
     sig = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
     key.public_key().verify(

@@ -53,7 +53,7 @@ class Recorder:
 async def test_ghes_base_url_keeps_its_api_v3_prefix(
     emulator: Emulator, app_key: rsa.RSAPrivateKey
 ) -> None:
-    """reference §9: GHES serves the REST API under https://HOST/api/v3."""
+    """docs/github.md §9: GHES serves the REST API under https://HOST/api/v3."""
     server = Recorder(build_app(emulator), prefix="/api/v3")
     transport = httpx.ASGITransport(app=server)
     for api_url in ("https://ghes.example/api/v3", "https://ghes.example/api/v3/"):

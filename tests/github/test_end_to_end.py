@@ -1,4 +1,4 @@
-"""The whole stack against a misbehaving GitHub: 5xx answers and 429 bursts (DESIGN §7).
+"""The whole stack against a misbehaving GitHub: 5xx answers and 429 bursts (docs/design.md §7).
 
 Real Docker, the stand-in runner image, gantryd as `gantryd serve` runs it (agent/demo.py).
 """

@@ -58,7 +58,7 @@ def test_refusals_and_what_they_mean() -> None:
     wall = WallClock()
     gate = RateLimitGate(clock=wall)
     assert gate.refused(403, {"retry-after": "7"}) == 7
-    assert gate.refused(429, {}) == 60  # secondary, no hint: at least a minute (§7)
+    assert gate.refused(429, {}) == 60  # secondary, no hint: at least a minute (docs/github.md §7)
     assert gate.refused(403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1000010"}) == 11
     assert gate.refused(403, {}) is None  # a permission refusal, not a rate limit
     assert gate.refused(500, {"retry-after": "1"}) is None

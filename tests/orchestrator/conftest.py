@@ -78,7 +78,7 @@ def payload(
     runner_name: str | None = None,
     conclusion: str | None = None,
 ) -> dict[str, Any]:
-    """A ``workflow_job`` payload with the fields of reference §2.2/§2.3."""
+    """A ``workflow_job`` payload with the fields of docs/github.md §2.2/§2.3."""
     return {
         "action": action,
         "workflow_job": {

@@ -271,8 +271,8 @@ async def test_a_dropped_job_of_a_repository_known_only_through_its_organization
 async def test_a_runner_that_takes_another_job_moves_the_association(
     tmp_path: Path, runner_image: str, docker_client: docker.DockerClient
 ) -> None:
-    """DESIGN §1: job A's queued delivery is lost; B's runner takes A (GitHub's choice, oldest
-    first); gantryd then serves B with a new runner and serves A exactly once."""
+    """docs/design.md §1: job A's queued delivery is lost; B's runner takes A (GitHub's choice,
+    oldest first); gantryd then serves B with a new runner and serves A exactly once."""
     async with demo_stack(tmp_path) as stack:
         try:
             emulator, daemon = stack.emulator, stack.daemon

@@ -1,4 +1,4 @@
-"""Intake through real HTTP (hypercorn) onto a real SQLite queue: every rule of issue 4 §1-§4."""
+"""Intake through real HTTP (hypercorn) onto a real SQLite queue: every intake rule, by section."""
 
 from __future__ import annotations
 

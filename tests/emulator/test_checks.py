@@ -1,4 +1,4 @@
-"""Check runs, commit statuses, run cancellation (agent/emulator/checks*.py; docs/github.md §6, §4)."""
+"""Check runs, commit statuses, run cancellation (emulator/checks*.py; docs/github.md §6, §4)."""
 
 from __future__ import annotations
 

@@ -73,9 +73,10 @@ class GroupCommit(Generic[ItemT, ResultT]):
                 else:
                     await self._flush_pending()
         except trio.Cancelled:
-            if not entry.taken:
-                self._pending.remove(entry)
-                raise
+            # Never taken: a flush takes only entries whose owners are running or were woken by
+            # the end of the flush before, and a woken task can no longer be cancelled there.
+            self._pending.remove(entry)
+            raise
         # Taken, maybe by a flush that is still running: wait for the outcome.
         with trio.CancelScope(shield=True):
             await entry.done.wait()

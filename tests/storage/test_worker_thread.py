@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 import pytest
 import trio
@@ -20,7 +21,7 @@ async def test_calls_run_in_order_on_one_thread() -> None:
             seen.append((i, threading.current_thread().name))
             return i * 2
 
-        assert [await worker.run(lambda i=i: record(i)) for i in range(5)] == [0, 2, 4, 6, 8]
+        assert [await worker.run(partial(record, i)) for i in range(5)] == [0, 2, 4, 6, 8]
         assert seen == [(i, "test") for i in range(5)]
         assert threading.current_thread().name != "test"
     finally:

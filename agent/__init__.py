@@ -7,6 +7,8 @@ General layout (dependencies point one way; config is passed in, never global):
   ``status_reporter`` drains the outbox; ``reconciler`` repairs what webhooks miss.
   ``job_parser`` turns payloads into jobs.
 - ``queue/`` — the Job Queue: one interface (``base``), SQLite (default) and Redis backends.
+- ``db`` — SQLite connection handling (queue and local state databases), on ``storage/``:
+  storage errors, the worker thread and the group commit, shared by ``db`` and ``queue``.
 - ``container/`` — the Container Pool Manager: ``pool_manager`` and its helpers, the pure
   ``capacity`` and ``policy``, ``lifecycle``, ``security``, ``secret_injection``, ``monitoring``
   and ``docker_api`` (the only importer of docker-py); its own ``__init__`` has the layering.

@@ -161,7 +161,9 @@ class Daemon:
         )
         self.scheduler = Scheduler(live=self.live, queue=q, pools=self.pools, wakeup=wakeup)
         seen = SeenRepositories()
-        self.reconciler = Reconciler(live=self.live, queue=q, github=github, seen=seen)
+        self.reconciler = Reconciler(
+            live=self.live, queue=q, github=github, seen=seen, runner_store=store
+        )
         self.intake = app = WebhookApp(
             live=self.live,
             queue=q,

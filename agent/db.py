@@ -16,7 +16,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -24,8 +23,9 @@ from typing import Any, TypeVar, cast
 import sqlite_utils
 import trio
 
-from agent.queue.base import QueueUnavailable, SchemaTooNew
-from agent.queue.worker_thread import WorkerThread
+from agent.storage.errors import SchemaTooNew, StorageUnavailable
+from agent.storage.group_commit import Entry, GroupCommit
+from agent.storage.worker_thread import WorkerThread
 
 T = TypeVar("T")
 
@@ -47,32 +47,25 @@ _UNAVAILABLE = {
 }
 
 
-def _unavailable(path: Path, exc: sqlite3.Error) -> QueueUnavailable | None:
+def _unavailable(path: Path, exc: sqlite3.Error) -> StorageUnavailable | None:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is None or (code & 0xFF) not in _UNAVAILABLE:
         return None
-    return QueueUnavailable(f"{path}: {exc} ({getattr(exc, 'sqlite_errorname', '?')})")
+    return StorageUnavailable(f"{path}: {exc} ({getattr(exc, 'sqlite_errorname', '?')})")
 
 
-@dataclass(eq=False)
-class _Write:
-    """One caller's write, waiting for (or done in) a group commit."""
-
-    fn: Callable[[sqlite3.Connection], Any]
-    taken: bool = False  # a flush owns it: it will run, whatever happens to its caller
-    result: Any = None
-    error: BaseException | None = None
-    done: trio.Event = field(default_factory=trio.Event)
+_Fn = Callable[[sqlite3.Connection], Any]
 
 
 class Database:
     """An open SQLite file: one writer and one reader connection, each used by one thread at a time.
 
-    Writes are group-committed: writes that arrive while a transaction is being written share
-    the next one (one fsync for all), each inside its own savepoint so a write that raises is
-    rolled back alone. A write, once taken into a transaction, is not abandoned on cancellation:
-    it finishes (commit or rollback) and reports its outcome before the caller sees
-    ``Cancelled``, so a caller never mistakes a committed write for a lost one.
+    Writes are group-committed (``agent.storage.group_commit``): writes that arrive while a
+    transaction is being written share the next one (one fsync for all), each inside its own
+    savepoint so a write that raises is rolled back alone. A write, once taken into a
+    transaction, is not abandoned on cancellation: it finishes (commit or rollback) and reports
+    its outcome before the caller sees ``Cancelled``, so a caller never mistakes a committed
+    write for a lost one.
     """
 
     def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
@@ -81,9 +74,7 @@ class Database:
         self._reader = reader
         self._writer_thread: WorkerThread | None = None  # started by the first write
         self._read_limiter = trio.CapacityLimiter(1)
-        self._flush_lock = trio.Lock()
-        self._flushed = trio.Event()  # set and replaced after every flush
-        self._pending: list[_Write] = []
+        self._commits: GroupCommit[_Fn, Any] = GroupCommit(self._flush, name=str(path))
         self._closed = False
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -92,45 +83,7 @@ class Database:
         ``fn`` runs on the writer thread and may share its transaction with other writes: it must
         not commit, and should raise rather than leave partial changes it wants undone.
         """
-        if self._closed:
-            raise trio.ClosedResourceError(f"{self.path} is closed")
-        write = _Write(fn)
-        self._pending.append(write)
-        try:
-            while not write.taken:
-                if self._flush_lock.locked():  # a flush runs; the next one takes this write
-                    await self._flushed.wait()
-                    continue
-                async with self._flush_lock:
-                    batch, self._pending = self._pending, []
-                    for w in batch:
-                        w.taken = True
-                    if self._writer_thread is None:
-                        self._writer_thread = WorkerThread(f"sqlite writer {self.path.name}")
-                    try:
-                        await self._writer_thread.run(partial(self._flush_blocking, batch))
-                    except trio.ClosedResourceError as exc:  # closed while these waited
-                        for w in batch:
-                            w.error = exc
-                    finally:
-                        for w in batch:
-                            w.done.set()
-                        # Wake every waiter at once (not one per pass of the flush lock's
-                        # queue): those whose writes were in this batch return, the rest
-                        # start the next flush.
-                        self._flushed.set()
-                        self._flushed = trio.Event()
-        except trio.Cancelled:
-            if not write.taken:
-                self._pending.remove(write)
-                raise
-        # Taken by a flush: wait for the outcome, as for a thread that cannot be abandoned; a
-        # cancellation is delivered at the caller's next checkpoint.
-        with trio.CancelScope(shield=True):
-            await write.done.wait()
-        if write.error is not None:
-            raise write.error
-        return cast(T, write.result)
+        return cast(T, await self._commits.submit(fn))
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the read connection (a consistent snapshot for its duration)."""
@@ -138,13 +91,18 @@ class Database:
 
     def write_blocking(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``write`` for code already on a worker thread with the writer to itself (opening)."""
-        write = _Write(fn)
+        write: Entry[_Fn, Any] = Entry(fn)
         self._flush_blocking([write])
         if write.error is not None:
             raise write.error
         return cast(T, write.result)
 
-    def _flush_blocking(self, batch: list[_Write]) -> None:
+    async def _flush(self, batch: Sequence[Entry[_Fn, Any]]) -> None:
+        if self._writer_thread is None:
+            self._writer_thread = WorkerThread(f"sqlite writer {self.path.name}")
+        await self._writer_thread.run(partial(self._flush_blocking, batch))
+
+    def _flush_blocking(self, batch: Sequence[Entry[_Fn, Any]]) -> None:
         conn = self._writer
         savepoints = len(batch) > 1
         try:
@@ -153,7 +111,7 @@ class Database:
                 if savepoints:
                     conn.execute("SAVEPOINT write")
                 try:
-                    w.result = w.fn(conn)
+                    w.result = w.item(conn)
                 except Exception as exc:
                     w.error = exc
                     if not savepoints or not conn.in_transaction:
@@ -198,14 +156,14 @@ class Database:
             raise mapped from exc
 
     async def aclose(self) -> None:
-        """Close both connections once no thread is using them."""
+        """Close both connections once no thread is using them; later writes are refused."""
         if self._closed:
             return
         self._closed = True
         with trio.CancelScope(shield=True):
-            async with self._flush_lock:  # no flush is running, and the next one will fail
-                if self._writer_thread is not None:
-                    await self._writer_thread.aclose()
+            await self._commits.aclose()  # the write in flight has finished; no other starts
+            if self._writer_thread is not None:
+                await self._writer_thread.aclose()
             async with self._read_limiter:
                 self._reader.close()
                 self._writer.close()
@@ -252,7 +210,7 @@ def _open_blocking(
         for conn in opened:
             conn.close()
         if isinstance(exc, sqlite3.Error):
-            raise QueueUnavailable(f"cannot open {path}: {exc}") from exc
+            raise StorageUnavailable(f"cannot open {path}: {exc}") from exc
         raise
     return database
 

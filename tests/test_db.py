@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import trio
 import trio.testing
 
 from agent.db import open_database
-from agent.queue.base import QueueUnavailable, SchemaTooNew
+from agent.storage.errors import SchemaTooNew, StorageUnavailable
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -65,7 +66,7 @@ async def test_locked_database_is_unavailable(tmp_path: Path) -> None:
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         try:
-            with pytest.raises(QueueUnavailable, match="locked"):
+            with pytest.raises(StorageUnavailable, match="locked"):
                 await db.write(lambda c: c.execute("INSERT INTO items VALUES (1, 'a')"))
         finally:
             other.execute("ROLLBACK")
@@ -129,5 +130,35 @@ async def test_close_waits_for_the_write_in_flight(tmp_path: Path) -> None:
             await trio.testing.wait_all_tasks_blocked()  # the close has begun
             nursery.start_soon(insert, 2)
         assert sorted(outcomes) == ["1 written", "2 refused"]
+    async with open_database(path, migrations=[_v1]) as db:
+        assert await db.read(lambda c: c.execute("SELECT id FROM items").fetchall()) == [(1,)]
+
+
+async def test_a_write_cancelled_in_flight_commits_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    started, release = threading.Event(), threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO items VALUES (1, 'a')")
+        started.set()
+        release.wait()
+        return "inserted"
+
+    async with open_database(path, migrations=[_v1]) as db:
+        outcome: list[str] = []
+        with trio.CancelScope() as scope:
+
+            async def cancel_once_started() -> None:
+                await trio.to_thread.run_sync(started.wait)
+                scope.cancel()
+                release.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel_once_started)
+                outcome.append(await db.write(slow))  # the result arrives despite the cancel
+                await trio.lowlevel.checkpoint()  # and the cancellation lands here
+                pytest.fail("cancellation was lost")
+        assert scope.cancelled_caught
+        assert outcome == ["inserted"]
     async with open_database(path, migrations=[_v1]) as db:
         assert await db.read(lambda c: c.execute("SELECT id FROM items").fetchall()) == [(1,)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +75,12 @@ def _v2(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE runners SET timed_out = (reason LIKE '%job_timeout%')")
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
+def _v3(db: sqlite_utils.Database) -> None:
+    """An index for ``prune_usage``, which runs every reconcile pass."""
+    db.table("job_usage").create_index(["recorded_at"])
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,8 +161,9 @@ def _runner(row: sqlite3.Row) -> StoredRunner:
 class RunnerStore:
     """Runner rows and job usage in ``<state_dir>/runners.db``. Every method commits."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
         self._db = db
+        self._clock = clock  # stamps usage rows; the reconciler prunes them on its own clock
 
     async def save(self, runner: Runner) -> None:
         row = _row(runner)
@@ -192,7 +198,7 @@ class RunnerStore:
             int(runner.oom_killed),
             runner.reason,
             runner.image_digest,
-            time.time(),
+            self._clock(),
         )
         await self._db.write(
             lambda conn: conn.execute(
@@ -225,16 +231,30 @@ class RunnerStore:
 
         return await self._db.read(read)
 
-    async def prune_usage(self, *, older_than: float) -> int:
+    async def prune_usage(self, *, older_than: float, batch: int = 500) -> int:
+        """Delete the usage rows recorded before ``older_than`` (the queue's retention), in
+        transactions of at most ``batch`` rows so other writers never wait long."""
+
         def delete(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute("DELETE FROM job_usage WHERE recorded_at < ?", (older_than,))
+            cursor = conn.execute(
+                "DELETE FROM job_usage WHERE job_id IN "
+                "(SELECT job_id FROM job_usage WHERE recorded_at < ? LIMIT ?)",
+                (older_than, batch),
+            )
             return cursor.rowcount
 
-        return await self._db.write(delete)
+        total = 0
+        while True:
+            deleted = await self._db.write(delete)
+            total += deleted
+            if deleted < batch:
+                return total
 
 
 @asynccontextmanager
-async def open_runner_store(state_dir: Path) -> AsyncIterator[RunnerStore]:
+async def open_runner_store(
+    state_dir: Path, *, clock: Callable[[], float] = time.time
+) -> AsyncIterator[RunnerStore]:
     """Open (creating) ``<state_dir>/runners.db``; closed when the block exits."""
     async with open_database(Path(state_dir) / STATE_FILE, migrations=MIGRATIONS) as db:
-        yield RunnerStore(db)
+        yield RunnerStore(db, clock=clock)

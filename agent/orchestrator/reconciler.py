@@ -17,7 +17,8 @@ pass, ``reconcile_once``, does three idempotent things:
   and ask GitHub to redeliver each ``workflow_job`` GUID that has no OK attempt (as GitHub's own
   example script does). Redeliveries reuse the GUID, so intake dedupes them.
 - prune finished queue entries and delivery ids older than ``queue.retention`` (kept at least
-  as long as the redelivery window, so a redelivery is still recognised).
+  as long as the redelivery window, so a redelivery is still recognised), and the per-job usage
+  rows of this host's runner store with the same retention (the reporter has long used them).
 
 GitHub calls stop for the pass once the remaining quota would drop below ``(1 -
 reconcile_rate_share)`` of the limit (`RateBudget`): provisioning runners matters more.
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from agent.container.store import RunnerStore
 from agent.github import actions
 from agent.github.client import GitHubClient, GitHubError, RunnerTarget
 from agent.orchestrator.job_parser import PayloadError, job_spec, parse_rest_job
@@ -96,6 +98,7 @@ class PassReport:
     enqueued: int = 0
     redelivered: int = 0
     pruned: int = 0
+    pruned_usage: int = 0  # job_usage rows of the runner store
     requests: int = 0
     stopped_by_budget: bool = False
 
@@ -103,7 +106,8 @@ class PassReport:
 class Reconciler:
     """The reconcile loop (``run``) and its pass (``reconcile_once``); see the module docstring.
 
-    Without ``github`` only pruning runs (tests of the queue alone, a daemon without GitHub).
+    Without ``github`` only pruning runs (tests of the queue alone, a daemon without GitHub);
+    without ``runner_store`` the usage rows are not pruned.
     """
 
     def __init__(
@@ -113,10 +117,12 @@ class Reconciler:
         queue: JobQueue,
         github: GitHubClient | None = None,
         seen: SeenRepositories | None = None,
+        runner_store: RunnerStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._live = live
         self._queue = queue
+        self._runner_store = runner_store
         self._github = github
         self.seen = seen or SeenRepositories()
         self._clock = clock
@@ -156,10 +162,16 @@ class Reconciler:
         pruned = await self._queue.prune(older_than=cutoff)
         if pruned:
             log.info("reconciler: pruned %d finished entries", pruned)
+        pruned_usage = 0
+        if self._runner_store is not None:
+            pruned_usage = await self._runner_store.prune_usage(older_than=cutoff)
+            if pruned_usage:
+                log.info("reconciler: pruned %d job usage records", pruned_usage)
         return PassReport(
             enqueued=self.recovered - recovered,
             redelivered=self.redelivery_requests - redelivered,
             pruned=pruned,
+            pruned_usage=pruned_usage,
             requests=self._budget.spent,
             stopped_by_budget=stopped,
         )

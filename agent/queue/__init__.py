@@ -1,8 +1,9 @@
 """The job queue: the contract in ``base``, an embedded SQLite backend and a shared Redis one.
 
-Layering: ``base`` (types, no I/O) <- ``sqlite`` (via ``agent.db``) and ``redis``; ``open_queue``
-picks one from the configuration. Nothing outside this package issues SQL or Redis commands on
-the queue's data.
+Layering: ``base`` (types, no I/O; its errors are ``agent.storage``'s) <- ``sqlite`` (tables in
+``sqlite_schema``, via ``agent.db``) and ``redis`` (scripts in ``redis_scripts``, batching from
+``agent.storage.group_commit``); ``open_queue`` picks one from the configuration. Nothing outside
+this package issues SQL or Redis commands on the queue's data.
 """
 
 from __future__ import annotations

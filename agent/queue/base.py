@@ -40,6 +40,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agent.storage.errors import SchemaTooNew as SchemaTooNew
+from agent.storage.errors import StorageError, StorageUnavailable
+
 
 class JobState(enum.StrEnum):
     QUEUED = "queued"  # waiting for a runner (maybe delayed by not_before)
@@ -60,8 +63,10 @@ class EnqueueOutcome(enum.StrEnum):
     DUPLICATE_DELIVERY = "duplicate_delivery"  # delivery id seen before: no-op
 
 
-class QueueError(Exception):
-    """Base of the queue's errors."""
+# The queue's errors are the storage errors (agent.storage.errors says why): aliases, so
+# ``except QueueError`` also catches what agent.db raises under the SQLite backend.
+QueueError = StorageError
+QueueUnavailable = StorageUnavailable
 
 
 class StaleLease(QueueError):
@@ -71,20 +76,6 @@ class StaleLease(QueueError):
         super().__init__(f"lease {token[:8]}… on job {job_id} is no longer valid")
         self.job_id = job_id
         self.token = token
-
-
-class QueueUnavailable(QueueError):
-    """The backend could not commit (disk full, database locked too long, Redis down)."""
-
-
-class SchemaTooNew(QueueError):
-    """The database was written by a newer gantryd; refusing to touch it."""
-
-    def __init__(self, path: str, found: int, supported: int) -> None:
-        super().__init__(
-            f"{path} has schema version {found}, this gantryd supports up to {supported}; "
-            "upgrade gantryd or point [queue] path at a new file"
-        )
 
 
 @dataclass(frozen=True, kw_only=True)

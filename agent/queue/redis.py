@@ -12,14 +12,7 @@ Server settings this backend needs (checked where possible, documented in docs/q
   SQLite's ``synchronous=FULL``) or ``everysec`` (up to one second of accepted jobs may be lost on
   power loss or a server crash, like ``synchronous=NORMAL``). RDB snapshots alone lose minutes.
 
-Layout: ``job:<id>`` hash per job; ``ready:<pool>`` sorted set of claimable jobs (all scores 0,
-members ``<inverted priority>:<seq>:<id>`` so lexical order is priority then FIFO); ``delayed``
-(score ``not_before``), ``active`` (score lease expiry) and ``final`` (score finish time) sorted
-sets of job ids; ``running`` (score: when it started running) set of job ids, for listing
-(a job already running when a gantryd without it was upgraded is missing from it until it
-ends); ``deliveries`` (score first seen); ``outbox`` (score = seq) with its data in
-``outbox:data``; ``counts`` and ``readycount`` hashes kept by the scripts; ``notify`` list
-(at most one element) for ``wait_ready``.
+The scripts and the key layout they keep are in ``agent.queue.redis_scripts``.
 
 redis-py's asyncio client does not run on trio, so the blocking client runs on one long-lived
 thread of the queue's own (see ``RedisQueue``). Time is the injected ``clock``, never Redis
@@ -28,14 +21,13 @@ thread of the queue's own (see ``RedisQueue``). Time is the injected ``clock``, 
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
 
@@ -57,345 +49,12 @@ from agent.queue.base import (
     RetryPolicy,
     StaleLease,
 )
-from agent.queue.worker_thread import WorkerThread
+from agent.queue.redis_scripts import FIELDS, SCRIPTS, SHAS
+from agent.storage.group_commit import Entry, GroupCommit
+from agent.storage.worker_thread import WorkerThread
 
 T = TypeVar("T")
 Clock = Callable[[], float]
-
-_FIELDS = (
-    "state", "spec", "attempts", "enqueued_at", "not_before", "updated_at",
-    "runner_name", "conclusion", "last_error", "token", "expires",
-)  # fmt: skip
-
-# Shared by every script. KEYS[1] is the "{prefix}:" every key starts with.
-_LIB = """
-local P = KEYS[1]
-local FINAL = {done = true, dead = true, cancelled = true}
-local FIELDS = {'state', 'spec', 'attempts', 'enqueued_at', 'not_before', 'updated_at',
-                'runner_name', 'conclusion', 'last_error', 'token', 'expires'}
-local function jkey(id) return P .. 'job:' .. id end
-local function count(pool, state, d)
-  redis.call('HINCRBY', P .. 'counts', pool .. '\\t' .. state, d)
-end
-local function move(id, pool, from, to, now)
-  count(pool, from, -1); count(pool, to, 1)
-  redis.call('HSET', jkey(id), 'state', to, 'updated_at', now)
-end
-local function notify()
-  redis.call('LPUSH', P .. 'notify', '1'); redis.call('LTRIM', P .. 'notify', 0, 0)
-end
-local function to_ready(id)
-  local j = redis.call('HMGET', jkey(id), 'pool', 'priority', 'rkey')
-  redis.call('ZADD', P .. 'ready:' .. j[1], 0, j[3])
-  redis.call('HINCRBY', P .. 'readycount', j[1] .. '\\t' .. j[2], 1)
-end
-local function unqueue(id)
-  if redis.call('ZREM', P .. 'delayed', id) == 1 then return end
-  local j = redis.call('HMGET', jkey(id), 'pool', 'priority', 'rkey')
-  if redis.call('ZREM', P .. 'ready:' .. j[1], j[3]) == 1 then
-    redis.call('HINCRBY', P .. 'readycount', j[1] .. '\\t' .. j[2], -1)
-  end
-end
-local function place(id, not_before, now)
-  if tonumber(not_before) <= tonumber(now) then to_ready(id); notify()
-  else redis.call('ZADD', P .. 'delayed', not_before, id) end
-end
-local function promote(now)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now)) do
-    redis.call('ZREM', P .. 'delayed', id); to_ready(id)
-  end
-end
-local function outbox(id, state, detail)
-  local seq = redis.call('INCR', P .. 'seq')
-  redis.call('ZADD', P .. 'outbox', seq, id)
-  redis.call('HSET', P .. 'outbox:data', id, state .. '\\n' .. detail)
-end
-local function new_delivery(delivery, now)
-  return delivery == '' or redis.call('ZADD', P .. 'deliveries', 'NX', now, delivery) == 1
-end
-local function leave(id, state, now)
-  -- take a non-final job out of whichever index its state puts it in
-  if state == 'claimed' then redis.call('ZREM', P .. 'active', id)
-  elseif state == 'queued' then unqueue(id)
-  elseif state == 'running' then redis.call('ZREM', P .. 'running', id) end
-  redis.call('HDEL', jkey(id), 'token', 'expires')
-end
-local function finalize(id, pool, state, to, now)
-  leave(id, state, now); move(id, pool, state, to, now)
-  redis.call('ZADD', P .. 'final', now, id)
-end
-local function leased(id, token)
-  local j = redis.call('HMGET', jkey(id), 'state', 'token', 'pool', 'attempts')
-  if j[1] ~= 'claimed' or j[2] ~= token then return nil end
-  return j
-end
-local function fields(id) return redis.call('HMGET', jkey(id), unpack(FIELDS)) end
-"""
-
-_ENQUEUE = """
-local id, pool, priority, rkey_head, spec, now, not_before, delivery = unpack(ARGV)
-if not new_delivery(delivery, now) then return 'duplicate_delivery' end
-local st = redis.call('HGET', jkey(id), 'state')
-if st then if FINAL[st] then return 'finished' end return 'known' end
-local seq = redis.call('INCR', P .. 'seq')
-redis.call('HSET', jkey(id), 'spec', spec, 'state', 'queued', 'pool', pool, 'priority', priority,
-  'rkey', rkey_head .. string.format('%020d', seq) .. ':' .. id, 'attempts', 0,
-  'enqueued_at', now, 'not_before', not_before, 'updated_at', now)
-redis.call('SADD', P .. 'pools', pool)
-count(pool, 'queued', 1)
-place(id, not_before, now)
-outbox(id, 'queued', '{}')
-return 'created'
-"""
-
-_CLAIM = """
-local now, expires, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local pools = ARGV[4] ~= '' and cjson.decode(ARGV[4]) or redis.call('SMEMBERS', P .. 'pools')
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'active', '-inf', now)) do
-  redis.call('ZREM', P .. 'active', id)
-  redis.call('HDEL', jkey(id), 'token', 'expires')
-  move(id, redis.call('HGET', jkey(id), 'pool'), 'claimed', 'queued', now)
-  to_ready(id)
-end
-promote(now)
-if n <= 0 then return {} end
-local heads = {}
-for _, pool in ipairs(pools) do
-  if redis.call('SISMEMBER', P .. 'paused', pool) == 0 then
-    for _, m in ipairs(redis.call('ZRANGE', P .. 'ready:' .. pool, 0, n - 1)) do
-      table.insert(heads, {m, pool})
-    end
-  end
-end
-table.sort(heads, function(a, b) return a[1] < b[1] end)
-local out = {}
-for i = 1, math.min(n, #heads) do
-  local m, pool = heads[i][1], heads[i][2]
-  local id = string.match(m, ':([^:]+)$')
-  local token = ARGV[4 + i]
-  redis.call('ZREM', P .. 'ready:' .. pool, m)
-  local priority = redis.call('HGET', jkey(id), 'priority')
-  redis.call('HINCRBY', P .. 'readycount', pool .. '\\t' .. priority, -1)
-  move(id, pool, 'queued', 'claimed', now)
-  redis.call('HSET', jkey(id), 'token', token, 'expires', expires)
-  redis.call('ZADD', P .. 'active', expires, id)
-  table.insert(out, fields(id))
-end
-return out
-"""
-
-_HEARTBEAT = """
-local id, token, now, expires = unpack(ARGV)
-if not leased(id, token) then return false end
-redis.call('HSET', jkey(id), 'expires', expires, 'updated_at', now)
-redis.call('ZADD', P .. 'active', expires, id)
-return fields(id)
-"""
-
-_ACK = """
-local now, n = ARGV[1], (#ARGV - 1) / 2
-local held = {}
-for i = 1, n do
-  local id, token = ARGV[2 * i], ARGV[2 * i + 1]
-  local j = leased(id, token)
-  if not j then return {id, token} end
-  held[i] = j[3]
-end
-for i = 1, n do finalize(ARGV[2 * i], held[i], 'claimed', 'done', now) end
-return false
-"""
-
-_FAIL = """
-local id, token, now, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local j = leased(id, token)
-if not j then return false end
-local failures = tonumber(j[4]) + 1
-local retry_at = ARGV[4 + failures]
-redis.call('HSET', jkey(id), 'attempts', failures, 'last_error', reason)
-if retry_at == nil then
-  finalize(id, j[3], 'claimed', 'dead', now)
-  redis.call('HSET', jkey(id), 'conclusion', reason)
-  outbox(id, 'dead', cjson.encode({reason = reason}))
-  return ''
-end
-leave(id, 'claimed', now)
-move(id, j[3], 'claimed', 'queued', now)
-redis.call('HSET', jkey(id), 'not_before', retry_at)
-place(id, retry_at, now)
-outbox(id, 'queued',
-  cjson.encode({reason = reason, attempts = failures, retry_at = tonumber(retry_at)}))
-return retry_at
-"""
-
-_RELEASE = """
-local id, token, now = unpack(ARGV)
-local j = leased(id, token)
-if not j then return 0 end
-leave(id, 'claimed', now)
-move(id, j[3], 'claimed', 'queued', now)
-to_ready(id); notify()
-return 1
-"""
-
-_MARK_RUNNING = """
-local id, runner, now, delivery = unpack(ARGV)
-if not new_delivery(delivery, now) then return 0 end
-local j = redis.call('HMGET', jkey(id), 'state', 'pool')
-if not j[1] or FINAL[j[1]] then return 0 end
-leave(id, j[1], now)
-move(id, j[2], j[1], 'running', now)
-redis.call('HSET', jkey(id), 'runner_name', runner)
-redis.call('ZADD', P .. 'running', now, id)
-outbox(id, 'running', cjson.encode({runner_name = runner}))
-return 1
-"""
-
-_FINISH = """
-local id, conclusion, now, delivery, tombstone = unpack(ARGV)
-if not new_delivery(delivery, now) then return 0 end
-local j = redis.call('HMGET', jkey(id), 'state', 'pool')
-if not j[1] then
-  redis.call('HSET', jkey(id), 'spec', tombstone, 'state', 'done', 'pool', '', 'priority', 0,
-    'attempts', 0, 'enqueued_at', now, 'not_before', now, 'updated_at', now,
-    'conclusion', conclusion)
-  count('', 'done', 1)
-  redis.call('ZADD', P .. 'final', now, id)
-  return 1
-end
-if FINAL[j[1]] then return 0 end
-finalize(id, j[2], j[1], 'done', now)
-redis.call('HSET', jkey(id), 'conclusion', conclusion)
-outbox(id, 'done', cjson.encode({conclusion = conclusion}))
-return 1
-"""
-
-_CANCEL = """
-local id, reason, now = unpack(ARGV)
-local j = redis.call('HMGET', jkey(id), 'state', 'pool')
-if not j[1] or FINAL[j[1]] then return 0 end
-finalize(id, j[2], j[1], 'cancelled', now)
-redis.call('HSET', jkey(id), 'conclusion', reason)
-outbox(id, 'cancelled', cjson.encode({reason = reason}))
-return 1
-"""
-
-_RETRY = """
-local id, now = unpack(ARGV)
-local j = redis.call('HMGET', jkey(id), 'state', 'pool', 'rkey')
-if j[1] ~= 'dead' and j[1] ~= 'cancelled' then return 0 end
-local seq = redis.call('INCR', P .. 'seq')
-redis.call('ZREM', P .. 'final', id)
-move(id, j[2], j[1], 'queued', now)
-redis.call('HSET', jkey(id), 'attempts', 0, 'not_before', now,
-  'rkey', string.match(j[3], '^%d+:') .. string.format('%020d', seq) .. ':' .. id)
-redis.call('HDEL', jkey(id), 'conclusion', 'runner_name')
-place(id, now, now)
-outbox(id, 'queued', '{}')
-return 1
-"""
-
-# QUEUED/CLAIMED: every candidate's rkey, sorted (= claim order). Others: the running and final
-# indexes newest first (final read in chunks until ``limit`` match), then merged by updated_at.
-_LIST_JOBS = """
-local now, limit, by_pool, only = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]
-local want = {}
-for i = 5, #ARGV do want[ARGV[i]] = true end
-promote(now)
-local served, others = {}, {}
-local function take(into, ids)
-  local n = 0
-  for _, id in ipairs(ids) do
-    local j = redis.call('HMGET', jkey(id), 'state', 'pool', 'rkey', 'updated_at')
-    if want[j[1]] and (not by_pool or j[2] == only) then
-      table.insert(into, {id, j[3], tonumber(j[4])}); n = n + 1
-    end
-  end
-  return n
-end
-if want.queued then
-  local pools = by_pool and {only} or redis.call('SMEMBERS', P .. 'pools')
-  for _, pool in ipairs(pools) do
-    for _, m in ipairs(redis.call('ZRANGE', P .. 'ready:' .. pool, 0, limit - 1)) do
-      table.insert(served, {string.match(m, ':([^:]+)$'), m})
-    end
-  end
-  take(served, redis.call('ZRANGE', P .. 'delayed', 0, -1))
-end
-if want.claimed then take(served, redis.call('ZRANGE', P .. 'active', 0, -1)) end
-table.sort(served, function(a, b) return a[2] < b[2] end)
-if #served < limit then
-  if want.running then take(others, redis.call('ZREVRANGE', P .. 'running', 0, -1)) end
-  if want.done or want.dead or want.cancelled then
-    local found, from = 0, 0
-    while found < limit do
-      local ids = redis.call('ZREVRANGE', P .. 'final', from, from + 255)
-      if #ids == 0 then break end
-      found = found + take(others, ids); from = from + 256
-    end
-  end
-  table.sort(others, function(a, b) return a[3] > b[3] end)
-end
-local out = {}
-for _, list in ipairs({served, others}) do
-  for _, e in ipairs(list) do
-    if #out >= limit then return out end
-    table.insert(out, fields(e[1]))
-  end
-end
-return out
-"""
-
-_RECORD_DELIVERY = """
-return new_delivery(ARGV[1], ARGV[2]) and 1 or 0
-"""
-
-_POSITION = """
-local id, now = unpack(ARGV)
-promote(now)
-local j = redis.call('HMGET', jkey(id), 'state', 'pool', 'rkey')
-if j[1] ~= 'queued' then return false end
-return redis.call('ZLEXCOUNT', P .. 'ready:' .. j[2], '-', '(' .. j[3]) + 1
-"""
-
-_COUNTS = """
-promote(ARGV[1])
-return {redis.call('HGETALL', P .. 'counts'), redis.call('HGETALL', P .. 'readycount')}
-"""
-
-_RESUME = """
-redis.call('SREM', P .. 'paused', ARGV[1])
-notify()
-"""
-
-_OUTBOX = """
-local out = {}
-for _, id in ipairs(redis.call('ZRANGE', P .. 'outbox', 0, tonumber(ARGV[1]) - 1)) do
-  table.insert(out, {id, redis.call('ZSCORE', P .. 'outbox', id),
-    redis.call('HGET', P .. 'outbox:data', id), redis.call('HGET', jkey(id), 'spec')})
-end
-return out
-"""
-
-_ACK_OUTBOX = """
-local id, seq = unpack(ARGV)
-if redis.call('ZSCORE', P .. 'outbox', id) == seq then
-  redis.call('ZREM', P .. 'outbox', id); redis.call('HDEL', P .. 'outbox:data', id)
-end
-"""
-
-_PRUNE = """
-local cutoff, batch = '(' .. ARGV[1], tonumber(ARGV[2])
-local ids = redis.call('ZRANGEBYSCORE', P .. 'final', '-inf', cutoff, 'LIMIT', 0, batch)
-for _, id in ipairs(ids) do
-  local j = redis.call('HMGET', jkey(id), 'state', 'pool')
-  count(j[2], j[1], -1)
-  redis.call('DEL', jkey(id)); redis.call('ZREM', P .. 'final', id)
-  redis.call('ZREM', P .. 'outbox', id); redis.call('HDEL', P .. 'outbox:data', id)
-end
-local d = redis.call('ZRANGEBYSCORE', P .. 'deliveries', '-inf', cutoff, 'LIMIT', 0, batch)
-if #d > 0 then redis.call('ZREM', P .. 'deliveries', unpack(d)) end
-return {#ids, #d}
-"""
 
 
 def _rkey_head(priority: int) -> str:
@@ -404,7 +63,7 @@ def _rkey_head(priority: int) -> str:
 
 
 def _job(values: Sequence[str | None]) -> QueuedJob:
-    d = dict(zip(_FIELDS, values, strict=True))
+    d = dict(zip(FIELDS, values, strict=True))
     return QueuedJob(
         spec=load_spec(d["spec"] or ""),
         state=JobState(d["state"] or ""),
@@ -444,16 +103,15 @@ def _unavailable(exc: Exception) -> Exception:
     return mapped
 
 
-@dataclasses.dataclass(eq=False)
+@dataclass(frozen=True)
 class _Call:
-    """One script call, waiting for (or sent in) a shared round trip."""
+    """One script call, sent alone or in a shared round trip (``GroupCommit``)."""
 
     name: str
     args: tuple[Any, ...]
-    taken: bool = False  # a round trip owns it: it will be sent, whatever happens to its caller
-    result: Any = None
-    error: BaseException | None = None
-    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+
+
+_Sent = Entry[_Call, Any]
 
 
 class RedisQueue:
@@ -479,34 +137,7 @@ class RedisQueue:
         self._clock = clock
         self._random = random.Random()
         self._wait_limiter = trio.CapacityLimiter(1)
-        self._flush_lock = trio.Lock()
-        self._pending: list[_Call] = []
-        self._sources = {
-            name: _LIB + body
-            for name, body in {
-                "enqueue": _ENQUEUE,
-                "claim": _CLAIM,
-                "heartbeat": _HEARTBEAT,
-                "ack": _ACK,
-                "fail": _FAIL,
-                "release": _RELEASE,
-                "mark_running": _MARK_RUNNING,
-                "finish": _FINISH,
-                "cancel": _CANCEL,
-                "retry": _RETRY,
-                "list_jobs": _LIST_JOBS,
-                "record_delivery": _RECORD_DELIVERY,
-                "position": _POSITION,
-                "counts": _COUNTS,
-                "resume": _RESUME,
-                "outbox": _OUTBOX,
-                "ack_outbox": _ACK_OUTBOX,
-                "prune": _PRUNE,
-            }.items()
-        }
-        self._shas = {
-            name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._sources.items()
-        }
+        self._calls: GroupCommit[_Call, Any] = GroupCommit(self._send, name=f"redis {prefix}")
 
     def _connection(self) -> redis.Redis[str]:
         """The thread's connection; redis-py reconnects it after a failure on the next call."""
@@ -535,42 +166,20 @@ class RedisQueue:
         return await self._thread.run(call)
 
     async def _script(self, name: str, *args: Any) -> Any:
-        call = _Call(name, args)
-        self._pending.append(call)
-        try:
-            async with self._flush_lock:
-                if not call.taken:  # nobody sent it while we waited: send everything queued
-                    batch, self._pending = self._pending, []
-                    for c in batch:
-                        c.taken = True
-                    try:
-                        await self._run(partial(self._send_blocking, batch))
-                    except trio.ClosedResourceError as exc:  # closed while these waited
-                        for c in batch:
-                            c.error = exc
-                    finally:
-                        for c in batch:
-                            c.done.set()
-        except trio.Cancelled:
-            if not call.taken:
-                self._pending.remove(call)
-                raise
-            # Another task's round trip carries it: wait for the outcome, so a caller never
-            # mistakes a script that ran for one that did not.
-            with trio.CancelScope(shield=True):
-                await call.done.wait()
-        if call.error is not None:
-            raise call.error
-        return call.result
+        return await self._calls.submit(_Call(name, args))
 
-    def _send_blocking(self, batch: list[_Call]) -> None:
+    async def _send(self, batch: Sequence[_Sent]) -> None:
+        await self._run(partial(self._send_blocking, batch))
+
+    def _send_blocking(self, batch: Sequence[_Sent]) -> None:
         try:
-            results = self._evalsha(batch)
+            calls = [c.item for c in batch]
+            results = self._evalsha(calls)
             missing = [i for i, r in enumerate(results) if _no_script(r)]
             if missing:  # the server lost its scripts (restart, SCRIPT FLUSH): load, resend
                 self._load_scripts()
                 for i, result in zip(
-                    missing, self._evalsha([batch[i] for i in missing]), strict=True
+                    missing, self._evalsha([calls[i] for i in missing]), strict=True
                 ):
                     results[i] = result
         except Exception as exc:  # the round trip failed: every call of it did
@@ -590,23 +199,21 @@ class RedisQueue:
             try:
                 conn = self._connection()
                 return [
-                    conn.execute_command(
-                        "EVALSHA", self._shas[call.name], 1, *self._keys, *call.args
-                    )
+                    conn.execute_command("EVALSHA", SHAS[call.name], 1, *self._keys, *call.args)
                 ]
             except redis.exceptions.ResponseError as exc:
                 return [exc]
         pipe = self._client.pipeline(transaction=False)
         for call in batch:  # types-redis leaves Pipeline.execute_command untyped
             pipe.execute_command(  # type: ignore[no-untyped-call]
-                "EVALSHA", self._shas[call.name], 1, *self._keys, *call.args
+                "EVALSHA", SHAS[call.name], 1, *self._keys, *call.args
             )
         return pipe.execute(raise_on_error=False)
 
     def _load_scripts(self) -> None:
         conn = self._connection()
-        for name, src in self._sources.items():
-            if conn.execute_command("SCRIPT", "LOAD", src) != self._shas[name]:
+        for name, src in SCRIPTS.items():
+            if conn.execute_command("SCRIPT", "LOAD", src) != SHAS[name]:
                 raise QueueUnavailable(f"Redis hashed the {name!r} script differently")
 
     async def wait_ready(self, timeout: float) -> bool:  # noqa: ASYNC109 - BLPOP's own timeout
@@ -649,14 +256,16 @@ class RedisQueue:
 
     async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[EnqueueOutcome]:
         """``enqueue`` of each spec in one round trip (each still atomic on its own)."""
-        batch = [_Call("enqueue", tuple(self._enqueue_args(spec, None, None))) for spec in specs]
+        batch: list[_Sent] = [
+            Entry(_Call("enqueue", tuple(self._enqueue_args(spec, None, None)))) for spec in specs
+        ]
         if batch:
             await self._run(partial(self._send_blocking, batch))
         outcomes = []
         for call in batch:
             if call.error is not None:
                 raise call.error
-            outcomes.append(EnqueueOutcome(call.result))
+            outcomes.append(EnqueueOutcome(cast(str, call.result)))
         return outcomes
 
     async def claim(
@@ -736,7 +345,7 @@ class RedisQueue:
 
     async def get(self, job_id: int) -> QueuedJob | None:
         key = f"{self._keys[0]}job:{job_id}"
-        values = await self._run(partial(self._client.hmget, key, list(_FIELDS)))
+        values = await self._run(partial(self._client.hmget, key, list(FIELDS)))
         return None if values[0] is None else _job(values)
 
     async def position(self, job_id: int) -> int | None:
@@ -809,9 +418,9 @@ class RedisQueue:
     async def aclose(self) -> None:
         """Close the connections once the calls in flight have finished."""
         with trio.CancelScope(shield=True):
-            async with self._flush_lock:
-                if self._thread is not None:
-                    await self._thread.aclose()
+            await self._calls.aclose()  # the round trip in flight has finished
+            if self._thread is not None:
+                await self._thread.aclose()
             if self._conn is not None:
                 self._conn.close()  # hands the connection back to the pool; no I/O
             async with self._wait_limiter:

@@ -5,6 +5,7 @@ Every transition is one ``BEGIN IMMEDIATE`` transaction on the single writer con
 head of a partial index of QUEUED rows with ``UPDATE … WHERE job_id IN (SELECT … ORDER BY
 priority DESC, seq LIMIT n) RETURNING …``, so the cost of a claim does not grow with the backlog.
 Time comes from the injected ``clock`` (unix seconds) so tests drive lease expiry and delays.
+The tables and the row helpers shared by the transactions are in ``agent.queue.sqlite_schema``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
 import trio
 
 from agent.db import Database, open_database
@@ -36,127 +36,19 @@ from agent.queue.base import (
     RetryPolicy,
     StaleLease,
 )
+from agent.queue.sqlite_schema import (
+    COLUMNS,
+    FINAL_SQL,
+    MIGRATIONS,
+    check_lease,
+    job_from_row,
+    new_delivery,
+    next_seq,
+    put_outbox,
+    state_of,
+)
 
 Clock = Callable[[], float]
-
-_COLUMNS = (
-    "job_id, state, spec, attempts, enqueued_at, not_before, updated_at, "
-    "runner_name, conclusion, last_error, lease_token, lease_expires"
-)
-_FINAL_SQL = "('done', 'dead', 'cancelled')"
-
-
-def _schema_v1(db: sqlite_utils.Database) -> None:
-    db.table("jobs").create(
-        {
-            "job_id": int,
-            "seq": int,  # enqueue order: FIFO among equal priorities
-            "pool": str,
-            "priority": int,
-            "state": str,
-            "spec": str,  # JobSpec as JSON
-            "attempts": int,
-            "enqueued_at": float,
-            "not_before": float,
-            "updated_at": float,
-            "lease_token": str,
-            "lease_expires": float,
-            "runner_name": str,
-            "conclusion": str,
-            "last_error": str,
-        },
-        pk="job_id",
-        not_null={"seq", "pool", "priority", "state", "spec", "attempts", "enqueued_at"},
-    )
-    db.table("deliveries").create({"delivery_id": str, "seen_at": float}, pk="delivery_id")
-    db.table("deliveries").create_index(["seen_at"])
-    db.table("outbox").create(
-        {"job_id": int, "seq": int, "state": str, "detail": str},
-        pk="job_id",
-        not_null={"seq", "state", "detail"},
-    )
-    db.table("outbox").create_index(["seq"])
-    db.table("paused").create({"pool": str}, pk="pool")
-    db.table("counters").create({"name": str, "value": int}, pk="name")
-    db.table("counters").insert({"name": "seq", "value": 0})
-    # Partial indexes: each hot query reads only the rows of its state.
-    db.execute("CREATE INDEX jobs_ready ON jobs (priority DESC, seq) WHERE state = 'queued'")
-    db.execute("CREATE INDEX jobs_leased ON jobs (lease_expires) WHERE state = 'claimed'")
-    db.execute(f"CREATE INDEX jobs_final ON jobs (updated_at) WHERE state IN {_FINAL_SQL}")
-
-
-def _schema_v2(db: sqlite_utils.Database) -> None:
-    """Delivery ids WITHOUT ROWID: one b-tree instead of a rowid table plus its key index, so
-    an enqueue writes one page fewer per commit (docs/benchmarks.md, "Queue")."""
-    db.execute(
-        "CREATE TABLE deliveries_v2 (delivery_id TEXT PRIMARY KEY, seen_at FLOAT) WITHOUT ROWID"
-    )
-    db.execute("INSERT INTO deliveries_v2 SELECT delivery_id, seen_at FROM deliveries")
-    db.execute("DROP TABLE deliveries")
-    db.execute("ALTER TABLE deliveries_v2 RENAME TO deliveries")
-    db.execute("CREATE INDEX deliveries_seen_at ON deliveries (seen_at)")
-
-
-MIGRATIONS = (_schema_v1, _schema_v2)
-
-
-def _job(row: sqlite3.Row | tuple[Any, ...]) -> QueuedJob:
-    return QueuedJob(
-        spec=load_spec(row[2]),
-        state=JobState(row[1]),
-        attempts=row[3],
-        enqueued_at=row[4],
-        not_before=row[5],
-        updated_at=row[6],
-        runner_name=row[7],
-        conclusion=row[8],
-        last_error=row[9],
-    )
-
-
-def _next_seq(conn: sqlite3.Connection) -> int:
-    row = conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'seq' RETURNING value")
-    return int(row.fetchone()[0])
-
-
-def _outbox(
-    conn: sqlite3.Connection,
-    job_id: int,
-    state: JobState,
-    detail: dict[str, Any],
-    seq: int | None = None,
-) -> None:
-    """Upsert the job's pending report: the latest state wins, under a new ``seq``."""
-    conn.execute(
-        "INSERT INTO outbox (job_id, seq, state, detail) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (job_id) DO UPDATE SET "
-        "seq = excluded.seq, state = excluded.state, detail = excluded.detail",
-        (job_id, seq or _next_seq(conn), state.value, json.dumps(detail)),
-    )
-
-
-def _new_delivery(conn: sqlite3.Connection, delivery_id: str | None, now: float) -> bool:
-    if delivery_id is None:
-        return True
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO deliveries (delivery_id, seen_at) VALUES (?, ?)", (delivery_id, now)
-    )
-    return cur.rowcount == 1
-
-
-def _state(conn: sqlite3.Connection, job_id: int) -> JobState | None:
-    row = conn.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-    return None if row is None else JobState(row[0])
-
-
-def _check_lease(conn: sqlite3.Connection, lease: Lease) -> tuple[Any, ...]:
-    row = conn.execute(
-        f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ? AND state = 'claimed' AND lease_token = ?",
-        (lease.job_id, lease.token),
-    ).fetchone()
-    if row is None:
-        raise StaleLease(lease.job_id, lease.token)
-    return tuple(row)
 
 
 class SQLiteQueue:
@@ -203,9 +95,9 @@ class SQLiteQueue:
         now = self._clock()
 
         def tx(conn: sqlite3.Connection) -> EnqueueOutcome:
-            if not _new_delivery(conn, delivery_id, now):
+            if not new_delivery(conn, delivery_id, now):
                 return EnqueueOutcome.DUPLICATE_DELIVERY
-            seq = _next_seq(conn)
+            seq = next_seq(conn)
             cur = conn.execute(
                 "INSERT INTO jobs (job_id, seq, pool, priority, state, spec, attempts, "
                 "enqueued_at, not_before, updated_at) VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?) "
@@ -222,9 +114,9 @@ class SQLiteQueue:
                 ),
             )
             if cur.rowcount == 0:
-                state = _state(conn, spec.job_id)
+                state = state_of(conn, spec.job_id)
                 return EnqueueOutcome.FINISHED if state in FINAL_STATES else EnqueueOutcome.KNOWN
-            _outbox(conn, spec.job_id, JobState.QUEUED, {}, seq)
+            put_outbox(conn, spec.job_id, JobState.QUEUED, {}, seq)
             return EnqueueOutcome.CREATED
 
         return tx
@@ -244,7 +136,7 @@ class SQLiteQueue:
             "lease_expires = ?, updated_at = ? WHERE job_id IN ("
             "SELECT job_id FROM jobs WHERE state = 'queued' AND not_before <= ? "
             f"AND pool NOT IN (SELECT pool FROM paused) {pool_filter} "
-            f"ORDER BY priority DESC, seq LIMIT ?) RETURNING {_COLUMNS}, priority, seq"
+            f"ORDER BY priority DESC, seq LIMIT ?) RETURNING {COLUMNS}, priority, seq"
         )
 
         def tx(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
@@ -257,19 +149,19 @@ class SQLiteQueue:
 
         rows = await self._db.write(tx)
         rows.sort(key=lambda r: (-r[12], r[13]))
-        return [Lease(job=_job(r), token=r[10], expires_at=r[11]) for r in rows]
+        return [Lease(job=job_from_row(r), token=r[10], expires_at=r[11]) for r in rows]
 
     async def heartbeat(self, lease: Lease, *, lease_seconds: float) -> Lease:
         now = self._clock()
 
         def tx(conn: sqlite3.Connection) -> Lease:
-            _check_lease(conn, lease)
+            check_lease(conn, lease)
             row = conn.execute(
                 f"UPDATE jobs SET lease_expires = ?, updated_at = ? WHERE job_id = ? "
-                f"RETURNING {_COLUMNS}",
+                f"RETURNING {COLUMNS}",
                 (now + lease_seconds, now, lease.job_id),
             ).fetchone()
-            return Lease(job=_job(row), token=lease.token, expires_at=row[11])
+            return Lease(job=job_from_row(row), token=lease.token, expires_at=row[11])
 
         return await self._db.write(tx)
 
@@ -299,7 +191,7 @@ class SQLiteQueue:
         draw = self._random.random()
 
         def tx(conn: sqlite3.Connection) -> FailOutcome:
-            row = _check_lease(conn, lease)
+            row = check_lease(conn, lease)
             failures = row[3] + 1
             delay = self._retry.backoff(failures, draw)
             if delay is None:
@@ -309,14 +201,14 @@ class SQLiteQueue:
                     "WHERE job_id = ?",
                     (failures, reason, reason, now, lease.job_id),
                 )
-                _outbox(conn, lease.job_id, JobState.DEAD, {"reason": reason})
+                put_outbox(conn, lease.job_id, JobState.DEAD, {"reason": reason})
                 return FailOutcome(dead=True, retry_at=None)
             conn.execute(
                 "UPDATE jobs SET state = 'queued', attempts = ?, last_error = ?, not_before = ?, "
                 "lease_token = NULL, lease_expires = NULL, updated_at = ? WHERE job_id = ?",
                 (failures, reason, now + delay, now, lease.job_id),
             )
-            _outbox(
+            put_outbox(
                 conn,
                 lease.job_id,
                 JobState.QUEUED,
@@ -333,7 +225,7 @@ class SQLiteQueue:
         now = self._clock()
 
         def tx(conn: sqlite3.Connection) -> None:
-            _check_lease(conn, lease)
+            check_lease(conn, lease)
             conn.execute(
                 "UPDATE jobs SET state = 'queued', lease_token = NULL, lease_expires = NULL, "
                 "updated_at = ? WHERE job_id = ?",
@@ -349,9 +241,9 @@ class SQLiteQueue:
         now = self._clock()
 
         def tx(conn: sqlite3.Connection) -> bool:
-            if not _new_delivery(conn, delivery_id, now):
+            if not new_delivery(conn, delivery_id, now):
                 return False
-            state = _state(conn, job_id)
+            state = state_of(conn, job_id)
             if state is None or state in FINAL_STATES:
                 return False
             conn.execute(
@@ -359,7 +251,7 @@ class SQLiteQueue:
                 "lease_expires = NULL, updated_at = ? WHERE job_id = ?",
                 (runner_name, now, job_id),
             )
-            _outbox(conn, job_id, JobState.RUNNING, {"runner_name": runner_name})
+            put_outbox(conn, job_id, JobState.RUNNING, {"runner_name": runner_name})
             return True
 
         return await self._db.write(tx)
@@ -368,9 +260,9 @@ class SQLiteQueue:
         now = self._clock()
 
         def tx(conn: sqlite3.Connection) -> bool:
-            if not _new_delivery(conn, delivery_id, now):
+            if not new_delivery(conn, delivery_id, now):
                 return False
-            state = _state(conn, job_id)
+            state = state_of(conn, job_id)
             if state is None:
                 conn.execute(
                     "INSERT INTO jobs (job_id, seq, pool, priority, state, spec, attempts, "
@@ -378,7 +270,7 @@ class SQLiteQueue:
                     "VALUES (?, ?, '', 0, 'done', ?, 0, ?, ?, ?, ?)",
                     (
                         job_id,
-                        _next_seq(conn),
+                        next_seq(conn),
                         dump_spec(tombstone_spec(job_id)),
                         now,
                         now,
@@ -394,7 +286,7 @@ class SQLiteQueue:
                 "lease_expires = NULL, updated_at = ? WHERE job_id = ?",
                 (conclusion, now, job_id),
             )
-            _outbox(conn, job_id, JobState.DONE, {"conclusion": conclusion})
+            put_outbox(conn, job_id, JobState.DONE, {"conclusion": conclusion})
             return True
 
         return await self._db.write(tx)
@@ -403,7 +295,7 @@ class SQLiteQueue:
         now = self._clock()
 
         def tx(conn: sqlite3.Connection) -> bool:
-            state = _state(conn, job_id)
+            state = state_of(conn, job_id)
             if state is None or state in FINAL_STATES:
                 return False
             conn.execute(
@@ -411,7 +303,7 @@ class SQLiteQueue:
                 "lease_expires = NULL, updated_at = ? WHERE job_id = ?",
                 (reason, now, job_id),
             )
-            _outbox(conn, job_id, JobState.CANCELLED, {"reason": reason})
+            put_outbox(conn, job_id, JobState.CANCELLED, {"reason": reason})
             return True
 
         return await self._db.write(tx)
@@ -424,11 +316,11 @@ class SQLiteQueue:
                 "UPDATE jobs SET state = 'queued', seq = ?, attempts = 0, not_before = ?, "
                 "updated_at = ?, conclusion = NULL, runner_name = NULL, lease_token = NULL, "
                 "lease_expires = NULL WHERE job_id = ? AND state IN ('dead', 'cancelled')",
-                (_next_seq(conn), now, now, job_id),
+                (next_seq(conn), now, now, job_id),
             )
             if cur.rowcount == 0:
                 return False
-            _outbox(conn, job_id, JobState.QUEUED, {})
+            put_outbox(conn, job_id, JobState.QUEUED, {})
             return True
 
         retried = await self._db.write(tx)
@@ -438,13 +330,13 @@ class SQLiteQueue:
 
     async def record_delivery(self, delivery_id: str) -> bool:
         now = self._clock()
-        return await self._db.write(lambda conn: _new_delivery(conn, delivery_id, now))
+        return await self._db.write(lambda conn: new_delivery(conn, delivery_id, now))
 
     async def get(self, job_id: int) -> QueuedJob | None:
         def q(conn: sqlite3.Connection) -> QueuedJob | None:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
+            row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
             found = row.fetchone()
-            return None if found is None else _job(found)
+            return None if found is None else job_from_row(found)
 
         return await self._db.read(q)
 
@@ -475,7 +367,7 @@ class SQLiteQueue:
         if not wanted or limit <= 0:
             return []
         sql = (
-            f"SELECT {_COLUMNS} FROM jobs WHERE state IN ({', '.join('?' * len(wanted))}) "
+            f"SELECT {COLUMNS} FROM jobs WHERE state IN ({', '.join('?' * len(wanted))}) "
             + ("AND pool = ? " if pool is not None else "")
             + "ORDER BY state IN ('queued', 'claimed') DESC, "
             "CASE WHEN state IN ('queued', 'claimed') THEN -priority END, "
@@ -485,7 +377,7 @@ class SQLiteQueue:
         args: list[Any] = [*wanted, *([pool] if pool is not None else []), limit]
 
         def q(conn: sqlite3.Connection) -> list[QueuedJob]:
-            return [_job(row) for row in conn.execute(sql, args)]
+            return [job_from_row(row) for row in conn.execute(sql, args)]
 
         return await self._db.read(q)
 
@@ -561,7 +453,7 @@ class SQLiteQueue:
             ids = [
                 (r[0],)
                 for r in conn.execute(
-                    f"SELECT job_id FROM jobs WHERE state IN {_FINAL_SQL} AND updated_at < ? "
+                    f"SELECT job_id FROM jobs WHERE state IN {FINAL_SQL} AND updated_at < ? "
                     "LIMIT ?",
                     (older_than, batch),
                 )

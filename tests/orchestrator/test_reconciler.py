@@ -14,18 +14,22 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from agent.container.lifecycle import Runner
+from agent.container.store import open_runner_store
 from agent.demo import demo_stack
 from agent.emulator import Emulator, serve_emulator
 from agent.emulator.ratelimit import RateLimitPolicy
 from agent.emulator.webhooks import Faults
 from agent.github.actions import RateLimit
 from agent.github.auth import AppAuth, Secret, TokenAuth
-from agent.github.client import GitHubClient
+from agent.github.client import GitHubClient, RunnerTarget
 from agent.orchestrator.reconciler import RateBudget, Reconciler
 from agent.queue.base import EnqueueOutcome, JobState
+from agent.queue.sqlite import open_sqlite_queue
 from agent.reload import LiveConfig
 from tests.conftest import remove_managed
-from tests.orchestrator.conftest import SECRET, Intake
+from tests.orchestrator.conftest import SECRET, Intake, make_config
+from tests.queue.queue_support import FakeClock
 
 APP_ID = 4242
 INSTALLATION = 1001
@@ -215,6 +219,40 @@ async def test_the_sweep_stays_within_its_share_of_the_rate_limit(
     assert report.stopped_by_budget
     assert 0 < report.enqueued < 20
     assert emulator.rate_limits.over_primary == 0  # never pushed into a refusal either
+
+
+def _runner(name: str) -> Runner:
+    target = RunnerTarget(repository="octo-org/app")
+    return Runner(name=name, pool="default", target=target, installation_id=None,
+                  labels=("self-hosted",), created_at=0.0)  # fmt: skip
+
+
+async def test_the_prune_pass_drops_job_usage_with_the_queues_retention(tmp_path: Path) -> None:
+    clock = FakeClock()
+    config = make_config(tmp_path)
+    retention = config.queue.retention
+    async with (
+        open_sqlite_queue(config.queue_path, clock=clock) as queue,
+        open_runner_store(config.server.state_dir, clock=clock) as store,
+    ):
+        await queue.finish(1, "success")  # job 1 finished and was reported long ago
+        await store.record_usage(_runner("old"), 1)
+        clock.advance(retention)
+        await queue.finish(2, "success")  # job 2 just now
+        await store.record_usage(_runner("recent"), 2)
+        clock.advance(1)
+        reconciler = Reconciler(
+            live=LiveConfig(config), queue=queue, runner_store=store, clock=clock
+        )
+
+        report = await reconciler.reconcile_once()
+
+        assert (report.pruned, report.pruned_usage) == (1, 1)
+        assert await queue.get(1) is None and await store.usage(1) is None
+        assert await queue.get(2) is not None
+        kept = await store.usage(2)
+        assert kept is not None and kept.runner == "recent"
+        assert (await reconciler.reconcile_once()).pruned_usage == 0
 
 
 # ---- end to end: a dropped delivery, and the job still runs ----------------------------------

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.db import open_database
-from agent.queue.sqlite import MIGRATIONS, open_sqlite_queue
+from agent.queue.sqlite import open_sqlite_queue
+from agent.queue.sqlite_schema import MIGRATIONS
 
 
 async def test_version_1_file_is_migrated_keeping_delivery_ids(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""agent/queue/worker_thread.py: calls run in order on one thread and are never abandoned."""
+"""agent/storage/worker_thread.py: calls run in order on one thread and are never abandoned."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from agent.queue.worker_thread import WorkerThread
+from agent.storage.worker_thread import WorkerThread
 
 
 async def test_calls_run_in_order_on_one_thread() -> None:

@@ -1,0 +1,138 @@
+"""The SQLite queue's tables, their migrations, and the row helpers its transactions share.
+
+``agent.queue.sqlite`` runs the transitions; this module is what they agree on about the file:
+the ``jobs`` table (one row per GitHub job id, ``seq`` for FIFO among equal priorities), the
+delivery ids, the outbox (one pending report per job, latest state wins) and the partial
+indexes each hot query reads. ``MIGRATIONS`` is applied by ``agent.db.migrate``: append a step,
+never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+import sqlite_utils
+
+from agent.queue._codec import load_spec
+from agent.queue.base import JobState, Lease, QueuedJob, StaleLease
+
+COLUMNS = (
+    "job_id, state, spec, attempts, enqueued_at, not_before, updated_at, "
+    "runner_name, conclusion, last_error, lease_token, lease_expires"
+)
+FINAL_SQL = "('done', 'dead', 'cancelled')"
+
+
+def _schema_v1(db: sqlite_utils.Database) -> None:
+    db.table("jobs").create(
+        {
+            "job_id": int,
+            "seq": int,  # enqueue order: FIFO among equal priorities
+            "pool": str,
+            "priority": int,
+            "state": str,
+            "spec": str,  # JobSpec as JSON
+            "attempts": int,
+            "enqueued_at": float,
+            "not_before": float,
+            "updated_at": float,
+            "lease_token": str,
+            "lease_expires": float,
+            "runner_name": str,
+            "conclusion": str,
+            "last_error": str,
+        },
+        pk="job_id",
+        not_null={"seq", "pool", "priority", "state", "spec", "attempts", "enqueued_at"},
+    )
+    db.table("deliveries").create({"delivery_id": str, "seen_at": float}, pk="delivery_id")
+    db.table("deliveries").create_index(["seen_at"])
+    db.table("outbox").create(
+        {"job_id": int, "seq": int, "state": str, "detail": str},
+        pk="job_id",
+        not_null={"seq", "state", "detail"},
+    )
+    db.table("outbox").create_index(["seq"])
+    db.table("paused").create({"pool": str}, pk="pool")
+    db.table("counters").create({"name": str, "value": int}, pk="name")
+    db.table("counters").insert({"name": "seq", "value": 0})
+    # Partial indexes: each hot query reads only the rows of its state.
+    db.execute("CREATE INDEX jobs_ready ON jobs (priority DESC, seq) WHERE state = 'queued'")
+    db.execute("CREATE INDEX jobs_leased ON jobs (lease_expires) WHERE state = 'claimed'")
+    db.execute(f"CREATE INDEX jobs_final ON jobs (updated_at) WHERE state IN {FINAL_SQL}")
+
+
+def _schema_v2(db: sqlite_utils.Database) -> None:
+    """Delivery ids WITHOUT ROWID: one b-tree instead of a rowid table plus its key index, so
+    an enqueue writes one page fewer per commit (docs/benchmarks.md, "Queue")."""
+    db.execute(
+        "CREATE TABLE deliveries_v2 (delivery_id TEXT PRIMARY KEY, seen_at FLOAT) WITHOUT ROWID"
+    )
+    db.execute("INSERT INTO deliveries_v2 SELECT delivery_id, seen_at FROM deliveries")
+    db.execute("DROP TABLE deliveries")
+    db.execute("ALTER TABLE deliveries_v2 RENAME TO deliveries")
+    db.execute("CREATE INDEX deliveries_seen_at ON deliveries (seen_at)")
+
+
+MIGRATIONS = (_schema_v1, _schema_v2)
+
+
+def job_from_row(row: sqlite3.Row | tuple[Any, ...]) -> QueuedJob:
+    return QueuedJob(
+        spec=load_spec(row[2]),
+        state=JobState(row[1]),
+        attempts=row[3],
+        enqueued_at=row[4],
+        not_before=row[5],
+        updated_at=row[6],
+        runner_name=row[7],
+        conclusion=row[8],
+        last_error=row[9],
+    )
+
+
+def next_seq(conn: sqlite3.Connection) -> int:
+    row = conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'seq' RETURNING value")
+    return int(row.fetchone()[0])
+
+
+def put_outbox(
+    conn: sqlite3.Connection,
+    job_id: int,
+    state: JobState,
+    detail: dict[str, Any],
+    seq: int | None = None,
+) -> None:
+    """Upsert the job's pending report: the latest state wins, under a new ``seq``."""
+    conn.execute(
+        "INSERT INTO outbox (job_id, seq, state, detail) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (job_id) DO UPDATE SET "
+        "seq = excluded.seq, state = excluded.state, detail = excluded.detail",
+        (job_id, seq or next_seq(conn), state.value, json.dumps(detail)),
+    )
+
+
+def new_delivery(conn: sqlite3.Connection, delivery_id: str | None, now: float) -> bool:
+    if delivery_id is None:
+        return True
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO deliveries (delivery_id, seen_at) VALUES (?, ?)", (delivery_id, now)
+    )
+    return cur.rowcount == 1
+
+
+def state_of(conn: sqlite3.Connection, job_id: int) -> JobState | None:
+    row = conn.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    return None if row is None else JobState(row[0])
+
+
+def check_lease(conn: sqlite3.Connection, lease: Lease) -> tuple[Any, ...]:
+    row = conn.execute(
+        f"SELECT {COLUMNS} FROM jobs WHERE job_id = ? AND state = 'claimed' AND lease_token = ?",
+        (lease.job_id, lease.token),
+    ).fetchone()
+    if row is None:
+        raise StaleLease(lease.job_id, lease.token)
+    return tuple(row)

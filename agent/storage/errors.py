@@ -1,0 +1,28 @@
+"""The errors of gantryd's stored state: the job queue and this host's local databases.
+
+They live below both ``agent.db`` and ``agent.queue`` because both raise them: a SQLite queue's
+"disk full" comes from ``agent.db``, a Redis queue's "server down" from ``agent.queue.redis``,
+and a caller handles the two alike. ``agent.queue.base`` names them ``QueueError`` and
+``QueueUnavailable`` (the same classes, not subclasses), so an ``except QueueError`` around a
+queue or runner-store call catches whichever backend failed.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of the errors of stored state (the queue's ``QueueError``)."""
+
+
+class StorageUnavailable(StorageError):
+    """The store could not commit (disk full, database locked too long, Redis down)."""
+
+
+class SchemaTooNew(StorageError):
+    """The database was written by a newer gantryd; refusing to touch it."""
+
+    def __init__(self, path: str, found: int, supported: int) -> None:
+        super().__init__(
+            f"{path} has schema version {found}, this gantryd supports up to {supported}; "
+            "upgrade gantryd or point [queue] path at a new file"
+        )

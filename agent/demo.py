@@ -60,6 +60,7 @@ def write_demo_config(
     instance: str,
     image: str = RUNNER_IMAGE,
     extra_pool: str = "",
+    runner_prefix: str = "gantryd",
 ) -> Path:
     """A complete config.toml for the stand-in stack; credentials files beside it, mode 0600."""
     _write_private(
@@ -84,6 +85,7 @@ instance = "{instance}"
 [github]
 api_url = "{api_url}"
 app_id = {APP_ID}
+runner_prefix = "{runner_prefix}"
 private_key_file = "app.pem"
 webhook_secret_file = "webhook-secret"
 
@@ -121,11 +123,13 @@ async def demo_stack(
     repositories: Sequence[str] = DEMO_REPOSITORIES,
     exit_settle: float = 5.0,
     extra_pool: str = "",
+    instance: str | None = None,
+    runner_prefix: str = "gantryd",
 ) -> AsyncIterator[Stack]:
     """Emulator + gantryd serving in this trio run; leaving the block stops both."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     webhook_secret = secrets.token_hex(20)
-    instance = f"demo-{secrets.token_hex(3)}"
+    instance = instance or f"demo-{secrets.token_hex(3)}"
     emulator = Emulator(
         app_id=APP_ID,
         app_public_key=key.public_key(),
@@ -140,6 +144,7 @@ async def demo_stack(
             webhook_secret=webhook_secret,
             instance=instance,
             extra_pool=extra_pool,
+            runner_prefix=runner_prefix,
         )
         daemon = Daemon(
             live=LiveConfig(load_config(config_path)),

@@ -5,6 +5,7 @@ Real Docker, the stand-in runner image, gantryd as `gantryd serve` runs it (agen
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -69,3 +70,21 @@ async def test_jobs_run_and_check_runs_finish_despite_5xx_and_429_bursts(
     with trio.fail_after(30):
         await stack.daemon.pools.wait_no_runners()
     assert managed_containers(docker_client, stack.instance) == []
+
+
+async def test_long_prefix_and_instance_still_register_runners(
+    tmp_path: Path, runner_image: str, docker_client: docker.DockerClient
+) -> None:
+    """32-character prefix and instance would make 74-character names; GitHub refuses past 64."""
+    instance = "host-" + secrets.token_hex(2) + "x" * 23
+    async with demo_stack(tmp_path, instance=instance, runner_prefix="p" * 32) as stack:
+        try:
+            emulator = stack.emulator
+            job = emulator.create_job("octo-org/app", ["self-hosted", "linux"], "true")
+            with trio.fail_after(120):
+                await emulator.wait_job(job.id, "completed")
+            ran = emulator.job(job.id)
+            assert ran.conclusion == "success"
+            assert ran.runner_name is not None and len(ran.runner_name) <= 64
+        finally:
+            remove_managed(docker_client, instance)

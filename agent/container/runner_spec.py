@@ -25,8 +25,10 @@ from agent.container.security import host_options
 from agent.github.client import RunnerTarget
 from agent.github.runners import RUNNER_ID_HEX, name_head
 
-# The runner reads its JIT config from stdin, so it never shows in `docker inspect` (Env/Cmd);
-# the official image's run.sh then reads ACTIONS_RUNNER_INPUT_JITCONFIG and unsets it.
+# The runner reads its JIT config from stdin, so it never shows in `docker inspect` (Env/Cmd).
+# The variable stays in this shell's and run.sh's environment: only the Listener drops it, for
+# its own process (docs/official-runner.md); the key it decodes to (`.credentials_rsaparams`)
+# sits in /home/runner until the container is removed.
 RUNNER_COMMAND = (
     "/bin/sh",
     "-c",

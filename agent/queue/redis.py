@@ -133,18 +133,26 @@ local function fields(id) return redis.call('HMGET', jkey(id), unpack(FIELDS)) e
 """
 
 _ENQUEUE = """
-local id, pool, priority, rkey_head, spec, now, not_before, delivery = unpack(ARGV)
+local id, pool, priority, rkey_head, spec, now, not_before, delivery, held = unpack(ARGV)
 if not new_delivery(delivery, now) then return 'duplicate_delivery' end
 local st = redis.call('HGET', jkey(id), 'state')
+if st == 'held' and held ~= '1' then  -- approved: now it may be provisioned
+  move(id, redis.call('HGET', jkey(id), 'pool'), 'held', 'queued', now)
+  redis.call('HSET', jkey(id), 'not_before', not_before)
+  place(id, not_before, now)
+  outbox(id, 'queued', '{}')
+  return 'created'
+end
 if st then if FINAL[st] then return 'finished' end return 'known' end
+local state = held == '1' and 'held' or 'queued'
 local seq = redis.call('INCR', P .. 'seq')
-redis.call('HSET', jkey(id), 'spec', spec, 'state', 'queued', 'pool', pool, 'priority', priority,
+redis.call('HSET', jkey(id), 'spec', spec, 'state', state, 'pool', pool, 'priority', priority,
   'rkey', rkey_head .. string.format('%020d', seq) .. ':' .. id, 'attempts', 0,
   'enqueued_at', now, 'not_before', not_before, 'updated_at', now)
 redis.call('SADD', P .. 'pools', pool)
-count(pool, 'queued', 1)
-place(id, not_before, now)
-outbox(id, 'queued', '{}')
+count(pool, state, 1)
+if state == 'queued' then place(id, not_before, now) end
+outbox(id, state, '{}')
 return 'created'
 """
 
@@ -632,19 +640,25 @@ class RedisQueue:
         return popped is not None
 
     def _enqueue_args(
-        self, spec: JobSpec, delivery_id: str | None, not_before: float | None
+        self, spec: JobSpec, delivery_id: str | None, not_before: float | None, held: bool = False
     ) -> list[Any]:
         now = self._clock()
         nb = now if not_before is None else not_before
         return [
             spec.job_id, spec.pool, spec.priority, _rkey_head(spec.priority),
-            dump_spec(spec), repr(now), repr(nb), delivery_id or "",
+            dump_spec(spec), repr(now), repr(nb), delivery_id or "", "1" if held else "0",
         ]  # fmt: skip
 
     async def enqueue(
-        self, spec: JobSpec, *, delivery_id: str | None = None, not_before: float | None = None
+        self,
+        spec: JobSpec,
+        *,
+        delivery_id: str | None = None,
+        not_before: float | None = None,
+        held: bool = False,
     ) -> EnqueueOutcome:
-        result = await self._script("enqueue", *self._enqueue_args(spec, delivery_id, not_before))
+        args = self._enqueue_args(spec, delivery_id, not_before, held)
+        result = await self._script("enqueue", *args)
         return EnqueueOutcome(result)
 
     async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[EnqueueOutcome]:

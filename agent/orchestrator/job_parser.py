@@ -56,6 +56,17 @@ class WorkflowJobEvent:
     html_url: str
     runner_name: str | None
     conclusion: str | None
+    status: str | None = None  # workflow_job.status: "waiting" on a job behind an approval
+
+    @property
+    def ready(self) -> bool:
+        """Whether GitHub would give this job to a runner now: its status is ``queued``.
+
+        A ``queued`` delivery of a job behind an environment's required reviewers carries
+        status ``waiting`` (octokit's ``queued.with-deployment``); only the ``queued`` after
+        the approval carries ``queued``. A payload without a status is read as ``queued``.
+        """
+        return self.status in (None, "queued")
 
 
 def _get(obj: Mapping[str, Any], path: str) -> Any:
@@ -123,6 +134,7 @@ def parse_workflow_job(payload: Any) -> WorkflowJobEvent:
         html_url=_str(payload, "workflow_job.html_url"),
         runner_name=_optional_str(job, "runner_name"),
         conclusion=_optional_str(job, "conclusion"),
+        status=_optional_str(job, "status"),
     )
 
 

@@ -117,7 +117,8 @@ local function leave(id, state, now)
   -- take a non-final job out of whichever index its state puts it in
   if state == 'claimed' then redis.call('ZREM', P .. 'active', id)
   elseif state == 'queued' then unqueue(id)
-  elseif state == 'running' then redis.call('ZREM', P .. 'running', id) end
+  elseif state == 'running' then redis.call('ZREM', P .. 'running', id)
+  elseif state == 'held' then redis.call('ZREM', P .. 'held', id) end
   redis.call('HDEL', jkey(id), 'token', 'expires')
 end
 local function finalize(id, pool, state, to, now)
@@ -137,6 +138,7 @@ local id, pool, priority, rkey_head, spec, now, not_before, delivery, held = unp
 if not new_delivery(delivery, now) then return 'duplicate_delivery' end
 local st = redis.call('HGET', jkey(id), 'state')
 if st == 'held' and held ~= '1' then  -- approved: now it may be provisioned
+  leave(id, 'held', now)
   move(id, redis.call('HGET', jkey(id), 'pool'), 'held', 'queued', now)
   redis.call('HSET', jkey(id), 'not_before', not_before)
   place(id, not_before, now)
@@ -151,7 +153,8 @@ redis.call('HSET', jkey(id), 'spec', spec, 'state', state, 'pool', pool, 'priori
   'enqueued_at', now, 'not_before', not_before, 'updated_at', now)
 redis.call('SADD', P .. 'pools', pool)
 count(pool, state, 1)
-if state == 'queued' then place(id, not_before, now) end
+if state == 'queued' then place(id, not_before, now)
+else redis.call('ZADD', P .. 'held', now, id) end
 outbox(id, state, '{}')
 return 'created'
 """
@@ -333,6 +336,7 @@ if want.claimed then take(served, redis.call('ZRANGE', P .. 'active', 0, -1)) en
 table.sort(served, function(a, b) return a[2] < b[2] end)
 if #served < limit then
   if want.running then take(others, redis.call('ZREVRANGE', P .. 'running', 0, -1)) end
+  if want.held then take(others, redis.call('ZREVRANGE', P .. 'held', 0, -1)) end
   if want.done or want.dead or want.cancelled then
     local found, from = 0, 0
     while found < limit do

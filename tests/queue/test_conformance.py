@@ -44,7 +44,9 @@ async def test_held_job_is_never_claimed_until_approved_then_once(queue: JobQueu
     job = await queue.get(1)
     assert job is not None and job.state is JobState.HELD
     assert (await queue.counts()).by_state.get(JobState.HELD) == 1
+    assert [j.spec.job_id for j in await queue.list_jobs([JobState.HELD])] == [1]
     assert await queue.enqueue(spec(1), delivery_id="q2") is EnqueueOutcome.CREATED
+    assert await queue.list_jobs([JobState.HELD]) == []
     assert await queue.enqueue(spec(1), delivery_id="q3") is EnqueueOutcome.KNOWN
     lease = await claim_one(queue)
     assert lease.job_id == 1 and await queue.claim(5, lease_seconds=LEASE) == []
@@ -58,6 +60,7 @@ async def test_rejected_held_job_is_dropped(queue: JobQueue) -> None:
     assert await queue.enqueue(spec(1)) is EnqueueOutcome.FINISHED
     assert await queue.claim(5, lease_seconds=LEASE) == []
     assert (await queue.counts()).by_state.get(JobState.HELD, 0) == 0
+    assert await queue.list_jobs([JobState.HELD]) == []
 
 
 async def test_get_round_trips_the_spec(queue: JobQueue, clock: FakeClock) -> None:

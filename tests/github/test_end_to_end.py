@@ -13,11 +13,15 @@ import docker
 import pytest
 import trio
 
+from agent.config import load_config
 from agent.container.lifecycle import Outcome
 from agent.demo import INSTALLATION_ID, Stack, demo_stack
 from agent.emulator import Faults
 from agent.emulator.checks import CheckRun
 from agent.emulator.ratelimit import RateLimitPolicy
+from agent.ops import protocol
+from agent.ops.admin_client import AdminClient
+from agent.ops.protocol import socket_path
 from agent.queue.base import JobState
 from tests.conftest import managed_containers, remove_managed
 from tests.container.stack import wait_entry
@@ -94,6 +98,12 @@ async def test_long_prefix_and_instance_still_register_runners(
             remove_managed(docker_client, instance)
 
 
+async def admin_status(stack: Stack) -> protocol.Status:
+    """What ``gantryd status`` shows, through the daemon's admin socket."""
+    client = AdminClient(socket_path(load_config(stack.config_path).server.runtime_dir))
+    return await trio.to_thread.run_sync(client.call, protocol.get_status())
+
+
 def check_runs(stack: Stack, job_id: int) -> list[CheckRun]:
     return [r for r in stack.emulator.checks.runs.values() if r.external_id == str(job_id)]
 
@@ -114,6 +124,9 @@ async def test_a_job_behind_an_approval_is_held_then_runs_once(stack: Stack) -> 
     with trio.fail_after(60):
         await emulator.checks.wait_until(says_waiting)
     assert created[Outcome.CREATED] == 0  # no runner while the reviewers have not approved
+    status = await admin_status(stack)
+    assert status.queue.by_state.get(JobState.HELD) == 1
+    assert [(j.id, j.state) for j in status.queue.jobs] == [(job.id, JobState.HELD)]
     emulator.review_job(job.id, approve=True)
 
     def finished() -> bool:

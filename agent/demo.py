@@ -157,6 +157,32 @@ async def demo_stack(
         nursery.cancel_scope.cancel()
 
 
+async def _approval_case(stack: Stack) -> tuple[int, str, bool]:
+    """A deploy job behind an environment with required reviewers: gantryd holds it (its
+    check run says "Waiting for approval", no runner starts), then runs it once approved."""
+    emulator, repository = stack.emulator, DEMO_REPOSITORIES[0]
+    emulator.add_environment(repository, "production", required_reviewers=True)
+    job = emulator.create_job(
+        repository,
+        ["self-hosted", "linux"],
+        "echo deployed",
+        name="deploy",
+        environment="production",
+    )
+    print(f"demo: queued job {job.id} in {repository}, environment production needs a reviewer")
+
+    def held() -> bool:
+        runs = [r for r in emulator.checks.runs.values() if r.external_id == str(job.id)]
+        return any(r.output.get("title") == "Waiting for approval" for r in runs)
+
+    with trio.fail_after(60):
+        await emulator.checks.wait_until(held)
+    print(f"demo: job {job.id} held by gantryd: check run says 'Waiting for approval'")
+    emulator.review_job(job.id, approve=True)
+    print(f"demo: job {job.id} approved; gantryd provisions it now")
+    return job.id, repository, False
+
+
 async def _demo(jobs: int) -> int:
     with tempfile.TemporaryDirectory(prefix="gantryd-demo-") as tmp:
         async with demo_stack(Path(tmp)) as stack:
@@ -184,11 +210,12 @@ async def _demo(jobs: int) -> int:
                     f"demo: queued job {job.id} in {repository}"
                     + (" (its script exits 1)" if failing else "")
                 )
+            created.append(await _approval_case(stack))
             with trio.fail_after(300):
                 for job_id, _, _ in created:
                     await emulator.wait_job(job_id, "completed")
             elapsed = time.monotonic() - started
-            print(f"\ndemo: all {jobs} jobs completed in {elapsed:.1f}s")
+            print(f"\ndemo: all {len(created)} jobs completed in {elapsed:.1f}s")
             print(f"{'job':>14}  {'repository':<14} {'conclusion':<10} runner")
             ok = True
             for job_id, repository, failing in created:

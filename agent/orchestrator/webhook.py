@@ -81,11 +81,11 @@ _WANTED = {
 class Outcome(enum.StrEnum):
     """What a delivery led to (the ``outcome`` label of ``gantryd_webhooks_received_total``)."""
 
-    ENQUEUED = "enqueued"  # a queued job was committed to the queue
+    ENQUEUED = "enqueued"  # a queued job (or one held for approval) was committed to the queue
     UPDATED = "updated"  # a known job's state changed (in_progress, completed)
     ACCEPTED = "accepted"  # a ping, or an event for a job no pool serves being tombstoned
     DUPLICATE = "duplicate"  # delivery id or job already known: nothing changed
-    IGNORED = "ignored"  # not for gantryd: another event, no pool, waiting, nothing to do
+    IGNORED = "ignored"  # not for gantryd: another event, no pool, nothing to do
     REJECTED = "rejected"  # 401: missing or wrong signature
     INVALID = "invalid"  # 400, 408, 413, 415: the request itself was wrong
     UNAVAILABLE = "unavailable"  # 503: the queue could not commit (in time)

@@ -60,6 +60,7 @@ def write_demo_config(
     instance: str,
     image: str = RUNNER_IMAGE,
     extra_pool: str = "",
+    runner_prefix: str = "gantryd",
 ) -> Path:
     """A complete config.toml for the stand-in stack; credentials files beside it, mode 0600."""
     _write_private(
@@ -84,6 +85,7 @@ instance = "{instance}"
 [github]
 api_url = "{api_url}"
 app_id = {APP_ID}
+runner_prefix = "{runner_prefix}"
 private_key_file = "app.pem"
 webhook_secret_file = "webhook-secret"
 
@@ -121,11 +123,13 @@ async def demo_stack(
     repositories: Sequence[str] = DEMO_REPOSITORIES,
     exit_settle: float = 5.0,
     extra_pool: str = "",
+    instance: str | None = None,
+    runner_prefix: str = "gantryd",
 ) -> AsyncIterator[Stack]:
     """Emulator + gantryd serving in this trio run; leaving the block stops both."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     webhook_secret = secrets.token_hex(20)
-    instance = f"demo-{secrets.token_hex(3)}"
+    instance = instance or f"demo-{secrets.token_hex(3)}"
     emulator = Emulator(
         app_id=APP_ID,
         app_public_key=key.public_key(),
@@ -140,6 +144,7 @@ async def demo_stack(
             webhook_secret=webhook_secret,
             instance=instance,
             extra_pool=extra_pool,
+            runner_prefix=runner_prefix,
         )
         daemon = Daemon(
             live=LiveConfig(load_config(config_path)),
@@ -150,6 +155,32 @@ async def demo_stack(
         emulator.add_hook(intake_url + "/webhook", webhook_secret)
         yield Stack(emulator, daemon, intake_url, config_path, webhook_secret, instance)
         nursery.cancel_scope.cancel()
+
+
+async def _approval_case(stack: Stack) -> tuple[int, str, bool]:
+    """A deploy job behind an environment with required reviewers: gantryd holds it (its
+    check run says "Waiting for approval", no runner starts), then runs it once approved."""
+    emulator, repository = stack.emulator, DEMO_REPOSITORIES[0]
+    emulator.add_environment(repository, "production", required_reviewers=True)
+    job = emulator.create_job(
+        repository,
+        ["self-hosted", "linux"],
+        "echo deployed",
+        name="deploy",
+        environment="production",
+    )
+    print(f"demo: queued job {job.id} in {repository}, environment production needs a reviewer")
+
+    def held() -> bool:
+        runs = [r for r in emulator.checks.runs.values() if r.external_id == str(job.id)]
+        return any(r.output.get("title") == "Waiting for approval" for r in runs)
+
+    with trio.fail_after(60):
+        await emulator.checks.wait_until(held)
+    print(f"demo: job {job.id} held by gantryd: check run says 'Waiting for approval'")
+    emulator.review_job(job.id, approve=True)
+    print(f"demo: job {job.id} approved; gantryd provisions it now")
+    return job.id, repository, False
 
 
 async def _demo(jobs: int) -> int:
@@ -179,11 +210,12 @@ async def _demo(jobs: int) -> int:
                     f"demo: queued job {job.id} in {repository}"
                     + (" (its script exits 1)" if failing else "")
                 )
+            created.append(await _approval_case(stack))
             with trio.fail_after(300):
                 for job_id, _, _ in created:
                     await emulator.wait_job(job_id, "completed")
             elapsed = time.monotonic() - started
-            print(f"\ndemo: all {jobs} jobs completed in {elapsed:.1f}s")
+            print(f"\ndemo: all {len(created)} jobs completed in {elapsed:.1f}s")
             print(f"{'job':>14}  {'repository':<14} {'conclusion':<10} runner")
             ok = True
             for job_id, repository, failing in created:

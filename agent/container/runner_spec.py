@@ -23,9 +23,12 @@ from agent.container.policy import container_expiry
 from agent.container.secret_injection import WRITE_SECRETS, with_secrets_mount
 from agent.container.security import host_options
 from agent.github.client import RunnerTarget
+from agent.github.runners import RUNNER_ID_HEX, name_head
 
-# The runner reads its JIT config from stdin, so it never shows in `docker inspect` (Env/Cmd);
-# the official image's run.sh then reads ACTIONS_RUNNER_INPUT_JITCONFIG and unsets it.
+# The runner reads its JIT config from stdin, so it never shows in `docker inspect` (Env/Cmd).
+# The variable stays in this shell's and run.sh's environment: only the Listener drops it, for
+# its own process (docs/official-runner.md); the key it decodes to (`.credentials_rsaparams`)
+# sits in /home/runner until the container is removed.
 RUNNER_COMMAND = (
     "/bin/sh",
     "-c",
@@ -44,9 +47,10 @@ def new_runner(
     now: float,
 ) -> Runner:
     """A runner record for this pool, registered at ``target``; named ``prefix-instance-hex``
-    so the registration sweep knows this host's runners at GitHub."""
+    so the registration sweep knows this host's runners at GitHub, and at most 64 characters
+    long as GitHub requires (``name_head`` shortens a long prefix and instance)."""
     return Runner(
-        name=f"{prefix}-{instance}-{secrets.token_hex(4)}",
+        name=name_head(prefix, instance) + secrets.token_hex(RUNNER_ID_HEX // 2),
         pool=pool.name,
         target=target,
         installation_id=installation_id,

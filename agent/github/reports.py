@@ -55,7 +55,12 @@ class Context:
 
 
 def check_run_name(entry: OutboxEntry) -> str:
-    return f"gantryd ({entry.spec.name or entry.spec.job_id})"
+    """One name per job and attempt that a person can tell apart on the commit: jobs of one
+    name in two workflows, and each re-run of a job (``run_attempt``), get their own."""
+    spec = entry.spec
+    job = spec.name or str(spec.job_id)
+    where = f"{spec.workflow_name} / {job}" if spec.workflow_name else job
+    return f"gantryd: {where} (attempt {spec.run_attempt})"
 
 
 def status_context(entry: OutboxEntry) -> str:
@@ -164,6 +169,15 @@ def build_report(entry: OutboxEntry, ctx: Context) -> Report:
     """The report for the job's latest state."""
     spec, detail = entry.spec, entry.detail
     pool = spec.pool
+    if entry.state is JobState.HELD:
+        summary = (
+            f"Waiting for approval: the job's environment has required reviewers on GitHub. "
+            f"gantryd starts a runner in pool `{pool}` on host `{ctx.instance}` once it is "
+            "approved; a rejected job is dropped."
+        )
+        return Report(
+            status="queued", conclusion=None, title="Waiting for approval", summary=summary
+        )
     if entry.state is JobState.QUEUED:
         where = f"position {ctx.position}" if ctx.position else "a runner is being started"
         lines = [f"Queued in pool `{pool}` on host `{ctx.instance}`: {where}."]

@@ -10,6 +10,7 @@ tracks. Another host's runners and online or busy ones are never touched.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import string
 from collections.abc import Collection, Iterable
@@ -26,12 +27,31 @@ class SweepResult:
     errors: tuple[str, ...]  # one message per target or runner that failed; retried next pass
 
 
+MAX_RUNNER_NAME = 64  # GitHub refuses longer runner names with 422
+RUNNER_ID_HEX = 8  # the unique part of a name: 4 random bytes
+
+
+def name_head(prefix: str, instance: str) -> str:
+    """The start every runner name of this host shares: ``<prefix>-<instance>-``.
+
+    Prefix and instance may each be 32 characters, which with the id would pass GitHub's limit;
+    a head too long keeps its start and ends in a digest of the whole head instead, so two
+    hosts whose long names differ only at the end still never share a head.
+    """
+    head = f"{prefix}-{instance}-"
+    room = MAX_RUNNER_NAME - RUNNER_ID_HEX
+    if len(head) <= room:
+        return head
+    digest = hashlib.sha256(head.encode()).hexdigest()[:8]
+    return f"{head[: room - len(digest) - 1]}{digest}-"
+
+
 def is_ours(name: str, prefix: str, instance: str) -> bool:
     """Whether a runner name is one this host's gantryd gives: ``<prefix>-<instance>-<hex id>``.
 
     The id must be hex, so host "build" never claims host "build-2"'s runners.
     """
-    head = f"{prefix}-{instance}-"
+    head = name_head(prefix, instance)
     rest = name[len(head) :]
     return name.startswith(head) and rest != "" and all(c in string.hexdigits for c in rest)
 

@@ -251,8 +251,10 @@ class AdminApp:
         )
 
     async def _waiting_jobs(self) -> tuple[JobInfo, ...]:
-        """Jobs not yet running, in serving order, with their position."""
-        jobs = await self.queue.list_jobs([JobState.QUEUED, JobState.CLAIMED], limit=WAITING_SHOWN)
+        """Jobs not yet running, in serving order, with their position; then those held for an
+        environment approval."""
+        states = [JobState.QUEUED, JobState.CLAIMED, JobState.HELD]
+        jobs = await self.queue.list_jobs(states, limit=WAITING_SHOWN)
         return _with_positions(jobs, time.time())
 
     # -- jobs -----------------------------------------------------------------------------

@@ -8,6 +8,11 @@ general pool rather than in the ``gpu`` pool that also covers it; ties go by ord
 job would take a gpu runner whenever one exists, so this reads it as the most specific *fit*:
 specificity is measured against the job, and a pool naming labels the job did not ask for is
 less specific a match for it.)
+A job whose ``runs-on`` names a runner group (``runs-on: {group: X, labels: [...]}``; the
+payload's ``workflow_job.runner_group_name``, with ``labels`` empty when only the group was
+named) is served only by an organization-scope pool whose ``runner_group`` is that group
+(case-insensitively), never by a pool of another group or by a repository-scope pool (those
+runners are in no group the job can reach). GitHub's own group ``Default`` adds no constraint.
 Priority: the first matching ``[[priority]]`` rule, else the pool's default; higher is served
 first.
 """
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from agent.config import Config, PoolConfig, PriorityRule
+from agent.config import Config, PoolConfig, PriorityRule, Scope
 from agent.queue.base import JobSpec
 
 
@@ -56,6 +61,18 @@ class WorkflowJobEvent:
     html_url: str
     runner_name: str | None
     conclusion: str | None
+    status: str | None = None  # workflow_job.status: "waiting" on a job behind an approval
+    runner_group: str | None = None  # workflow_job.runner_group_name: runs-on's group, if any
+
+    @property
+    def ready(self) -> bool:
+        """Whether GitHub would give this job to a runner now: its status is ``queued``.
+
+        A ``queued`` delivery of a job behind an environment's required reviewers carries
+        status ``waiting`` (octokit's ``queued.with-deployment``); only the ``queued`` after
+        the approval carries ``queued``. A payload without a status is read as ``queued``.
+        """
+        return self.status in (None, "queued")
 
 
 def _get(obj: Mapping[str, Any], path: str) -> Any:
@@ -123,6 +140,8 @@ def parse_workflow_job(payload: Any) -> WorkflowJobEvent:
         html_url=_str(payload, "workflow_job.html_url"),
         runner_name=_optional_str(job, "runner_name"),
         conclusion=_optional_str(job, "conclusion"),
+        status=_optional_str(job, "status"),
+        runner_group=_optional_str(job, "runner_group_name"),
     )
 
 
@@ -140,14 +159,28 @@ def parse_rest_job(
     return parse_workflow_job(payload)
 
 
-def match_pool(labels: tuple[str, ...], pools: tuple[PoolConfig, ...]) -> PoolConfig | None:
-    """The closest-fitting pool whose labels include all the job's labels, or None."""
+DEFAULT_GROUP = "default"  # GitHub's group every organization has (casefolded)
+
+
+def _in_group(pool: PoolConfig, group: str | None) -> bool:
+    if group is None or group.casefold() == DEFAULT_GROUP:
+        return True
+    return pool.scope is Scope.ORGANIZATION and pool.runner_group.casefold() == group.casefold()
+
+
+def match_pool(
+    labels: tuple[str, ...], pools: tuple[PoolConfig, ...], *, group: str | None = None
+) -> PoolConfig | None:
+    """The closest-fitting pool whose labels include all the job's labels (and, when the job
+    names a runner ``group``, that is in it), or None."""
     wanted = {label.casefold() for label in labels}
-    if not wanted:
+    if not wanted and group is None:
         return None  # GitHub never queues a job without runs-on; treat as not ours
     best: PoolConfig | None = None
     best_have: set[str] = set()
     for pool in pools:
+        if not _in_group(pool, group):
+            continue
         have = {label.casefold() for label in pool.labels}
         if wanted <= have and (best is None or len(have) < len(best_have)):
             best, best_have = pool, have
@@ -174,7 +207,7 @@ def priority_for(event: WorkflowJobEvent, pool: PoolConfig, rules: tuple[Priorit
 
 def job_spec(event: WorkflowJobEvent, config: Config) -> JobSpec | None:
     """The queue entry for a job gantryd serves, or None when no pool matches its labels."""
-    pool = match_pool(event.labels, config.pools)
+    pool = match_pool(event.labels, config.pools, group=event.runner_group)
     if pool is None:
         return None
     return JobSpec(

@@ -5,8 +5,9 @@ lost (gantryd down, network, a 503) would wait 24 h and fail. Every ``reconcile_
 pass, ``reconcile_once``, does three idempotent things:
 
 - ``sweep_queued_jobs``: for the configured repositories, those seen in webhooks and those of
-  the configured organizations, list runs with status ``queued`` and ``in_progress`` (a run is
-  in progress while some jobs still queue, §4), list their jobs, and enqueue the queued ones that
+  the configured organizations, list runs with status ``queued``, ``in_progress`` (a run is
+  in progress while some jobs still queue, §4) and ``waiting`` (jobs behind an environment
+  approval, which are enqueued held), list their jobs, and enqueue the queued ones that
   match a pool. The queue's unique job key makes known jobs no-ops, so a sweep never doubles a
   job. There is no organization-wide list of queued jobs (§4), so an organization's repositories
   are listed first: with an App, ``GET /installation/repositories`` as the installation on that
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 REDELIVERY_WINDOW = 3 * 86400.0  # github.com keeps deliveries 3 days (GHES 7; it lists fewer)
 MAX_REDELIVERIES = 3  # per GUID and process: a delivery intake keeps refusing is left alone
 MAX_SEEN = 1000  # repositories remembered from webhooks, least recently seen dropped first
-SWEPT_STATUSES = ("queued", "in_progress")
+SWEPT_STATUSES = ("queued", "in_progress", "waiting")  # waiting: behind an approval
 
 
 class RateBudget:
@@ -276,7 +277,7 @@ class Reconciler:
                 )
                 self._budget.spend(key, jobs.rate)
                 for job in jobs.items:
-                    if job.get("status") == "queued":
+                    if job.get("status") in ("queued", "waiting"):  # waiting: held
                         await self._enqueue_found(job, repository, installation_id)
                 if jobs.next is None:
                     break
@@ -293,15 +294,18 @@ class Reconciler:
         spec = job_spec(event, self._live.current)
         if spec is None:
             return
-        outcome = await self._queue.enqueue(spec)
+        # A job waiting for its environment's reviewers is held, as its webhook would have it;
+        # a held job found queued was approved while that delivery was lost.
+        outcome = await self._queue.enqueue(spec, held=not event.ready)
         if outcome is not EnqueueOutcome.CREATED:
             return
         self.recovered += 1
         log.info(
-            "reconciler: recovered job=%s repository=%s pool=%s (its webhook never arrived)",
+            "reconciler: recovered job=%s repository=%s pool=%s%s (its webhook never arrived)",
             spec.job_id,
             repository,
             spec.pool,
+            "" if event.ready else ", held for approval",
         )
 
     # -- redelivery -------------------------------------------------------------------------

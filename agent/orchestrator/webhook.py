@@ -46,7 +46,7 @@ from agent.orchestrator.job_parser import (
     job_spec,
     parse_workflow_job,
 )
-from agent.queue.base import EnqueueOutcome, JobQueue, QueueError
+from agent.queue.base import EnqueueOutcome, JobQueue, JobSpec, QueueError
 from agent.reload import LiveConfig
 
 if TYPE_CHECKING:  # annotations only: importing the module would load cryptography
@@ -81,11 +81,11 @@ _WANTED = {
 class Outcome(enum.StrEnum):
     """What a delivery led to (the ``outcome`` label of ``gantryd_webhooks_received_total``)."""
 
-    ENQUEUED = "enqueued"  # a queued job was committed to the queue
+    ENQUEUED = "enqueued"  # a queued job (or one held for approval) was committed to the queue
     UPDATED = "updated"  # a known job's state changed (in_progress, completed)
     ACCEPTED = "accepted"  # a ping, or an event for a job no pool serves being tombstoned
     DUPLICATE = "duplicate"  # delivery id or job already known: nothing changed
-    IGNORED = "ignored"  # not for gantryd: another event, no pool, waiting, nothing to do
+    IGNORED = "ignored"  # not for gantryd: another event, no pool, nothing to do
     REJECTED = "rejected"  # 401: missing or wrong signature
     INVALID = "invalid"  # 400, 408, 413, 415: the request itself was wrong
     UNAVAILABLE = "unavailable"  # 503: the queue could not commit (in time)
@@ -431,7 +431,13 @@ class WebhookApp:
             spec = job_spec(job, self._live.current)
             if spec is not None:
                 self._on_repository(job.repository, job.installation_id)
-            if job.action is Action.QUEUED:
+            queued = job.action is Action.QUEUED or _queued_in_progress(job)
+            if job.action is Action.WAITING or (queued and not job.ready):
+                if spec is None:
+                    self.stats.ignored["no_pool"] += 1
+                    return _no_pool(job), None
+                return await self._hold(job, spec, delivery)
+            if queued:
                 if spec is None:
                     self.stats.ignored["no_pool"] += 1
                     return _no_pool(job), None
@@ -451,10 +457,6 @@ class WebhookApp:
                 self.stats.ignored[outcome.value] += 1
                 text = f"job {job.job_id}: {outcome.value}, nothing to do"
                 return Answer(200, text, Outcome.DUPLICATE), None
-            if job.action is Action.WAITING:
-                self.stats.ignored["waiting"] += 1
-                text = f"job {job.job_id} waits for approval; not provisioned"
-                return Answer(200, text, Outcome.IGNORED), None
             if spec is None and await self._queue.get(job.job_id) is None:
                 self.stats.ignored["no_pool"] += 1
                 return _no_pool(job), None
@@ -463,6 +465,22 @@ class WebhookApp:
             return await self._completed(job, delivery)
 
         return work
+
+    async def _hold(
+        self, job: WorkflowJobEvent, spec: JobSpec, delivery: str | None
+    ) -> tuple[Answer, JobEvent | None]:
+        """A job waiting for an environment's reviewers: kept HELD in the queue (so a restart
+        still knows it, and its check run says so), never provisioned until the ``queued``
+        with status ``queued`` that follows an approval; a rejection completes it."""
+        outcome = await self._queue.enqueue(spec, delivery_id=delivery, held=True)
+        log.debug("webhook held job=%s pool=%s outcome=%s", job.job_id, spec.pool, outcome.value)
+        if outcome is EnqueueOutcome.CREATED:
+            text = f"job {job.job_id} waits for approval; held for pool {spec.pool}"
+            return Answer(202, text, Outcome.ENQUEUED), None
+        self.stats.ignored[outcome.value] += 1
+        return Answer(
+            200, f"job {job.job_id}: {outcome.value}, nothing to do", Outcome.DUPLICATE
+        ), None
 
     async def _in_progress(
         self, job: WorkflowJobEvent, delivery: str | None
@@ -501,6 +519,12 @@ class WebhookApp:
 
 def _too_large(limit: int) -> Answer:
     return Answer(413, f"body larger than server.max_body ({limit} bytes)", Outcome.INVALID)
+
+
+def _queued_in_progress(job: WorkflowJobEvent) -> bool:
+    """An ``in_progress`` whose job is still ``queued`` with no runner (octokit's schema
+    allows it): no runner has the job, so it is read as a ``queued``, never as started."""
+    return job.action is Action.IN_PROGRESS and job.status == "queued" and not job.runner_name
 
 
 def _no_pool(job: WorkflowJobEvent) -> Answer:

@@ -9,7 +9,7 @@ first is served first (FIFO). An entry whose ``not_before`` lies in the future i
 
 States (``JobState``) and the transitions each method makes::
 
-    enqueue            -> QUEUED
+    enqueue            -> QUEUED (or HELD when ``held``); HELD -> QUEUED (the approval)
     claim              QUEUED -> CLAIMED (lease: token + expiry)
     heartbeat          CLAIMED (lease extended)
     release            CLAIMED -> QUEUED (no attempt consumed)
@@ -18,6 +18,7 @@ States (``JobState``) and the transitions each method makes::
     mark_running       QUEUED | CLAIMED -> RUNNING (lease dropped: GitHub owns the job now)
     finish             any non-final (or unknown key) -> DONE (tombstone for an unknown key)
     cancel             any non-final -> CANCELLED
+    (HELD is never claimed: a job waiting for an environment approval, docs/github.md §2.4)
     retry              DEAD | CANCELLED -> QUEUED now (attempts reset; an operator's call)
     expired lease      CLAIMED -> QUEUED (crash recovery, done by ``claim`` itself)
 
@@ -46,6 +47,7 @@ from agent.storage.errors import StorageError, StorageUnavailable
 
 class JobState(enum.StrEnum):
     QUEUED = "queued"  # waiting for a runner (maybe delayed by not_before)
+    HELD = "held"  # waiting for an environment's reviewers on GitHub; not provisioned until then
     CLAIMED = "claimed"  # leased by a scheduler that is providing a runner
     RUNNING = "running"  # GitHub assigned it to one of our runners (in_progress seen)
     DONE = "done"  # completed on GitHub (any conclusion) or acked
@@ -178,9 +180,15 @@ class JobQueue(Protocol):
     """The queue contract. See the module docstring for states and transitions."""
 
     async def enqueue(
-        self, spec: JobSpec, *, delivery_id: str | None = None, not_before: float | None = None
+        self,
+        spec: JobSpec,
+        *,
+        delivery_id: str | None = None,
+        not_before: float | None = None,
+        held: bool = False,
     ) -> EnqueueOutcome:
-        """Add a job in QUEUED unless its key is known (then a no-op that says why)."""
+        """Add a job in QUEUED (HELD if ``held``) unless its key is known (then a no-op that
+        says why); a HELD job enqueued without ``held`` moves to QUEUED (CREATED): approved."""
 
     async def claim(
         self, n: int, *, lease_seconds: float, pools: Sequence[str] | None = None

@@ -239,19 +239,25 @@ class RedisQueue:
         return popped is not None
 
     def _enqueue_args(
-        self, spec: JobSpec, delivery_id: str | None, not_before: float | None
+        self, spec: JobSpec, delivery_id: str | None, not_before: float | None, held: bool = False
     ) -> list[Any]:
         now = self._clock()
         nb = now if not_before is None else not_before
         return [
             spec.job_id, spec.pool, spec.priority, _rkey_head(spec.priority),
-            dump_spec(spec), repr(now), repr(nb), delivery_id or "",
+            dump_spec(spec), repr(now), repr(nb), delivery_id or "", "1" if held else "0",
         ]  # fmt: skip
 
     async def enqueue(
-        self, spec: JobSpec, *, delivery_id: str | None = None, not_before: float | None = None
+        self,
+        spec: JobSpec,
+        *,
+        delivery_id: str | None = None,
+        not_before: float | None = None,
+        held: bool = False,
     ) -> EnqueueOutcome:
-        result = await self._script("enqueue", *self._enqueue_args(spec, delivery_id, not_before))
+        args = self._enqueue_args(spec, delivery_id, not_before, held)
+        result = await self._script("enqueue", *args)
         return EnqueueOutcome(result)
 
     async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[EnqueueOutcome]:

@@ -74,7 +74,8 @@ local function leave(id, state, now)
   -- take a non-final job out of whichever index its state puts it in
   if state == 'claimed' then redis.call('ZREM', P .. 'active', id)
   elseif state == 'queued' then unqueue(id)
-  elseif state == 'running' then redis.call('ZREM', P .. 'running', id) end
+  elseif state == 'running' then redis.call('ZREM', P .. 'running', id)
+  elseif state == 'held' then redis.call('ZREM', P .. 'held', id) end
   redis.call('HDEL', jkey(id), 'token', 'expires')
 end
 local function finalize(id, pool, state, to, now)
@@ -90,18 +91,28 @@ local function fields(id) return redis.call('HMGET', jkey(id), unpack(FIELDS)) e
 """
 
 _ENQUEUE = """
-local id, pool, priority, rkey_head, spec, now, not_before, delivery = unpack(ARGV)
+local id, pool, priority, rkey_head, spec, now, not_before, delivery, held = unpack(ARGV)
 if not new_delivery(delivery, now) then return 'duplicate_delivery' end
 local st = redis.call('HGET', jkey(id), 'state')
+if st == 'held' and held ~= '1' then  -- approved: now it may be provisioned
+  leave(id, 'held', now)
+  move(id, redis.call('HGET', jkey(id), 'pool'), 'held', 'queued', now)
+  redis.call('HSET', jkey(id), 'not_before', not_before)
+  place(id, not_before, now)
+  outbox(id, 'queued', '{}')
+  return 'created'
+end
 if st then if FINAL[st] then return 'finished' end return 'known' end
+local state = held == '1' and 'held' or 'queued'
 local seq = redis.call('INCR', P .. 'seq')
-redis.call('HSET', jkey(id), 'spec', spec, 'state', 'queued', 'pool', pool, 'priority', priority,
+redis.call('HSET', jkey(id), 'spec', spec, 'state', state, 'pool', pool, 'priority', priority,
   'rkey', rkey_head .. string.format('%020d', seq) .. ':' .. id, 'attempts', 0,
   'enqueued_at', now, 'not_before', not_before, 'updated_at', now)
 redis.call('SADD', P .. 'pools', pool)
-count(pool, 'queued', 1)
-place(id, not_before, now)
-outbox(id, 'queued', '{}')
+count(pool, state, 1)
+if state == 'queued' then place(id, not_before, now)
+else redis.call('ZADD', P .. 'held', now, id) end
+outbox(id, state, '{}')
 return 'created'
 """
 
@@ -282,6 +293,7 @@ if want.claimed then take(served, redis.call('ZRANGE', P .. 'active', 0, -1)) en
 table.sort(served, function(a, b) return a[2] < b[2] end)
 if #served < limit then
   if want.running then take(others, redis.call('ZREVRANGE', P .. 'running', 0, -1)) end
+  if want.held then take(others, redis.call('ZREVRANGE', P .. 'held', 0, -1)) end
   if want.done or want.dead or want.cancelled then
     local found, from = 0, 0
     while found < limit do

@@ -74,9 +74,14 @@ class SQLiteQueue:
         return False
 
     async def enqueue(
-        self, spec: JobSpec, *, delivery_id: str | None = None, not_before: float | None = None
+        self,
+        spec: JobSpec,
+        *,
+        delivery_id: str | None = None,
+        not_before: float | None = None,
+        held: bool = False,
     ) -> EnqueueOutcome:
-        outcome = await self._db.write(self._enqueue_tx(spec, delivery_id, not_before))
+        outcome = await self._db.write(self._enqueue_tx(spec, delivery_id, not_before, held))
         if outcome is EnqueueOutcome.CREATED:
             self._wake()
         return outcome
@@ -90,9 +95,10 @@ class SQLiteQueue:
         return outcomes
 
     def _enqueue_tx(
-        self, spec: JobSpec, delivery_id: str | None, not_before: float | None
+        self, spec: JobSpec, delivery_id: str | None, not_before: float | None, held: bool = False
     ) -> Callable[[sqlite3.Connection], EnqueueOutcome]:
         now = self._clock()
+        state = JobState.HELD if held else JobState.QUEUED
 
         def tx(conn: sqlite3.Connection) -> EnqueueOutcome:
             if not new_delivery(conn, delivery_id, now):
@@ -100,13 +106,14 @@ class SQLiteQueue:
             seq = next_seq(conn)
             cur = conn.execute(
                 "INSERT INTO jobs (job_id, seq, pool, priority, state, spec, attempts, "
-                "enqueued_at, not_before, updated_at) VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?) "
+                "enqueued_at, not_before, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?) "
                 "ON CONFLICT (job_id) DO NOTHING",
                 (
                     spec.job_id,
                     seq,
                     spec.pool,
                     spec.priority,
+                    state.value,
                     dump_spec(spec),
                     now,
                     now if not_before is None else not_before,
@@ -114,9 +121,17 @@ class SQLiteQueue:
                 ),
             )
             if cur.rowcount == 0:
-                state = state_of(conn, spec.job_id)
-                return EnqueueOutcome.FINISHED if state in FINAL_STATES else EnqueueOutcome.KNOWN
-            put_outbox(conn, spec.job_id, JobState.QUEUED, {}, seq)
+                known = state_of(conn, spec.job_id)
+                if known is JobState.HELD and not held:  # approved: now it may be provisioned
+                    conn.execute(
+                        "UPDATE jobs SET state = 'queued', not_before = ?, updated_at = ? "
+                        "WHERE job_id = ?",
+                        (now if not_before is None else not_before, now, spec.job_id),
+                    )
+                    put_outbox(conn, spec.job_id, JobState.QUEUED, {})
+                    return EnqueueOutcome.CREATED
+                return EnqueueOutcome.FINISHED if known in FINAL_STATES else EnqueueOutcome.KNOWN
+            put_outbox(conn, spec.job_id, state, {}, seq)
             return EnqueueOutcome.CREATED
 
         return tx

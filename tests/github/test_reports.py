@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from agent.config import PoolConfig
-from agent.github.reports import MAX_DESCRIPTION, MAX_OUTPUT, Context, build_report, wanted
+from agent.github.reports import (
+    MAX_DESCRIPTION,
+    MAX_OUTPUT,
+    Context,
+    build_report,
+    check_run_name,
+    wanted,
+)
 from agent.queue.base import JobSpec, JobState, OutboxEntry
 
 SPEC = JobSpec(
@@ -74,3 +82,27 @@ def test_reporting_modes() -> None:
     assert wanted("all", JobState.QUEUED) and wanted("all", JobState.DEAD)
     assert wanted("failures", JobState.DEAD) and not wanted("failures", JobState.DONE)
     assert not wanted("off", JobState.DEAD)
+
+
+def test_check_run_names_tell_workflows_and_attempts_apart() -> None:
+    names = {
+        check_run_name(OutboxEntry(job_id=n, seq=1, state=JobState.QUEUED, spec=spec, detail={}))
+        for n, spec in enumerate(
+            [
+                replace(SPEC, workflow_name="CI"),
+                replace(SPEC, workflow_name="Release"),
+                replace(SPEC, workflow_name="CI", run_attempt=2),
+            ]
+        )
+    }
+    assert names == {
+        "gantryd: CI / test (attempt 1)",
+        "gantryd: Release / test (attempt 1)",
+        "gantryd: CI / test (attempt 2)",
+    }
+
+
+def test_a_held_job_is_reported_waiting_for_approval() -> None:
+    report = build_report(entry(JobState.HELD), CTX)
+    assert (report.status, report.title) == ("queued", "Waiting for approval")
+    assert "approved" in report.summary

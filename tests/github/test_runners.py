@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from agent.emulator import Emulator
 from agent.github.client import GitHubClient, RunnerTarget
-from agent.github.runners import is_ours, sweep_offline_runners
+from agent.github.runners import (
+    MAX_RUNNER_NAME,
+    RUNNER_ID_HEX,
+    is_ours,
+    name_head,
+    sweep_offline_runners,
+)
 
 APP = RunnerTarget(repository="acme/app")
 LIB = RunnerTarget(repository="acme/lib")
@@ -63,3 +69,14 @@ async def test_sweep_reports_errors_and_carries_on(
     result = await sweep_offline_runners(github, [other, APP], "gantryd", "h", known_names=())
     assert result.deleted == ("gantryd-h-1",)
     assert len(result.errors) == 1 and "administration: read" in result.errors[0]
+
+
+def test_long_prefix_and_instance_give_names_within_githubs_limit() -> None:
+    prefix, instance = "p" * 32, "host-" + "i" * 27
+    head = name_head(prefix, instance)
+    assert len(head) + RUNNER_ID_HEX <= MAX_RUNNER_NAME
+    assert is_ours(head + "0a1b2c3d", prefix, instance)
+    # Another host whose long name differs only at its end keeps a head of its own.
+    other = name_head(prefix, "host-" + "i" * 26 + "j")
+    assert other != head and not is_ours(other + "0a1b2c3d", prefix, instance)
+    assert name_head("gantryd", "build") == "gantryd-build-"  # short names are unchanged

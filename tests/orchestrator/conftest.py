@@ -77,8 +77,10 @@ def payload(
     branch: str = "main",
     runner_name: str | None = None,
     conclusion: str | None = None,
+    status: str | None = None,
 ) -> dict[str, Any]:
-    """A ``workflow_job`` payload with the fields of docs/github.md §2.2/§2.3."""
+    """A ``workflow_job`` payload with the fields of docs/github.md §2.2/§2.3; ``status`` defaults
+    to the one GitHub sends with ``action`` for a job with no approval to wait for."""
     return {
         "action": action,
         "workflow_job": {
@@ -89,7 +91,7 @@ def payload(
             "head_branch": branch,
             "head_sha": "16c5286e8d9a0629956a28938386b36608707a71",
             "html_url": f"https://github.com/{repository}/actions/runs/{run_id}/job/{job_id}",
-            "status": "completed" if action == "completed" else action,
+            "status": status or ("completed" if action == "completed" else action),
             "conclusion": conclusion,
             "name": "test",
             "labels": list(labels),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from agent.config import (
     PriorityRule,
     QueueConfig,
     SchedulerConfig,
+    Scope,
     ServerConfig,
 )
 from agent.orchestrator.job_parser import (
@@ -137,3 +139,41 @@ def test_unmatched_job_gives_no_spec() -> None:
     payload = copy.deepcopy(PAYLOAD)
     payload["workflow_job"]["labels"] = ["ubuntu-latest"]
     assert job_spec(parse_workflow_job(payload), make_config()) is None
+
+
+GROUPED = (
+    PoolConfig(name="repo", labels=("self-hosted", "linux")),
+    PoolConfig(
+        name="gpu",
+        labels=("self-hosted", "linux", "gpu"),
+        scope=Scope.ORGANIZATION,
+        runner_group="GPU runners",
+    ),
+    PoolConfig(
+        name="org", labels=("self-hosted", "linux"), scope=Scope.ORGANIZATION, runner_group="ci"
+    ),
+)
+
+
+def test_a_job_naming_a_runner_group_goes_to_a_pool_of_that_group_only() -> None:
+    """runs-on: {group: X, labels: [...]} arrives as runner_group_name and labels."""
+    assert match_pool(("self-hosted", "linux"), GROUPED, group="gpu RUNNERS") is GROUPED[1]
+    assert match_pool((), GROUPED, group="ci") is GROUPED[2]  # runs-on: {group: ci}
+    assert match_pool(("self-hosted", "linux"), GROUPED, group="other") is None
+    assert match_pool(("self-hosted", "gpu"), GROUPED, group="ci") is None
+    assert match_pool(("self-hosted", "linux"), GROUPED) is GROUPED[0]  # no group: as before
+    assert match_pool(("self-hosted", "linux"), GROUPED, group="Default") is GROUPED[0]
+    assert match_pool((), GROUPED) is None
+
+
+def test_the_runner_group_is_read_from_the_payload() -> None:
+    payload = copy.deepcopy(PAYLOAD)
+    payload["workflow_job"]["labels"] = []
+    payload["workflow_job"]["runner_group_name"] = "ci"
+    event = parse_workflow_job(payload)
+    assert event.runner_group == "ci"
+    config = replace(make_config(), pools=GROUPED)
+    spec = job_spec(event, config)
+    assert spec is not None and spec.pool == "org"
+    payload["workflow_job"]["runner_group_name"] = "elsewhere"
+    assert job_spec(parse_workflow_job(payload), config) is None

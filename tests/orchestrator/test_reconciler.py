@@ -126,6 +126,48 @@ class RecordingTransport(httpx.AsyncHTTPTransport):
         return await super().handle_async_request(request)
 
 
+async def settled(emulator: Emulator, job_id: int, n: int) -> None:
+    """Until GitHub has tried the job's first ``n`` deliveries (lost under the drop fault); the
+    fault is lifted after."""
+    with trio.fail_after(10):
+        while (
+            len(
+                [
+                    d
+                    for d in emulator.deliveries
+                    if d.outgoing.job_id == job_id and d.status != "pending"
+                ]
+            )
+            < n
+        ):
+            await emulator.wait_deliveries(finished(emulator) + 1)
+    emulator.faults = Faults()
+
+
+async def test_sweep_holds_a_lost_job_waiting_for_approval_and_queues_it_once_approved(
+    emulator: Emulator, github: GitHubClient, intake: Intake
+) -> None:
+    emulator.add_hook(intake.url + "/webhook", SECRET)
+    emulator.add_environment("octo-org/app", "production", required_reviewers=True)
+    emulator.faults = Faults(drop_rate=1.0)
+    job = emulator.create_job(
+        "octo-org/app", ["self-hosted", "linux"], "true", environment="production"
+    )
+    await settled(emulator, job.id, 2)  # queued (status waiting) and waiting, both lost
+    reconciler = Reconciler(live=intake.live, queue=intake.queue, github=github)
+    assert await reconciler.sweep_queued_jobs() == 1
+    entry = await intake.queue.get(job.id)
+    assert entry is not None and entry.state is JobState.HELD
+    assert await intake.queue.claim(10, lease_seconds=60) == []
+    emulator.faults = Faults(drop_rate=1.0)  # the post-approval queued is lost too
+    emulator.review_job(job.id, approve=True)
+    await settled(emulator, job.id, 3)
+    assert await reconciler.sweep_queued_jobs() == 1
+    assert await reconciler.sweep_queued_jobs() == 0
+    leases = await intake.queue.claim(10, lease_seconds=60)
+    assert [lease.job_id for lease in leases] == [job.id]
+
+
 async def test_sweep_covers_the_repositories_of_configured_organizations(
     emulator: Emulator, app_key: rsa.RSAPrivateKey, intake: Intake
 ) -> None:
@@ -148,8 +190,8 @@ async def test_sweep_covers_the_repositories_of_configured_organizations(
         runs = [p for p in recorder.paths if p.endswith("/actions/runs")]
         assert (
             sorted(runs)
-            == ["/repos/octo-org/app/actions/runs"] * 2 + ["/repos/octo-org/lib/actions/runs"] * 2
-        )  # queued and in_progress
+            == ["/repos/octo-org/app/actions/runs"] * 3 + ["/repos/octo-org/lib/actions/runs"] * 3
+        )  # queued, in_progress and waiting
         assert (await reconciler.sweep_queued_jobs()) == 0
 
 

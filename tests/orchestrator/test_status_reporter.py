@@ -171,7 +171,7 @@ async def test_one_check_run_per_job_through_its_states(
         await queue.enqueue(spec_of(job))
         assert await reporter.drain_once(store) == 2
         (run,) = runs_for(emulator, job)
-        assert run.name == "gantryd (build)" and run.head_sha == job.head_sha
+        assert run.name == "gantryd: build (attempt 1)" and run.head_sha == job.head_sha
         assert run.status == "queued"
         assert run.output["title"] == "Queued in default, position 2"
         assert "pool `default`" in run.output["summary"]
@@ -357,7 +357,11 @@ async def test_creation_lost_in_a_crash_is_adopted_not_repeated(
     await store.mark_creating(job.id)
     emulator.checks.create_run(
         "acme/app",
-        {"name": "gantryd (build)", "head_sha": job.head_sha, "external_id": str(job.id)},
+        {
+            "name": "gantryd: build (attempt 1)",
+            "head_sha": job.head_sha,
+            "external_id": str(job.id),
+        },
         "",
     )
     await queue.finish(job.id, "success")

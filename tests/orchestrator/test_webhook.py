@@ -279,12 +279,51 @@ async def test_a_duplicate_queued_is_a_no_op(intake: Intake) -> None:
     assert [lease.job_id for lease in leases] == [job_id]
 
 
-async def test_waiting_does_not_provision(intake: Intake) -> None:
+async def test_a_job_waiting_for_approval_is_held_then_provisioned_once(intake: Intake) -> None:
+    """GitHub's sequence (octokit queued.with-deployment, waiting): queued with status waiting,
+    waiting, then queued with status queued after the approval, one job id throughout."""
     job_id = new_job_id()
-    answer = await intake.post(payload(job_id, "waiting"))
-    assert answer.status_code == 200 and "approval" in answer.text
-    assert await intake.queue.get(job_id) is None
-    assert (await intake.post(payload(job_id))).status_code == 201  # approved: queued follows
+    answer = await intake.post(payload(job_id, status="waiting"))
+    assert answer.status_code == 202 and "approval" in answer.text
+    assert (await intake.post(payload(job_id, "waiting"))).status_code == 200
+    entry = await intake.queue.get(job_id)
+    assert entry is not None and entry.state is JobState.HELD
+    assert await intake.queue.claim(10, lease_seconds=60) == []
+    assert (await intake.post(payload(job_id))).status_code == 201  # approved
+    assert (await intake.post(payload(job_id))).status_code == 200  # sent twice: a no-op
+    leases = await intake.queue.claim(10, lease_seconds=60)
+    assert [lease.job_id for lease in leases] == [job_id]
+
+
+async def test_a_waiting_delivery_alone_holds_the_job(intake: Intake) -> None:
+    job_id = new_job_id()
+    assert (await intake.post(payload(job_id, "waiting"))).status_code == 202
+    entry = await intake.queue.get(job_id)
+    assert entry is not None and entry.state is JobState.HELD
+
+
+async def test_a_rejected_job_is_dropped(intake: Intake) -> None:
+    job_id = new_job_id()
+    await intake.post(payload(job_id, status="waiting"))
+    await intake.post(payload(job_id, "completed", conclusion="failure"))
+    entry = await intake.queue.get(job_id)
+    assert entry is not None and entry.state is JobState.DONE
+    assert await intake.queue.claim(10, lease_seconds=60) == []
+
+
+async def test_in_progress_still_queued_without_runner_does_not_stop_provisioning(
+    intake: Intake,
+) -> None:
+    """octokit's schema allows in_progress with status queued and no runner: not started."""
+    known, unseen = new_job_id(), new_job_id()
+    await intake.post(payload(known))
+    for job_id in (known, unseen):
+        await intake.post(payload(job_id, "in_progress", status="queued"))
+    for job_id in (known, unseen):
+        entry = await intake.queue.get(job_id)
+        assert entry is not None and entry.state is JobState.QUEUED
+    leases = await intake.queue.claim(10, lease_seconds=60)
+    assert sorted(lease.job_id for lease in leases) == sorted([known, unseen])
 
 
 async def test_in_progress_and_completed_reach_the_pool_manager(intake: Intake) -> None:

@@ -35,6 +35,34 @@ async def test_enqueue_outcomes(queue: JobQueue) -> None:
     assert job is not None and job.state is JobState.DONE and job.conclusion == "success"
 
 
+async def test_held_job_is_never_claimed_until_approved_then_once(queue: JobQueue) -> None:
+    """A job waiting for an environment approval is kept (HELD), not provisioned; the queued
+    delivery after approval makes it claimable once, and a repeat changes nothing."""
+    assert await queue.enqueue(spec(1), delivery_id="q1", held=True) is EnqueueOutcome.CREATED
+    assert await queue.enqueue(spec(1), held=True) is EnqueueOutcome.KNOWN
+    assert await queue.claim(5, lease_seconds=LEASE) == []
+    job = await queue.get(1)
+    assert job is not None and job.state is JobState.HELD
+    assert (await queue.counts()).by_state.get(JobState.HELD) == 1
+    assert [j.spec.job_id for j in await queue.list_jobs([JobState.HELD])] == [1]
+    assert await queue.enqueue(spec(1), delivery_id="q2") is EnqueueOutcome.CREATED
+    assert await queue.list_jobs([JobState.HELD]) == []
+    assert await queue.enqueue(spec(1), delivery_id="q3") is EnqueueOutcome.KNOWN
+    lease = await claim_one(queue)
+    assert lease.job_id == 1 and await queue.claim(5, lease_seconds=LEASE) == []
+    states = [entry.state for entry in await queue.outbox(10) if entry.job_id == 1]
+    assert states and states[-1] is not JobState.HELD  # its report moves on past "waiting"
+
+
+async def test_rejected_held_job_is_dropped(queue: JobQueue) -> None:
+    await queue.enqueue(spec(1), held=True)
+    assert await queue.finish(1, "failure")
+    assert await queue.enqueue(spec(1)) is EnqueueOutcome.FINISHED
+    assert await queue.claim(5, lease_seconds=LEASE) == []
+    assert (await queue.counts()).by_state.get(JobState.HELD, 0) == 0
+    assert await queue.list_jobs([JobState.HELD]) == []
+
+
 async def test_get_round_trips_the_spec(queue: JobQueue, clock: FakeClock) -> None:
     await queue.enqueue(spec(2**62, priority=-3))
     job = await queue.get(2**62)

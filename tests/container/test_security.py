@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, cast
 
 import docker
@@ -15,6 +16,8 @@ import trio
 from agent.config import PoolConfig, SecurityProfile
 from agent.container.docker_api import ContainerSpec, DockerAPI
 from agent.container.security import SUDO_CAPABILITIES, HostOptions, VolumeMount, host_options
+from tests.conftest import remove_managed
+from tests.container.stack import pool_stack
 
 pytestmark = pytest.mark.docker
 TEST_LABEL = "io.gantryd.test-volume"
@@ -230,3 +233,45 @@ async def test_read_only_root_without_the_volume_fails_as_upstream(
     script = "cp /home/runner/run-helper.sh.template /home/runner/run-helper.sh"
     status, out = await _run(api, docker_client, official_image, host, script)
     assert status != 0 and "Read-only file system" in out, out
+
+
+@pytest.mark.parametrize("profile", ["strict", "sudo"])
+async def test_official_image_runs_jobs_under_read_only_root(
+    tmp_path: Path, docker_client: docker.DockerClient, official_image: str, profile: str
+) -> None:
+    """Through gantryd and the GitHub stand-in: the official-like image under a read-only root
+    takes its job and runs it (its run.sh, helper copy, .runner, _diag and _work all in the
+    per-job /home/runner volume, labelled as gantryd's); ``sudo`` works under the sudo profile
+    only; and no volume is left once the runner is gone."""
+    pool = {"image": official_image, "read_only_rootfs": True, "security": profile}
+    script = (
+        "touch /home/runner/_work/written && ls -a /home/runner | tr '\\n' ' '\n"
+        "if touch /etc/written 2>/dev/null; then echo ROOT_WRITABLE; fi\n"
+        "sudo -n true && echo SUDO_OK\n"
+    )
+    async with pool_stack(tmp_path, pool=pool) as stack:
+        try:
+            pools = stack.daemon.pools
+            assert pools is not None
+            job = stack.emulator.create_job("octo-org/app", ["self-hosted", "linux"], script)
+            with trio.fail_after(30):
+                await pools.wait_until(lambda: any(r.container_id for r in pools.runners()))
+            instance = f"io.gantryd.instance={stack.setup.instance}"
+            labelled = docker_client.volumes.list(filters={"label": instance})
+            assert len(labelled) == 1  # the runner's /home/runner, found by gc if left behind
+            with trio.fail_after(90):
+                await stack.emulator.wait_job(job.id, "completed")
+                await pools.wait_no_runners()
+            finished = stack.emulator.job(job.id)
+            log = finished.log.decode()
+            assert ".runner" in log and "_diag" in log and "run-helper.sh" in log, log
+            assert "ROOT_WRITABLE" not in log
+            if profile == "sudo":
+                assert finished.conclusion == "success", log
+                assert "SUDO_OK" in log
+            else:
+                assert finished.conclusion == "failure", log
+                assert 'The "no new privileges" flag is set' in log and "SUDO_OK" not in log
+        finally:
+            remove_managed(docker_client, stack.setup.instance)
+        assert docker_client.volumes.list(filters={"label": instance}) == []

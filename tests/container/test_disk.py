@@ -21,7 +21,7 @@ from agent.container.disk import DISK_REASON, over_limit
 from agent.container.docker_api import ContainerSpec, DockerAPI
 from agent.container.lifecycle import Outcome
 from agent.container.security import host_options
-from tests.conftest import remove_managed
+from tests.conftest import managed_containers, remove_managed
 from tests.container.stack import pool_stack
 
 pytestmark = pytest.mark.docker
@@ -100,9 +100,12 @@ async def test_job_writing_past_disk_limit_is_stopped_with_the_reason(
             assert usage.reason.startswith(DISK_REASON), usage.reason
             assert "disk_limit is 20MiB" in usage.reason
             assert pools.stats.outcomes[Outcome.DISK_LIMIT] == 1
+            # gantryd removed the container, and the /home/runner volume with it.
+            instance = stack.setup.instance
+            assert managed_containers(docker_client, instance) == []
+            assert (
+                docker_client.volumes.list(filters={"label": f"io.gantryd.instance={instance}"})
+                == []
+            )
         finally:
             remove_managed(docker_client, stack.setup.instance)
-        volumes = docker_client.volumes.list(
-            filters={"label": f"io.gantryd.instance={stack.setup.instance}"}
-        )
-        assert volumes == []  # the /home/runner volume went with its container

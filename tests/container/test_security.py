@@ -16,7 +16,7 @@ import trio
 from agent.config import PoolConfig, SecurityProfile
 from agent.container.docker_api import ContainerSpec, DockerAPI
 from agent.container.security import SUDO_CAPABILITIES, HostOptions, VolumeMount, host_options
-from tests.conftest import remove_managed
+from tests.conftest import managed_containers, remove_managed
 from tests.container.stack import pool_stack
 
 pytestmark = pytest.mark.docker
@@ -272,6 +272,8 @@ async def test_official_image_runs_jobs_under_read_only_root(
             else:
                 assert finished.conclusion == "failure", log
                 assert 'The "no new privileges" flag is set' in log and "SUDO_OK" not in log
+            # gantryd removed the container, and the /home/runner volume with it.
+            assert managed_containers(docker_client, stack.setup.instance) == []
+            assert docker_client.volumes.list(filters={"label": instance}) == []
         finally:
             remove_managed(docker_client, stack.setup.instance)
-        assert docker_client.volumes.list(filters={"label": instance}) == []

@@ -73,7 +73,6 @@ async def watch_disk(
         for runner, pool in watched:
             if pool is None or not _watched(runner, pool) or runner.container_id is None:
                 continue
-            runner.peak_disk = max(runner.peak_disk, usage.get(runner.container_id, 0))
             reason = over_limit(usage.get(runner.container_id), pool)
             if reason is not None:
                 await stop(runner, pool, reason)

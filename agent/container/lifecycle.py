@@ -79,7 +79,6 @@ class Runner:
     cpu_seconds: float = 0.0
     oom_killed: bool = False
     timed_out: bool = False  # stopped for job_timeout (stored: the stop is sent once)
-    peak_disk: int = 0  # bytes, highest disk usage measured (pools with a disk_limit)
     disk_exceeded: bool = False  # stopped for disk_limit (the stop is sent once)
     exited_at: float | None = None  # when its container was seen exited or gone
     retiring: bool = False  # its removal is under way (exit and completion both lead there)

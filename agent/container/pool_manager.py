@@ -4,7 +4,8 @@ It owns the ``Registry`` of every ``Runner`` of this host and wires the helpers 
 them: ``provisioning`` (bring one up), ``assignment`` (job events from intake), ``removal``
 (scale-down, failure, retirement), ``adoption`` (what a previous run left) and ``gc``. It
 handles Docker's events itself (a container died, was OOM-killed) and runs a one-second
-maintenance pass: lease heartbeats, the timeouts ``policy`` decides, and warm-pool refill.
+maintenance pass: lease heartbeats, the timeouts ``policy`` decides, and warm-pool refill;
+``disk`` stops runners past their pool's ``disk_limit``.
 
 Demand (docs/design.md §1): a JIT runner takes any queued job its labels cover within its
 registration scope. So a claimed job offered by the scheduler (``place``) first goes to a

@@ -48,7 +48,7 @@ def remove_managed(client: docker.DockerClient, instance: str) -> None:
         filters={"label": ["io.gantryd.managed=true", f"io.gantryd.instance={instance}"]},
     ):
         try:
-            container.remove(force=True)
+            container.remove(force=True, v=True)  # with its /home/runner volume, if any
         except docker.errors.APIError as exc:
             if exc.status_code not in (404, 409):  # gone, or gantryd's own removal under way
                 raise

@@ -45,6 +45,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED_ENV_PREFIX = "ACTIONS_RUNNER_INPUT_"  # the JIT config travels this way, set by gantryd
 _RESERVED_LABEL_PREFIX = "io.gantryd."
 _DOCKER_MIN_MEMORY = 6 * 1024**2  # Docker refuses smaller memory limits
+_MIN_DISK_LIMIT = 1024**2  # below this not even the runner's own files fit
 _GITHUB_TIMEOUT = 10.0  # seconds GitHub waits for a webhook answer before failing the delivery
 _MAX_RUNNER_LABELS = 100  # generate-jitconfig accepts 1-100 labels
 
@@ -281,6 +282,7 @@ def _pool(t: Table, github: GitHubConfig) -> PoolConfig:
         network=t.string("network", d.network, pattern=re.compile(r"\S+"), rule="a network name"),
         security=t.choice("security", d.security),
         read_only_rootfs=t.boolean("read_only_rootfs", d.read_only_rootfs),
+        disk_limit=t.size("disk_limit", d.disk_limit, minimum=_MIN_DISK_LIMIT),
         pull_policy=t.choice("pull_policy", d.pull_policy),
         bootstrap_timeout=t.duration("bootstrap_timeout", d.bootstrap_timeout),
         max_idle_age=t.duration("max_idle_age", d.max_idle_age),

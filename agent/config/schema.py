@@ -81,7 +81,8 @@ class Scope(enum.StrEnum):
 
 class SecurityProfile(enum.StrEnum):
     STRICT = "strict"  # no capabilities, no-new-privileges: see agent/container/security.py
-    COMPAT = "compat"  # relaxed for images that need it; still unprivileged
+    SUDO = "sudo"  # as strict, but sudo works: setuid/setgid/audit_write, new privileges allowed
+    COMPAT = "compat"  # Docker's default capabilities, the image's user; still unprivileged
 
 
 class PullPolicy(enum.StrEnum):
@@ -169,9 +170,10 @@ class PoolConfig:
     tmp_size: int = live(1024**3)  # bytes of tmpfs at /tmp
     network: str = live("default")  # docker network: "default" (bridge) | "none" | "host" | name
     security: SecurityProfile = live(SecurityProfile.STRICT)
-    # The official runner image writes its config into /home/runner, so read-only rootfs is
-    # opt-in per pool.
+    # Read-only root; /home/runner then is a per-job volume (agent/container/security.py).
     read_only_rootfs: bool = live(False)
+    # Bytes a job may write to disk (writable layer + /home/runner volume); 0 = no limit.
+    disk_limit: int = live(0)
     pull_policy: PullPolicy = live(PullPolicy.IF_NOT_PRESENT)
     bootstrap_timeout: float = live(300.0)
     max_idle_age: float = live(600.0)

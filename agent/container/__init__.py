@@ -11,7 +11,7 @@ Layering (a module imports only modules of later lines):
 - Pure decisions, tested without Docker: ``capacity`` (free slots, memory room, repository
   caps) and ``policy`` (what to do with a runner now).
 - ``lifecycle`` (``Runner``, its states and counters), ``store`` (the local state database),
-  ``leases``, ``gc``, ``monitoring`` (events and health), ``events`` (``JobEvent``, all intake
-  imports of this package).
+  ``leases``, ``gc``, ``monitoring`` (events and health), ``disk`` (the measured disk limit),
+  ``events`` (``JobEvent``, all intake imports of this package).
 - ``docker_api`` — the only importer of docker-py.
 """

@@ -7,6 +7,7 @@ become ``DockerError`` / ``ContainerNotFound`` here, so callers never see docker
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -26,6 +27,7 @@ MANAGED_LABEL = "io.gantryd.managed"
 INSTANCE_LABEL = "io.gantryd.instance"
 RUNNER_LABEL = "io.gantryd.runner"
 EXPIRES_LABEL = "io.gantryd.expires"
+log = logging.getLogger(__name__)
 # Pull progress lines worth a log line (one per layer step, not every byte count).
 _PULL_MILESTONES = ("Pulling fs layer", "Download complete", "Pull complete", "Digest:", "Status:")
 
@@ -103,6 +105,15 @@ def _translate(exc: Exception) -> DockerError:
     return DockerError(f"Docker Engine unreachable: {exc}")
 
 
+def _storage_opt_refused(message: str) -> bool:
+    """Docker's refusal of ``--storage-opt size`` by a driver or filesystem that cannot do it
+    (overlay2 off xfs-pquota: "--storage-opt is supported only for overlay over xfs with
+    'pquota' mount option"; others: "Storage Opt not supported", "storage-opt ... not
+    supported")."""
+    lowered = message.lower()
+    return ("storage-opt" in lowered or "storage opt" in lowered) and "support" in lowered
+
+
 _DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
@@ -115,6 +126,8 @@ class DockerAPI:
         self._api = self._client()
         self._control = trio.CapacityLimiter(8)  # create/start/stop/remove/inspect
         self._pulls = trio.CapacityLimiter(2)
+        self._disk = trio.CapacityLimiter(1)  # disk usage walks every layer and volume
+        self._storage_quota: bool | None = None
 
     def _client(self, version: str | None = None) -> docker.APIClient:
         """A client; without ``version`` it asks the Engine for it (blocking, at start only)."""
@@ -175,10 +188,34 @@ class DockerAPI:
 
         return await trio.to_thread.run_sync(run, limiter=self._pulls)
 
+    @property
+    def storage_quota(self) -> bool | None:
+        """Whether the storage driver enforces ``--storage-opt size`` (overlay2: only on xfs
+        with pquota); None until a container asked for it. Learnt by trying, once."""
+        return self._storage_quota
+
     async def create(self, spec: ContainerSpec) -> str:
+        """Create the container; a ``storage_size`` the storage driver refuses is dropped
+        (and not asked again): the disk watcher measures instead (agent/container/disk.py)."""
+        size = spec.host.storage_size if self._storage_quota is not False else None
+        try:
+            return await self._create(spec, size)
+        except DockerError as exc:
+            if size is None or not _storage_opt_refused(str(exc)):
+                raise
+            log.info("storage driver has no per-container size limit, measuring: %s", exc)
+            self._storage_quota = False
+            return await self._create(spec, None)
+
+    async def _create(self, spec: ContainerSpec, storage_size: int | None) -> str:
         h = spec.host
+        mounts = [
+            docker.types.Mount(target=v.target, source=None, type="volume", labels=dict(v.labels))
+            for v in h.volumes
+        ]
         host_config = self._api.create_host_config(
             cap_drop=list(h.cap_drop) or None,
+            cap_add=list(h.cap_add) or None,
             security_opt=list(h.security_opt) or None,
             read_only=h.read_only,
             pids_limit=h.pids_limit,
@@ -187,6 +224,8 @@ class DockerAPI:
             nano_cpus=h.nano_cpus,
             ulimits=[docker.types.Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in h.ulimits],
             tmpfs=dict(h.tmpfs),
+            mounts=mounts or None,
+            storage_opt={"size": str(storage_size)} if storage_size else None,
             network_mode=h.network_mode,
             log_config=docker.types.LogConfig(
                 type=h.log_config["type"], config=h.log_config["config"]
@@ -206,6 +245,8 @@ class DockerAPI:
             stdin_open=spec.stdin_open,
             detach=not spec.stdin_open,
         )
+        if storage_size:
+            self._storage_quota = True
         return str(created["Id"])
 
     async def start_with_stdin(self, container_id: str, data: bytes) -> None:
@@ -258,6 +299,25 @@ class DockerAPI:
             peak_memory=max(usage, int(memory.get("max_usage") or 0)),
             cpu_seconds=int(cpu.get("total_usage") or 0) / 1e9,
         )
+
+    async def disk_usage(self) -> dict[str, int]:
+        """Bytes each container holds on disk: its writable layer plus the volumes it mounts
+        (by container id). One ``/system/df`` answers for every container at once; the Engine
+        walks each writable layer and volume for it, so callers keep it infrequent."""
+        raw = await self._call(self._api.df, limiter=self._disk)
+        volumes = {
+            v.get("Name"): max(0, int((v.get("UsageData") or {}).get("Size") or 0))
+            for v in raw.get("Volumes") or []
+        }
+        return {
+            c["Id"]: max(0, int(c.get("SizeRw") or 0))
+            + sum(
+                volumes.get(m.get("Name"), 0)
+                for m in c.get("Mounts") or []
+                if m.get("Type") == "volume"
+            )
+            for c in raw.get("Containers") or []
+        }
 
     async def list_managed(self, **labels: str) -> list[ContainerInfo]:
         filters = [f"{MANAGED_LABEL}=true"] + [f"{LABEL_PREFIX}{k}={v}" for k, v in labels.items()]

@@ -79,6 +79,7 @@ class Runner:
     cpu_seconds: float = 0.0
     oom_killed: bool = False
     timed_out: bool = False  # stopped for job_timeout (stored: the stop is sent once)
+    disk_exceeded: bool = False  # stopped for disk_limit (the stop is sent once)
     exited_at: float | None = None  # when its container was seen exited or gone
     retiring: bool = False  # its removal is under way (exit and completion both lead there)
 
@@ -133,6 +134,7 @@ class Outcome(enum.StrEnum):
     IDLE_RECYCLED = "idle_recycled"  # warm runner replaced after max_idle_age
     JOB_TIMEOUT = "job_timeout"  # stopped after job_timeout
     OOM_KILLED = "oom_killed"  # the kernel killed a process of it for memory
+    DISK_LIMIT = "disk_limit"  # stopped: it wrote more than its pool's disk_limit
     SCALE_DOWN = "scale_down"  # surplus idle runner removed (GitHub first)
     SCALE_DOWN_REFUSED = "scale_down_refused"  # GitHub answered 422: a job was just assigned
     PROVISION_FAILED = "provision_failed"  # GitHub or Docker refused (pull, create, start)

@@ -4,7 +4,8 @@ It owns the ``Registry`` of every ``Runner`` of this host and wires the helpers 
 them: ``provisioning`` (bring one up), ``assignment`` (job events from intake), ``removal``
 (scale-down, failure, retirement), ``adoption`` (what a previous run left) and ``gc``. It
 handles Docker's events itself (a container died, was OOM-killed) and runs a one-second
-maintenance pass: lease heartbeats, the timeouts ``policy`` decides, and warm-pool refill.
+maintenance pass: lease heartbeats, the timeouts ``policy`` decides, and warm-pool refill;
+``disk`` stops runners past their pool's ``disk_limit``.
 
 Demand (docs/design.md §1): a JIT runner takes any queued job its labels cover within its
 registration scope. So a claimed job offered by the scheduler (``place``) first goes to a
@@ -28,6 +29,7 @@ from agent.container import capacity
 from agent.container.adoption import adopt
 from agent.container.assignment import Assignments
 from agent.container.capacity import Placement
+from agent.container.disk import watch_disk
 from agent.container.docker_api import ContainerEvent, DockerAPI, DockerError
 from agent.container.events import JobEvent
 from agent.container.gc import collect_garbage
@@ -220,6 +222,9 @@ class PoolManager:
             nursery.start_soon(self._assignments.consume, job_events, on_job_taken)
             nursery.start_soon(self._maintain)
             nursery.start_soon(self._sample_usage)
+            nursery.start_soon(
+                watch_disk, self._docker, self.runners, self._pool, self._stop_over_disk
+            )
             nursery.start_soon(self._gc_loop)
             task_status.started()
 
@@ -398,6 +403,20 @@ class PoolManager:
     async def _stop_timed_out(self, runner: Runner, pool: PoolConfig, reason: str) -> None:
         log.warning("job_timeout reached runner=%s job=%s", runner.name, runner.running_job)
         runner.reason, runner.timed_out = reason, True
+        await self._registry.save(runner)
+        assert runner.container_id is not None
+        try:
+            await self._docker.stop(runner.container_id, grace=pool.stop_grace)
+        except DockerError as exc:
+            log.warning("stopping runner=%s failed: %s", runner.name, exc)
+
+    def _pool(self, name: str) -> PoolConfig | None:
+        return self._live.current.pool(name)  # read at each use: a reload applies at once
+
+    async def _stop_over_disk(self, runner: Runner, pool: PoolConfig, reason: str) -> None:
+        log.warning("runner %s job %s: %s", runner.name, runner.running_job, reason)
+        runner.reason, runner.disk_exceeded = reason, True
+        self.stats.outcomes[Outcome.DISK_LIMIT] += 1
         await self._registry.save(runner)
         assert runner.container_id is not None
         try:

@@ -8,6 +8,7 @@ names its runner, and ``io.gantryd.expires`` bounds how long it may outlive ever
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 
 from agent.config import PoolConfig
@@ -21,7 +22,7 @@ from agent.container.docker_api import (
 from agent.container.lifecycle import Runner
 from agent.container.policy import container_expiry
 from agent.container.secret_injection import WRITE_SECRETS, with_secrets_mount
-from agent.container.security import host_options
+from agent.container.security import HostOptions, host_options
 from agent.github.client import RunnerTarget
 from agent.github.runners import RUNNER_ID_HEX, name_head
 
@@ -80,6 +81,15 @@ def container_spec(runner: Runner, pool: PoolConfig, *, instance: str) -> Contai
         command=RUNNER_COMMAND,
         labels=labels,
         environment=dict(pool.env),
-        host=with_secrets_mount(host_options(pool), pool.secrets),
+        host=with_secrets_mount(_labelled_volumes(host_options(pool), labels), pool.secrets),
         stdin_open=True,
     )
+
+
+def _labelled_volumes(host: HostOptions, labels: dict[str, str]) -> HostOptions:
+    """The container's own volumes (/home/runner under read_only_rootfs) carry its gantryd
+    labels, so garbage collection finds one that outlived its container."""
+    keep = (MANAGED_LABEL, INSTANCE_LABEL, RUNNER_LABEL, EXPIRES_LABEL)
+    own = {key: labels[key] for key in keep}
+    volumes = tuple(dataclasses.replace(v, labels={**v.labels, **own}) for v in host.volumes)
+    return dataclasses.replace(host, volumes=volumes)

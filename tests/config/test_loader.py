@@ -14,6 +14,7 @@ from agent.config import (
     PoolConfig,
     QueueConfig,
     SchedulerConfig,
+    SecurityProfile,
     ServerConfig,
     load_config,
 )
@@ -150,6 +151,30 @@ INVALID = [
         minimal(pool='memory = "1MiB"'),
         'pool "default".memory',
         "less than the minimum, 6MiB",
+    ),
+    (
+        "disk limit not a size",
+        minimal(pool='disk_limit = "10 gigs"'),
+        'pool "default".disk_limit',
+        '"10 gigs" is not a size',
+    ),
+    (
+        "disk limit too small",
+        minimal(pool='disk_limit = "512KiB"'),
+        'pool "default".disk_limit',
+        "less than the minimum, 1MiB",
+    ),
+    (
+        "disk limit wrong type",
+        minimal(pool="disk_limit = true"),
+        'pool "default".disk_limit',
+        "expected a size, got a boolean",
+    ),
+    (
+        "unknown profile",
+        minimal(pool='security = "root"'),
+        'pool "default".security',
+        '"root" is not one of "strict", "sudo", "compat"',
     ),
     (
         "listen without port",
@@ -539,6 +564,13 @@ def test_credentials_readable_by_others_warn(etc: Path) -> None:
 def test_warnings_do_not_affect_equality(etc: Path) -> None:
     config = load_config(write(etc, minimal()))
     assert dataclasses.replace(config, warnings=("x",)) == config
+
+
+def test_disk_limit_and_sudo_profile(etc: Path) -> None:
+    config = load_config(write(etc, minimal(pool='disk_limit = "10GiB"\nsecurity = "sudo"')))
+    assert config.pools[0].disk_limit == 10 * 1024**3
+    assert config.pools[0].security is SecurityProfile.SUDO
+    assert load_config(write(etc, minimal())).pools[0].disk_limit == 0  # unset: no limit
 
 
 def test_priority_rules_and_pool_options(etc: Path) -> None:

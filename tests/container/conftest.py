@@ -1,4 +1,5 @@
-"""Fixtures for the pool supervisor's tests: derived runner images that misbehave on purpose."""
+"""Fixtures for the pool supervisor's tests: derived runner images that misbehave on purpose,
+and the official-like runner image."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import docker
 import pytest
 
+OFFICIAL_IMAGE = "gantryd/stand-in-runner-official:latest"
 DOCKERFILE = (
     "FROM gantryd/stand-in-runner:latest\nCOPY --chown=1001:1001 run.sh /home/runner/run.sh\n"
 )
@@ -45,3 +47,14 @@ def silent_image(
     return _build(
         tmp_path_factory.mktemp("silent"), "gantryd/test-silent-runner:latest", "exec sleep 3600"
     )
+
+
+@pytest.fixture(scope="session")
+def official_image(docker_client: docker.DockerClient) -> str:
+    """The official-like stand-in (images/official-like-runner/): uid 1001 `runner`, sudo,
+    run.sh that writes into /home/runner; built locally, cached after the first build."""
+    root = Path(__file__).resolve().parents[2]
+    build = root / "images/official-like-runner/build.sh"
+    subprocess.run(["bash", str(build)], check=True, capture_output=True)
+    docker_client.images.get(OFFICIAL_IMAGE)
+    return OFFICIAL_IMAGE

@@ -206,7 +206,7 @@ def remove_leftovers(client: docker.DockerClient, instance: str) -> None:
         filters={"label": ["io.gantryd.managed=true", f"io.gantryd.instance={instance}"]},
     ):
         try:
-            container.remove(force=True)
+            container.remove(force=True, v=True)  # with its volumes
         except docker.errors.APIError as exc:
             if exc.status_code not in (404, 409):  # gone, or its removal already under way
                 raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -10,8 +11,11 @@ from collections.abc import AsyncIterator
 import docker
 import pytest
 
+from agent.config import PoolConfig
 from agent.container.docker_api import DockerAPI
 from agent.container.gc import collect_garbage
+from agent.container.runner_spec import container_spec, new_runner
+from agent.github.client import RunnerTarget
 
 pytestmark = pytest.mark.docker
 
@@ -75,3 +79,33 @@ async def test_gc_removes_unknown_and_expired_objects_and_never_unlabelled_ones(
         for leftover in (volume, kept, network):
             with contextlib.suppress(docker.errors.NotFound):
                 leftover.remove()
+
+
+async def test_gc_removes_a_home_volume_its_container_left_behind(
+    api: DockerAPI, docker_client: docker.DockerClient, runner_image: str
+) -> None:
+    """The read-only root's /home/runner volume carries its runner's labels (runner_spec), so
+    one left by a container removed without its volumes (``docker rm -f`` by hand) is found."""
+    instance = f"gc-{secrets.token_hex(3)}"
+    pool = PoolConfig(name="p", labels=("self-hosted",), read_only_rootfs=True)
+    runner = new_runner(
+        pool,
+        RunnerTarget(repository="octo-org/app"),
+        None,
+        prefix="gantryd",
+        instance=instance,
+        now=time.time(),
+    )
+    spec = dataclasses.replace(container_spec(runner, pool, instance=instance), image=runner_image)
+    container_id = await api.create(spec)
+    docker_client.api.remove_container(container_id, force=True)  # no v: the volume stays
+    (left,) = docker_client.volumes.list(filters={"label": f"io.gantryd.instance={instance}"})
+    try:
+        collected = await collect_garbage(api, instance=instance, known=(), now=time.time())
+        assert collected.volumes == [left.name]
+        assert (
+            docker_client.volumes.list(filters={"label": f"io.gantryd.instance={instance}"}) == []
+        )
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            left.remove(force=True)

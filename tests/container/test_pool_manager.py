@@ -321,7 +321,10 @@ async def test_jit_config_is_never_in_inspect_or_logs(
         assert attrs["Config"]["User"] == "1001" and host["CapDrop"] == ["ALL"]
         assert host["SecurityOpt"] == ["no-new-privileges:true"] and host["Privileged"] is False
         assert host["ReadonlyRootfs"] is True and host["Memory"] == host["MemorySwap"] > 0
-        assert attrs["Mounts"] == []
+        # No host path or socket: the one mount is the read-only root's /home/runner volume.
+        assert [(m["Type"], m["Destination"]) for m in attrs["Mounts"]] == [
+            ("volume", "/home/runner")
+        ]
         labels = attrs["Config"]["Labels"]
         for key in ("managed", "instance", "pool", "runner", "job", "created", "expires"):
             assert f"io.gantryd.{key}" in labels

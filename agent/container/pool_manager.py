@@ -36,6 +36,7 @@ from agent.container.leases import keep_alive
 from agent.container.lifecycle import (
     NullObserver,
     Outcome,
+    OutdatedImage,
     PoolObserver,
     PoolStats,
     Runner,
@@ -58,6 +59,7 @@ from agent.secrets import SecretStore
 log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL = 1.0  # seconds between heartbeat/timeout/refill passes
+OUTDATED_PULL_INTERVAL = 60.0  # seconds between pulls of an image GitHub refused (exit 7)
 STATS_INTERVAL = 2.0  # seconds between usage samples of busy runners
 
 
@@ -110,6 +112,8 @@ class PoolManager:
         self.health = DockerHealth()
         self.provisioning = trio.CapacityLimiter(live.current.scheduler.concurrency)
         self._registry = Registry(store, self.stats)
+        self._images = Images(docker, self.stats, clock)
+        self._refreshed: dict[str, float] = {}  # pool -> when its outdated image was last pulled
         self._removal = Removal(
             registry=self._registry,
             queue=queue,
@@ -126,7 +130,7 @@ class PoolManager:
             docker=docker,
             registry=self._registry,
             removal=self._removal,
-            images=Images(docker, self.stats),
+            images=self._images,
             secrets=secrets,
             stats=self.stats,
             observer=self._observer,
@@ -159,11 +163,23 @@ class PoolManager:
     def free_slots(self, pool: PoolConfig) -> int:
         """How many jobs of this pool may be claimed now (``capacity.free_slots``). Zero while
         the Docker Engine is unreachable: a claim then would only burn a retry."""
-        if not self.health.available:
+        if not self.health.available or pool.name in self.stats.outdated:
             return 0
         return capacity.free_slots(pool, self._registry.live(), self._limits())
 
+    def hold_reason(self, pool: str) -> str | None:
+        """Why this pool takes no job now (its jobs stay queued), for status and reports."""
+        outdated = self.stats.outdated.get(pool)
+        if outdated is None:
+            return None
+        return (
+            f"image {outdated.image} is outdated: GitHub refused its runner version (exit 7);"
+            " jobs are held until the image is refreshed (pull or build a newer one)"
+        )
+
     def _may_start(self, pool: PoolConfig, repository: str | None) -> bool:
+        if pool.name in self.stats.outdated:
+            return False
         return capacity.may_start(pool, repository, self._registry.live(), self._limits())
 
     async def usage(self, job_id: int) -> JobUsage | None:
@@ -367,6 +383,7 @@ class PoolManager:
                             "runner %s: check failed, next pass retries: %s", runner.name, exc
                         )
             self._assignments.forget_unfinished(now)
+            await self._refresh_outdated(now)
             for pool in self._live.current.pools:
                 if pool.min_idle and self.health.available:
                     self._ensure_min_idle(pool)
@@ -382,7 +399,7 @@ class PoolManager:
             )
         pool = self._live.current.pool(runner.pool)
         decision = decide(runner, pool, now=now, exit_settle=self._exit_settle)
-        if decision.outcome is not None and decision.verdict is not Verdict.SCALE_DOWN:
+        if decision.outcome is not None and decision.verdict in (Verdict.FAIL, Verdict.STOP):
             self.stats.outcomes[decision.outcome] += 1
         if decision.verdict is Verdict.FAIL:
             await self._removal.fail(runner, decision.reason)
@@ -391,9 +408,38 @@ class PoolManager:
             await self._removal.scale_down(
                 runner, reason=decision.reason, failure=decision.failure, outcome=decision.outcome
             )
+        elif decision.verdict is Verdict.ENDED:
+            await self._removal.exited_waiting(runner, decision.reason)
+        elif decision.verdict is Verdict.OUTDATED:
+            if pool is not None and pool.name not in self.stats.outdated:
+                self.stats.outdated[pool.name] = OutdatedImage(
+                    image=pool.image, digest=runner.image_digest, since=now
+                )
+                log.error("pool %s: %s", pool.name, decision.reason)
+            await self._removal.end(runner, decision.reason, Outcome.IMAGE_OUTDATED)
         elif decision.verdict is Verdict.STOP:
             assert pool is not None and runner.container_id is not None
             await self._stop_timed_out(runner, pool, decision.reason)
+
+    async def _refresh_outdated(self, now: float) -> None:
+        """End a pool's hold once its image changed: a reload gave it another image, or the
+        image now present (pulled at most every OUTDATED_PULL_INTERVAL, looked at every pass)
+        has another id than the one GitHub refused."""
+        for name, outdated in list(self.stats.outdated.items()):
+            pool = self._live.current.pool(name)
+            if pool is not None and pool.image == outdated.image:
+                if now - self._refreshed.get(name, 0.0) >= OUTDATED_PULL_INTERVAL:
+                    self._refreshed[name] = now
+                    digest = await self._images.refresh(pool)
+                else:
+                    digest = await self._docker.image_digest(pool.image)
+                if digest is None or digest == outdated.digest:
+                    continue  # still the refused image
+            del self.stats.outdated[name]
+            self._refreshed.pop(name, None)
+            log.info("pool %s: image refreshed, taking jobs again", name)
+            self._registry.notify()
+            self._on_capacity()
 
     async def _stop_timed_out(self, runner: Runner, pool: PoolConfig, reason: str) -> None:
         log.warning("job_timeout reached runner=%s job=%s", runner.name, runner.running_job)

@@ -88,6 +88,8 @@ class Pausable(Protocol):
 class RunnerSource(Protocol):
     def runners(self) -> list[Runner]: ...
 
+    def hold_reason(self, pool: str) -> str | None: ...
+
 
 def job_info(job: QueuedJob, position: int | None = None) -> JobInfo:
     spec = job.spec
@@ -228,6 +230,7 @@ class AdminApp:
                         for (p, state), n in counts.by_pool_state.items()
                         if p == pool.name and n
                     },
+                    held=self.pools.hold_reason(pool.name),
                 )
             )
         return Status(

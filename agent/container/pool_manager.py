@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import trio
 
-from agent.config import PoolConfig, Scope
+from agent.config import Config, PoolConfig, Scope
 from agent.container import capacity
 from agent.container.adoption import adopt
 from agent.container.assignment import Assignments
@@ -51,7 +51,7 @@ from agent.container.removal import Removal
 from agent.container.runner_spec import new_runner
 from agent.container.store import JobUsage, RunnerStore
 from agent.github.client import GitHubClient, GitHubError, RunnerTarget
-from agent.github.runners import sweep_offline_runners
+from agent.github.runners import sweep_offline_runners, unreachable_repositories
 from agent.queue.base import JobQueue, JobSpec, Lease, QueueError
 from agent.reload import LiveConfig
 from agent.secrets import SecretStore
@@ -114,6 +114,9 @@ class PoolManager:
         self._registry = Registry(store, self.stats)
         self._images = Images(docker, self.stats, clock)
         self._refreshed: dict[str, float] = {}  # pool -> when its outdated image was last pulled
+        # Organization pools: repositories their runner group never admits -> why (§3.5)
+        self.unreachable: dict[str, dict[str, str]] = {}
+        self._groups_checked: Config | None = None  # the config they were checked for
         self._removal = Removal(
             registry=self._registry,
             queue=queue,
@@ -166,6 +169,14 @@ class PoolManager:
         if not self.health.available or pool.name in self.stats.outdated:
             return 0
         return capacity.free_slots(pool, self._registry.live(), self._limits())
+
+    def pool_notes(self, pool: str) -> tuple[str, ...]:
+        """What a person must know of a pool (status): why it is held, what it never serves."""
+        held = self.hold_reason(pool)
+        never = self.unreachable.get(pool, {})
+        return ((f"HELD: {held}",) if held else ()) + tuple(
+            f"never serves {repo}: {reason}" for repo, reason in sorted(never.items())
+        )
 
     def hold_reason(self, pool: str) -> str | None:
         """Why this pool takes no job now (its jobs stay queued), for status and reports."""
@@ -252,6 +263,11 @@ class PoolManager:
             return Placement.DROPPED
         if self._registry.runs(spec.job_id):
             return Placement.DROPPED  # in_progress came first: the lease is stale
+        never = self.unreachable.get(pool.name, {}).get(spec.repository.lower())
+        if pool.scope is Scope.ORGANIZATION and never is not None:
+            reason = f"pool {pool.name!r} can never serve {spec.repository}: {never}"
+            self._nursery.start_soon(self._removal.refuse_lease, lease, reason)
+            return Placement.DROPPED
         now = self._clock()
         warm = next(
             (r for r in self._registry if r.pool == pool.name and r.warm and covers(r, spec)),
@@ -384,6 +400,8 @@ class PoolManager:
                         )
             self._assignments.forget_unfinished(now)
             await self._refresh_outdated(now)
+            if self._groups_checked is not self._live.current:  # started, or reloaded
+                await self.check_runner_groups()
             for pool in self._live.current.pools:
                 if pool.min_idle and self.health.available:
                     self._ensure_min_idle(pool)
@@ -420,6 +438,29 @@ class PoolManager:
         elif decision.verdict is Verdict.STOP:
             assert pool is not None and runner.container_id is not None
             await self._stop_timed_out(runner, pool, decision.reason)
+
+    async def check_runner_groups(self) -> None:
+        """For each organization pool, which repositories its runner group never admits
+        (docs/github.md §3.5): logged as a warning naming the pool, shown by status, and their
+        jobs refused at once with that reason. A GitHub error keeps the last answer."""
+        config = self._live.current
+        self._groups_checked = config
+        found: dict[str, dict[str, str]] = {}
+        for pool in config.pools:
+            if pool.scope is not Scope.ORGANIZATION:
+                continue
+            found[pool.name] = {}
+            for org in config.github.organizations:
+                try:
+                    refused = await unreachable_repositories(self._github, org, pool.runner_group)
+                except GitHubError as exc:
+                    log.warning("pool %s: cannot read runner group of %s: %s", pool.name, org, exc)
+                    refused = self.unreachable.get(pool.name, {})
+                found[pool.name].update(refused)
+            for repo, reason in sorted(found[pool.name].items()):
+                log.warning("pool %s can never serve %s: %s", pool.name, repo, reason)
+        self.unreachable = found
+        self._registry.notify()
 
     async def _refresh_outdated(self, now: float) -> None:
         """End a pool's hold once its image changed: a reload gave it another image, or the

@@ -54,6 +54,16 @@ class Removal:
         await leases.release(self._queue, lease)
         self._on_capacity()
 
+    async def refuse_lease(self, lease: Lease, reason: str) -> None:
+        """A job this host can never serve: ended at once with the reason (its report says
+        why), no attempts spent on it; GitHub may still give it to a runner elsewhere."""
+        log.warning("job %s: %s", lease.job_id, reason)
+        try:
+            await self._queue.cancel(lease.job_id, reason)
+        except QueueError as exc:
+            log.error("state database: cannot end job %s: %s", lease.job_id, exc)
+        self._on_capacity()
+
     def job_ended(self, pool: str, outcome: str, duration: float | None) -> None:
         self._observer.job_ended(pool, outcome, duration)
         self._registry.notify()

@@ -88,7 +88,7 @@ class Pausable(Protocol):
 class RunnerSource(Protocol):
     def runners(self) -> list[Runner]: ...
 
-    def hold_reason(self, pool: str) -> str | None: ...
+    def pool_notes(self, pool: str) -> tuple[str, ...]: ...
 
 
 def job_info(job: QueuedJob, position: int | None = None) -> JobInfo:
@@ -230,7 +230,7 @@ class AdminApp:
                         for (p, state), n in counts.by_pool_state.items()
                         if p == pool.name and n
                     },
-                    held=self.pools.hold_reason(pool.name),
+                    notes=self.pools.pool_notes(pool.name),
                 )
             )
         return Status(

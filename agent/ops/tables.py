@@ -85,7 +85,7 @@ def format_status(status: Status, now: float | None = None) -> str:
                 for p in status.pools
             ],
         ),
-        *(f"pool {p.name} HELD: {p.held}" for p in status.pools if p.held),
+        *(f"pool {p.name} {note}" for p in status.pools for note in p.notes),
         "",
         "RUNNERS",
     ]

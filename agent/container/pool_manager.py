@@ -516,6 +516,7 @@ class PoolManager:
         while True:
             await self.sweep_registrations()
             await trio.sleep(self._live.current.scheduler.gc_interval)
+            await self.check_runner_groups()  # a group changed at GitHub, or an error before
             try:
                 await self.collect_garbage()
             except DockerError as exc:

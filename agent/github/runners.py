@@ -23,7 +23,13 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.github.actions import PER_PAGE, Page, _page, list_installation_repositories
+from agent.github.actions import (
+    PER_PAGE,
+    Page,
+    _page,
+    list_installation_repositories,
+    list_org_repositories,
+)
 from agent.github.client import DeleteOutcome, GitHubClient, GitHubError, RunnerTarget
 
 log = logging.getLogger(__name__)
@@ -123,7 +129,7 @@ async def group_policy(client: GitHubClient, organization: str, group: str) -> G
     """Read the access policy of ``organization``'s runner group named ``group``.
     Raises GitHubError when the organization has no such group."""
     target = RunnerTarget(organization=organization)
-    installation = await client.installation_id(target)
+    installation = await client.installation_id(target) if client.is_app else None
     path = f"{target.path}/actions/runner-groups"
 
     async def groups(page: Mapping[str, str] | None) -> Page:
@@ -163,9 +169,11 @@ async def unreachable_repositories(
     """Repositories of ``organization`` the installation reaches that ``group``'s runners can
     never serve: lower-case full name -> reason."""
     policy = await group_policy(client, organization, group)
-    installation = await client.installation_id(RunnerTarget(organization=organization))
 
     async def repositories(page: Mapping[str, str] | None) -> Page:
+        if not client.is_app:  # a token: the organization's repositories it can see
+            return await list_org_repositories(client, organization, page=page)
+        installation = await client.installation_id(RunnerTarget(organization=organization))
         return await list_installation_repositories(client, installation_id=installation, page=page)
 
     refused: dict[str, str] = {}

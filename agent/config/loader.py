@@ -284,6 +284,7 @@ def _pool(t: Table, github: GitHubConfig) -> PoolConfig:
         read_only_rootfs=t.boolean("read_only_rootfs", d.read_only_rootfs),
         disk_limit=t.size("disk_limit", d.disk_limit, minimum=_MIN_DISK_LIMIT),
         pull_policy=t.choice("pull_policy", d.pull_policy),
+        pull_interval=t.duration("pull_interval", d.pull_interval),
         bootstrap_timeout=t.duration("bootstrap_timeout", d.bootstrap_timeout),
         max_idle_age=t.duration("max_idle_age", d.max_idle_age),
         job_timeout=t.duration("job_timeout", d.job_timeout),

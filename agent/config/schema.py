@@ -175,8 +175,12 @@ class PoolConfig:
     # Bytes a job may write to disk (writable layer + /home/runner volume); 0 = no limit.
     disk_limit: int = live(0)
     pull_policy: PullPolicy = live(PullPolicy.IF_NOT_PRESENT)
+    # if-not-present: how often a moving tag (:latest, no tag) is re-checked at the registry
+    pull_interval: float = live(6 * 3600.0)
     bootstrap_timeout: float = live(300.0)
-    max_idle_age: float = live(600.0)
+    # Below GitHub's idle expiry of JIT runners (~5 min, docs/github.md §3.2): a warm runner is
+    # replaced before GitHub drops it.
+    max_idle_age: float = live(240.0)
     job_timeout: float = live(6 * 3600.0)
     stop_grace: float = live(30.0)
     env: Mapping[str, str] = field(default_factory=dict, metadata=_LIVE)

@@ -141,6 +141,18 @@ class Outcome(enum.StrEnum):
     ADOPTED = "adopted"  # running container taken over after a restart
     ORPHAN_REGISTRATION_DELETED = "orphan_registration_deleted"
     GC_REMOVED = "gc_removed"  # containers, volumes, networks removed by garbage collection
+    IMAGE_OUTDATED = "image_outdated"  # exited 7: GitHub refused the runner's version
+    REMOVED_BY_GITHUB = "removed_by_github"  # GitHub dropped the idle runner (a normal end)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutdatedImage:
+    """A pool's image whose runner GitHub refused as deprecated (exit 7): the pool takes no job
+    until the image changes (a pull or build that yields another id, or a reload)."""
+
+    image: str
+    digest: str | None  # the digest (or id) that was refused
+    since: float
 
 
 @dataclass
@@ -151,6 +163,7 @@ class PoolStats:
     peak_runners: int = 0  # most live runners at once
     peak_by_repository: dict[str, int] = field(default_factory=dict)  # most live at once
     image_digests: dict[str, str] = field(default_factory=dict)  # image -> digest last seen
+    outdated: dict[str, OutdatedImage] = field(default_factory=dict)  # pool -> refused image
 
 
 class StartKind(enum.StrEnum):

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import trio
 
-from agent.config import PoolConfig, Scope
+from agent.config import Config, PoolConfig, Scope
 from agent.container import capacity
 from agent.container.adoption import adopt
 from agent.container.assignment import Assignments
@@ -38,6 +38,7 @@ from agent.container.leases import keep_alive
 from agent.container.lifecycle import (
     NullObserver,
     Outcome,
+    OutdatedImage,
     PoolObserver,
     PoolStats,
     Runner,
@@ -52,7 +53,7 @@ from agent.container.removal import Removal
 from agent.container.runner_spec import new_runner
 from agent.container.store import JobUsage, RunnerStore
 from agent.github.client import GitHubClient, GitHubError, RunnerTarget
-from agent.github.runners import sweep_offline_runners
+from agent.github.runners import sweep_offline_runners, unreachable_repositories
 from agent.queue.base import JobQueue, JobSpec, Lease, QueueError
 from agent.reload import LiveConfig
 from agent.secrets import SecretStore
@@ -60,6 +61,7 @@ from agent.secrets import SecretStore
 log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL = 1.0  # seconds between heartbeat/timeout/refill passes
+OUTDATED_PULL_INTERVAL = 60.0  # seconds between pulls of an image GitHub refused (exit 7)
 STATS_INTERVAL = 2.0  # seconds between usage samples of busy runners
 
 
@@ -112,6 +114,11 @@ class PoolManager:
         self.health = DockerHealth()
         self.provisioning = trio.CapacityLimiter(live.current.scheduler.concurrency)
         self._registry = Registry(store, self.stats)
+        self._images = Images(docker, self.stats, clock)
+        self._refreshed: dict[str, float] = {}  # pool -> when its outdated image was last pulled
+        # Organization pools: repositories their runner group never admits -> why (§3.5)
+        self.unreachable: dict[str, dict[str, str]] = {}
+        self._groups_checked: Config | None = None  # the config they were checked for
         self._removal = Removal(
             registry=self._registry,
             queue=queue,
@@ -128,7 +135,7 @@ class PoolManager:
             docker=docker,
             registry=self._registry,
             removal=self._removal,
-            images=Images(docker, self.stats),
+            images=self._images,
             secrets=secrets,
             stats=self.stats,
             observer=self._observer,
@@ -161,11 +168,31 @@ class PoolManager:
     def free_slots(self, pool: PoolConfig) -> int:
         """How many jobs of this pool may be claimed now (``capacity.free_slots``). Zero while
         the Docker Engine is unreachable: a claim then would only burn a retry."""
-        if not self.health.available:
+        if not self.health.available or pool.name in self.stats.outdated:
             return 0
         return capacity.free_slots(pool, self._registry.live(), self._limits())
 
+    def pool_notes(self, pool: str) -> tuple[str, ...]:
+        """What a person must know of a pool (status): why it is held, what it never serves."""
+        held = self.hold_reason(pool)
+        never = self.unreachable.get(pool, {})
+        return ((f"HELD: {held}",) if held else ()) + tuple(
+            f"never serves {repo}: {reason}" for repo, reason in sorted(never.items())
+        )
+
+    def hold_reason(self, pool: str) -> str | None:
+        """Why this pool takes no job now (its jobs stay queued), for status and reports."""
+        outdated = self.stats.outdated.get(pool)
+        if outdated is None:
+            return None
+        return (
+            f"image {outdated.image} is outdated: GitHub refused its runner version (exit 7);"
+            " jobs are held until the image is refreshed (pull or build a newer one)"
+        )
+
     def _may_start(self, pool: PoolConfig, repository: str | None) -> bool:
+        if pool.name in self.stats.outdated:
+            return False
         return capacity.may_start(pool, repository, self._registry.live(), self._limits())
 
     async def usage(self, job_id: int) -> JobUsage | None:
@@ -241,6 +268,11 @@ class PoolManager:
             return Placement.DROPPED
         if self._registry.runs(spec.job_id):
             return Placement.DROPPED  # in_progress came first: the lease is stale
+        never = self.unreachable.get(pool.name, {}).get(spec.repository.lower())
+        if pool.scope is Scope.ORGANIZATION and never is not None:
+            reason = f"pool {pool.name!r} can never serve {spec.repository}: {never}"
+            self._nursery.start_soon(self._removal.refuse_lease, lease, reason)
+            return Placement.DROPPED
         now = self._clock()
         warm = next(
             (r for r in self._registry if r.pool == pool.name and r.warm and covers(r, spec)),
@@ -372,6 +404,9 @@ class PoolManager:
                             "runner %s: check failed, next pass retries: %s", runner.name, exc
                         )
             self._assignments.forget_unfinished(now)
+            await self._refresh_outdated(now)
+            if self._groups_checked is not self._live.current:  # started, or reloaded
+                await self.check_runner_groups()
             for pool in self._live.current.pools:
                 if pool.min_idle and self.health.available:
                     self._ensure_min_idle(pool)
@@ -387,7 +422,7 @@ class PoolManager:
             )
         pool = self._live.current.pool(runner.pool)
         decision = decide(runner, pool, now=now, exit_settle=self._exit_settle)
-        if decision.outcome is not None and decision.verdict is not Verdict.SCALE_DOWN:
+        if decision.outcome is not None and decision.verdict in (Verdict.FAIL, Verdict.STOP):
             self.stats.outcomes[decision.outcome] += 1
         if decision.verdict is Verdict.FAIL:
             await self._removal.fail(runner, decision.reason)
@@ -396,9 +431,61 @@ class PoolManager:
             await self._removal.scale_down(
                 runner, reason=decision.reason, failure=decision.failure, outcome=decision.outcome
             )
+        elif decision.verdict is Verdict.ENDED:
+            await self._removal.exited_waiting(runner, decision.reason)
+        elif decision.verdict is Verdict.OUTDATED:
+            if pool is not None and pool.name not in self.stats.outdated:
+                self.stats.outdated[pool.name] = OutdatedImage(
+                    image=pool.image, digest=runner.image_digest, since=now
+                )
+                log.error("pool %s: %s", pool.name, decision.reason)
+            await self._removal.end(runner, decision.reason, Outcome.IMAGE_OUTDATED)
         elif decision.verdict is Verdict.STOP:
             assert pool is not None and runner.container_id is not None
             await self._stop_timed_out(runner, pool, decision.reason)
+
+    async def check_runner_groups(self) -> None:
+        """For each organization pool, which repositories its runner group never admits
+        (docs/github.md §3.5): logged as a warning naming the pool, shown by status, and their
+        jobs refused at once with that reason. A GitHub error keeps the last answer."""
+        config = self._live.current
+        self._groups_checked = config
+        found: dict[str, dict[str, str]] = {}
+        for pool in config.pools:
+            if pool.scope is not Scope.ORGANIZATION:
+                continue
+            found[pool.name] = {}
+            for org in config.github.organizations:
+                try:
+                    refused = await unreachable_repositories(self._github, org, pool.runner_group)
+                except GitHubError as exc:
+                    log.warning("pool %s: cannot read runner group of %s: %s", pool.name, org, exc)
+                    refused = self.unreachable.get(pool.name, {})
+                found[pool.name].update(refused)
+            for repo, reason in sorted(found[pool.name].items()):
+                log.warning("pool %s can never serve %s: %s", pool.name, repo, reason)
+        self.unreachable = found
+        self._registry.notify()
+
+    async def _refresh_outdated(self, now: float) -> None:
+        """End a pool's hold once its image changed: a reload gave it another image, or the
+        image now present (pulled at most every OUTDATED_PULL_INTERVAL, looked at every pass)
+        has another id than the one GitHub refused."""
+        for name, outdated in list(self.stats.outdated.items()):
+            pool = self._live.current.pool(name)
+            if pool is not None and pool.image == outdated.image:
+                if now - self._refreshed.get(name, 0.0) >= OUTDATED_PULL_INTERVAL:
+                    self._refreshed[name] = now
+                    digest = await self._images.refresh(pool)
+                else:
+                    digest = await self._docker.image_digest(pool.image)
+                if digest is None or digest == outdated.digest:
+                    continue  # still the refused image
+            del self.stats.outdated[name]
+            self._refreshed.pop(name, None)
+            log.info("pool %s: image refreshed, taking jobs again", name)
+            self._registry.notify()
+            self._on_capacity()
 
     async def _stop_timed_out(self, runner: Runner, pool: PoolConfig, reason: str) -> None:
         log.warning("job_timeout reached runner=%s job=%s", runner.name, runner.running_job)
@@ -448,6 +535,7 @@ class PoolManager:
         while True:
             await self.sweep_registrations()
             await trio.sleep(self._live.current.scheduler.gc_interval)
+            await self.check_runner_groups()  # a group changed at GitHub, or an error before
             try:
                 await self.collect_garbage()
             except DockerError as exc:

@@ -54,6 +54,16 @@ class Removal:
         await leases.release(self._queue, lease)
         self._on_capacity()
 
+    async def refuse_lease(self, lease: Lease, reason: str) -> None:
+        """A job this host can never serve: ended at once with the reason (its report says
+        why), no attempts spent on it; GitHub may still give it to a runner elsewhere."""
+        log.warning("job %s: %s", lease.job_id, reason)
+        try:
+            await self._queue.cancel(lease.job_id, reason)
+        except QueueError as exc:
+            log.error("state database: cannot end job %s: %s", lease.job_id, exc)
+        self._on_capacity()
+
     def job_ended(self, pool: str, outcome: str, duration: float | None) -> None:
         self._observer.job_ended(pool, outcome, duration)
         self._registry.notify()
@@ -106,6 +116,45 @@ class Removal:
             runner.move(RunnerState.REMOVED, now=self._clock())
             await self.remove_container(runner)
             await self._forget(runner)
+
+    async def exited_waiting(self, runner: Runner, reason: str) -> None:
+        """A runner exited before taking a job: if GitHub no longer knows it (it dropped the
+        idle JIT runner, docs/github.md §3.2) that is a normal end and its job goes back to the
+        queue untouched; otherwise a failure of its job. GitHubError: the next pass retries."""
+        gone = False
+        if runner.runner_id is not None:
+            deleted = await self._github.delete_runner(
+                runner.target, runner.runner_id, installation_id=runner.installation_id
+            )
+            runner.runner_id = None
+            gone = deleted is DeleteOutcome.NOT_FOUND
+        if gone:
+            await self.end(runner, "GitHub removed the idle runner", Outcome.REMOVED_BY_GITHUB)
+        else:
+            self._stats.outcomes[Outcome.EXIT_BEFORE_JOB] += 1
+            await self.fail(runner, reason)
+
+    async def end(self, runner: Runner, reason: str, outcome: Outcome) -> None:
+        """Retire a runner that ended through no fault of its job: the job it waited for goes
+        back to the queue with no attempt counted; its registration (GitHub first) and
+        container go."""
+        self._stats.outcomes[outcome] += 1
+        log.info("runner %s ended: %s", runner.name, reason)
+        runner.reason = reason
+        if runner.lease is not None:
+            lease, runner.lease = runner.lease, None
+            await self.release(lease)
+        if runner.runner_id is not None:
+            try:
+                await self._github.delete_runner(
+                    runner.target, runner.runner_id, installation_id=runner.installation_id
+                )
+            except GitHubError as exc:
+                log.warning("deregistering runner=%s failed: %s", runner.name, exc)
+            runner.runner_id = None
+        if runner.state in (RunnerState.CREATING, RunnerState.STARTING):
+            runner.move(RunnerState.FAILED, now=self._clock())
+        await self.retire(runner)
 
     async def fail(self, runner: Runner, reason: str) -> None:
         """gantryd could not serve the job with this runner: count it against the job."""

@@ -20,7 +20,7 @@ from agent.container.docker_api import (
     ContainerSpec,
 )
 from agent.container.lifecycle import Runner
-from agent.container.policy import container_expiry
+from agent.container.policy import DEPRECATED_EXIT_ENV, container_expiry
 from agent.container.secret_injection import WRITE_SECRETS, with_secrets_mount
 from agent.container.security import HostOptions, host_options
 from agent.github.client import RunnerTarget
@@ -80,7 +80,7 @@ def container_spec(runner: Runner, pool: PoolConfig, *, instance: str) -> Contai
         image=pool.image,
         command=RUNNER_COMMAND,
         labels=labels,
-        environment=dict(pool.env),
+        environment={**pool.env, **DEPRECATED_EXIT_ENV},
         host=with_secrets_mount(_labelled_volumes(host_options(pool), labels), pool.secrets),
         stdin_open=True,
     )

@@ -1,11 +1,18 @@
 """Runner registrations gantryd left at GitHub: find and delete them (docs/github.md §3.4, §10.8).
 
-A JIT runner that never ran a job is removed by GitHub by itself, but only after a day offline
-(§3.2); one whose container vanished with gantryd (crash, host reboot) stays listed until then.
+GitHub removes a JIT runner that never ran a job by itself within minutes (observed 2-6, JIT
+configs valid about 5; docs/github.md §3.2: the documented "a day offline" is for ephemeral
+runners that never connected, not what JIT runners see). A registration whose container vanished
+with gantryd (crash, host reboot) may still be listed until then.
 `sweep_offline_runners` is one idempotent pass for the pool manager's GC loop: it deletes the
 runners that are offline, carry gantryd's prefix and this host's instance name
 (``<prefix>-<instance>-<short id>``, the names `PoolManager` gives), and that gantryd no longer
 tracks. Another host's runners and online or busy ones are never touched.
+
+An organization pool's runner group may never admit some repositories (docs/github.md §3.5: the
+default group takes no public repository unless told to; a ``selected`` group only its list):
+GitHub then never gives their jobs to the pool's runners. ``group_policy`` reads the group and
+``refusal`` says why a repository is out of its reach.
 """
 
 from __future__ import annotations
@@ -13,9 +20,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import string
-from collections.abc import Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from agent.github.actions import (
+    PER_PAGE,
+    Page,
+    _page,
+    list_installation_repositories,
+    list_org_repositories,
+)
 from agent.github.client import DeleteOutcome, GitHubClient, GitHubError, RunnerTarget
 
 log = logging.getLogger(__name__)
@@ -94,3 +109,99 @@ async def sweep_offline_runners(
                 log.info("deleted leftover runner %s (%s)", runner.name, target.path)
                 deleted.append(runner.name)
     return SweepResult(deleted=tuple(deleted), errors=tuple(errors))
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupPolicy:
+    """An organization runner group's repository access (``GET …/actions/runner-groups``)."""
+
+    organization: str
+    name: str
+    visibility: str  # "all" | "selected" | "private"
+    allows_public_repositories: bool
+    selected: frozenset[str] = frozenset()  # lower-case full names, for "selected"
+
+
+def refusal(policy: GroupPolicy, repository: str, *, private: bool) -> str | None:
+    """Why GitHub never gives jobs of ``repository`` to runners of this group; None if it may."""
+    where = f'runner group "{policy.name}" of {policy.organization}'
+    if not private and not policy.allows_public_repositories:
+        return f"{where} does not allow public repositories (allows_public_repositories is false)"
+    if policy.visibility == "private" and not private:
+        return f"{where} is limited to private repositories"
+    if policy.visibility == "selected" and repository.lower() not in policy.selected:
+        return f"{where} is limited to selected repositories and {repository} is not one"
+    return None
+
+
+async def _all(fetch: Callable[[Mapping[str, str] | None], Awaitable[Page]]) -> list[Any]:
+    items: list[Any] = []
+    page: Mapping[str, str] | None = None
+    while True:
+        answer = await fetch(page)
+        items += answer.items
+        if answer.next is None:
+            return items
+        page = answer.next
+
+
+async def group_policy(client: GitHubClient, organization: str, group: str) -> GroupPolicy:
+    """Read the access policy of ``organization``'s runner group named ``group``.
+    Raises GitHubError when the organization has no such group."""
+    target = RunnerTarget(organization=organization)
+    installation = await client.installation_id(target) if client.is_app else None
+    path = f"{target.path}/actions/runner-groups"
+
+    async def groups(page: Mapping[str, str] | None) -> Page:
+        params = dict(page or {"per_page": str(PER_PAGE)})
+        response = await client.request("GET", path, installation_id=installation, params=params)
+        return _page(response, "runner_groups")
+
+    found = next(
+        (g for g in await _all(groups) if str(g.get("name", "")).lower() == group.lower()), None
+    )
+    if found is None:
+        raise GitHubError("GET", path, 200, f'organization {organization} has no group "{group}"')
+    selected: frozenset[str] = frozenset()
+    if found.get("visibility") == "selected":
+        repos_path = f"{path}/{int(found['id'])}/repositories"
+
+        async def repositories(page: Mapping[str, str] | None) -> Page:
+            params = dict(page or {"per_page": str(PER_PAGE)})
+            response = await client.request(
+                "GET", repos_path, installation_id=installation, params=params
+            )
+            return _page(response, "repositories")
+
+        selected = frozenset(str(r["full_name"]).lower() for r in await _all(repositories))
+    return GroupPolicy(
+        organization=organization,
+        name=str(found["name"]),
+        visibility=str(found.get("visibility", "all")),
+        allows_public_repositories=bool(found.get("allows_public_repositories", False)),
+        selected=selected,
+    )
+
+
+async def unreachable_repositories(
+    client: GitHubClient, organization: str, group: str
+) -> dict[str, str]:
+    """Repositories of ``organization`` the installation reaches that ``group``'s runners can
+    never serve: lower-case full name -> reason."""
+    policy = await group_policy(client, organization, group)
+
+    async def repositories(page: Mapping[str, str] | None) -> Page:
+        if not client.is_app:  # a token: the organization's repositories it can see
+            return await list_org_repositories(client, organization, page=page)
+        installation = await client.installation_id(RunnerTarget(organization=organization))
+        return await list_installation_repositories(client, installation_id=installation, page=page)
+
+    refused: dict[str, str] = {}
+    for repo in await _all(repositories):
+        name = str(repo["full_name"])
+        if name.split("/")[0].lower() != organization.lower():
+            continue
+        reason = refusal(policy, name, private=bool(repo.get("private", False)))
+        if reason is not None:
+            refused[name.lower()] = reason
+    return refused

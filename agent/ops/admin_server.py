@@ -88,6 +88,8 @@ class Pausable(Protocol):
 class RunnerSource(Protocol):
     def runners(self) -> list[Runner]: ...
 
+    def pool_notes(self, pool: str) -> tuple[str, ...]: ...
+
 
 def job_info(job: QueuedJob, position: int | None = None) -> JobInfo:
     spec = job.spec
@@ -228,6 +230,7 @@ class AdminApp:
                         for (p, state), n in counts.by_pool_state.items()
                         if p == pool.name and n
                     },
+                    notes=self.pools.pool_notes(pool.name),
                 )
             )
         return Status(

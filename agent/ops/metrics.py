@@ -104,6 +104,12 @@ class Metrics:
             ["endpoint", "status"],
             registry=r,
         )
+        self.pool_image_outdated = Gauge(
+            "gantryd_pool_image_outdated",
+            "1 while GitHub refuses the pool's runner version (exit 7): its jobs are held.",
+            ["pool"],
+            registry=r,
+        )
         self.github_rate_limit = Gauge(
             "gantryd_github_rate_limit_remaining",
             "Requests left in GitHub's current rate-limit window (last answer seen).",

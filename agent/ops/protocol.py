@@ -77,6 +77,7 @@ class PoolStatus:
     max_runners: int
     runners: dict[RunnerState, int]  # only states with runners
     queue: dict[JobState, int]  # only states with entries
+    notes: tuple[str, ...] = ()  # why it is held, which repositories it never serves
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,6 +40,7 @@ class Sources:
     docker_ping: Callable[[], Awaitable[None]]
     paused: Callable[[], bool]
     reload_state: Callable[[], tuple[bool, float]]  # (last reload ok, last success time)
+    outdated_pools: Callable[[], Iterable[str]] = lambda: ()  # pools held for an old image
 
 
 class Sampler:
@@ -86,6 +87,10 @@ class Sampler:
         for cid, used in load.items():
             m.container_memory.labels(by_id[cid]).inc(used.memory)
             m.container_cpu.labels(by_id[cid]).inc(used.cpu)
+        outdated = set(s.outdated_pools())
+        m.pool_image_outdated.clear()
+        for pool in pools:
+            m.pool_image_outdated.labels(pool).set(1 if pool in outdated else 0)
         remaining = s.rate_limit_remaining()
         if remaining is not None:
             m.github_rate_limit.set(remaining)

@@ -126,6 +126,7 @@ async def run_operations(
             docker_ping=services.docker.ping,
             paused=lambda: services.scheduler.paused,
             reload_state=lambda: (services.live.last_reload_ok, services.live.last_reload_at),
+            outdated_pools=lambda: services.pools.stats.outdated,
         ),
     )
     admin = AdminApp(

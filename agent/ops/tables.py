@@ -85,6 +85,7 @@ def format_status(status: Status, now: float | None = None) -> str:
                 for p in status.pools
             ],
         ),
+        *(f"pool {p.name} {note}" for p in status.pools for note in p.notes),
         "",
         "RUNNERS",
     ]

@@ -99,6 +99,7 @@ async def emulator_setup(
     queue: Mapping[str, Any] | None = None,
     github: Mapping[str, Any] | None = None,
     repositories: Sequence[str] = REPOSITORIES,
+    public_repositories: Sequence[str] = (),
     listen: str = "127.0.0.1:0",
 ) -> AsyncIterator[Setup]:
     """Serve the emulator and write gantryd's config for it; the emulator stops on exit.
@@ -113,6 +114,7 @@ async def emulator_setup(
         app_id=APP_ID,
         app_public_key=key.public_key(),
         installations={INSTALLATION_ID: list(repositories)},
+        public_repositories=public_repositories,
     )
     pem = workdir / "app.pem"
     pem.write_bytes(

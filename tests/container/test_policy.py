@@ -5,11 +5,15 @@ from __future__ import annotations
 from agent.config import PoolConfig
 from agent.container.lifecycle import Outcome, Runner, RunnerState
 from agent.container.policy import (
+    DEPRECATED_EXIT_ENV,
+    EXIT_SIGTERM,
+    EXIT_VERSION_DEPRECATED,
     EXPIRY_SLACK,
     KEEP,
     Verdict,
     container_expiry,
     decide,
+    exit_meaning,
     start_record_expired,
 )
 from agent.github.client import RunnerTarget
@@ -40,15 +44,40 @@ def runner(state: RunnerState, *, since: float = 0.0, made_for: int | None = 7) 
     return made
 
 
-def test_a_waiting_runner_that_exited_fails_once_exit_settle_passed() -> None:
+def test_a_waiting_runner_that_exited_is_ended_once_exit_settle_passed() -> None:
     gone = runner(RunnerState.IDLE)
     gone.exit_code = 3
     assert gone.mark_exited(100.0) and not gone.mark_exited(101.0)  # the first exit counts
     assert decide(gone, POOL, now=100.0 + SETTLE - 1, exit_settle=SETTLE) == KEEP
     failed = decide(gone, POOL, now=100.0 + SETTLE, exit_settle=SETTLE)
-    assert failed.verdict is Verdict.FAIL and failed.outcome is Outcome.EXIT_BEFORE_JOB
+    # GitHub is asked next: a registration it removed is a normal end, else a failure.
+    assert failed.verdict is Verdict.ENDED and failed.outcome is Outcome.EXIT_BEFORE_JOB
     assert "code 3" in failed.reason
-    assert decide(gone, None, now=200.0, exit_settle=SETTLE).verdict is Verdict.FAIL
+    assert decide(gone, None, now=200.0, exit_settle=SETTLE).verdict is Verdict.ENDED
+
+
+def test_exit_7_marks_the_image_outdated_at_once_and_other_codes_are_named() -> None:
+    deprecated = runner(RunnerState.IDLE)
+    deprecated.exit_code = EXIT_VERSION_DEPRECATED
+    deprecated.mark_exited(100.0)
+    decision = decide(deprecated, POOL, now=100.0, exit_settle=SETTLE)  # no settle: no job ran
+    assert decision.verdict is Verdict.OUTDATED and decision.outcome is Outcome.IMAGE_OUTDATED
+    assert POOL.image in decision.reason and not decision.failure
+    busy = runner(RunnerState.BUSY)
+    busy.exit_code = EXIT_VERSION_DEPRECATED
+    busy.mark_exited(100.0)
+    assert decide(busy, POOL, now=100.0, exit_settle=SETTLE) == KEEP  # its exit retires it
+    assert "SIGTERM" in exit_meaning(EXIT_SIGTERM) and "normally" in exit_meaning(0)
+    assert exit_meaning(None) == "container gone" and exit_meaning(5) == "code 5: error"
+
+
+def test_gantryd_asks_every_runner_for_exit_7() -> None:
+    assert DEPRECATED_EXIT_ENV == {"ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE": "1"}
+
+
+def test_default_max_idle_age_is_below_githubs_idle_expiry() -> None:
+    # GitHub drops a JIT runner that took no job after 2-6 minutes (docs/github.md §3.2).
+    assert PoolConfig(name="d", labels=("x",)).max_idle_age < 300.0
 
 
 def test_an_exited_busy_runner_or_one_of_a_removed_pool_is_left_alone() -> None:

@@ -35,9 +35,13 @@ VALUE = "tok-value-never-printed"
 @dataclass
 class Pools:
     held: list[Runner] = field(default_factory=list)
+    notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def runners(self) -> list[Runner]:
         return self.held
+
+    def pool_notes(self, pool: str) -> tuple[str, ...]:
+        return self.notes.get(pool, ())
 
 
 @dataclass
@@ -128,6 +132,9 @@ async def test_status_jobs_drain_and_resume(admin: Admin) -> None:
     status = json.loads((await gantryd(admin, "status", "--json")).stdout)
     assert status["runners"][0]["job"] == 11 and status["runners"][0]["state"] == "idle"
     assert status["paused"] is False
+    admin.pools.notes["default"] = ("HELD: image r:latest is outdated",)
+    held = await gantryd(admin, "status")
+    assert "pool default HELD: image r:latest is outdated" in held.stdout, held.stderr
 
     shown = await gantryd(admin, "jobs", "show", "12")
     assert shown.returncode == 0 and "queued" in shown.stdout

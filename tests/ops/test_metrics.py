@@ -93,6 +93,7 @@ async def test_real_scrape_passes_promtool(tmp_path: Path) -> None:
                 docker_ping=_no_docker,
                 paused=lambda: True,
                 reload_state=lambda: (False, 1_700_000_000.0),
+                outdated_pools=lambda: ["big"],
             ),
         )
         await sampler.sample_once()
@@ -138,6 +139,8 @@ async def test_real_scrape_passes_promtool(tmp_path: Path) -> None:
     assert samples["gantryd_github_rate_limit_remaining"] == "4321.0"
     assert samples["gantryd_docker_up"] == "0.0"
     assert samples["gantryd_scheduler_paused"] == "1.0"
+    assert samples['gantryd_pool_image_outdated{pool="big"}'] == "1.0"
+    assert samples['gantryd_pool_image_outdated{pool="default"}'] == "0.0"
     assert samples["gantryd_config_last_reload_successful"] == "0.0"
     assert samples['gantryd_runner_outcomes_total{outcome="oom_killed"}'] == "1.0"
     assert samples['gantryd_github_requests_total{endpoint="jitconfig",status="201"}'] == "1.0"
@@ -179,6 +182,7 @@ def test_alert_rules_pass_promtool() -> None:
         "GitHubRateLimitLow",
         "DockerUnreachable",
         "ReloadFailed",
+        "PoolImageOutdated",
     ):
         assert f"alert: Gantryd{alert}" in text
 

@@ -210,9 +210,13 @@ def test_an_older_daemons_status_decodes_with_defaults() -> None:
 @dataclass
 class Pools:
     held: list[Runner] = field(default_factory=list)
+    notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def runners(self) -> list[Runner]:
         return self.held
+
+    def pool_notes(self, pool: str) -> tuple[str, ...]:
+        return self.notes.get(pool, ())
 
 
 @dataclass

@@ -1,0 +1,140 @@
+"""How runners end, against the GitHub stand-in, the official-like image and the real Engine.
+
+A runner GitHub refuses as deprecated exits 7 (gantryd sets
+``ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE=1``): its pool's image is marked outdated,
+the job goes back to the queue with no attempt counted and waits, visibly, until the image is
+refreshed. A warm runner GitHub drops while idle (docs/github.md §3.2) is a normal end.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+import trio
+
+from agent.container.lifecycle import Outcome, RunnerState
+from agent.container.pool_manager import PoolManager
+from agent.emulator.models import parse_runner_version
+from agent.queue.base import JobQueue, JobState
+from tests.conftest import managed_containers, remove_managed
+from tests.container.stack import ROOT, Stack, pool_stack, wait_entry
+
+pytestmark = pytest.mark.docker
+
+OFFICIAL = "gantryd/stand-in-runner-official:latest"
+JOB_LABELS = ["self-hosted", "linux"]
+# The official image writes /home/runner; no read-only rootfs for it here (another change).
+OFFICIAL_POOL = {"read_only_rootfs": False, "memory": "256MiB"}
+
+
+@pytest.fixture(scope="module")
+def official_copy(docker_client: docker.DockerClient) -> Iterator[str]:
+    """The official-like image under a tag of this test's own (so rebuilding it moves no tag
+    anyone else uses); every image made under that tag is removed at the end."""
+    subprocess.run(
+        ["bash", str(ROOT / "images/official-like-runner/build.sh")],
+        check=True,
+        capture_output=True,
+    )
+    repository = f"gantryd-test/outdated-{secrets.token_hex(3)}"
+    docker_client.images.get(OFFICIAL).tag(repository, "latest")
+    try:
+        yield f"{repository}:latest"
+    finally:
+        for image in docker_client.images.list(name=repository):
+            for tag in image.tags:
+                docker_client.images.remove(tag, noprune=False)
+
+
+def parts(stack: Stack) -> tuple[PoolManager, JobQueue]:
+    assert stack.daemon.pools is not None and stack.daemon.queue is not None
+    return stack.daemon.pools, stack.daemon.queue
+
+
+async def test_exit_7_holds_the_pool_until_its_image_changes_and_burns_no_attempt(
+    tmp_path: Path, docker_client: docker.DockerClient, official_copy: str
+) -> None:
+    # A warm runner meets the version floor first: the emulator gives a queued job to a runner
+    # at session creation, before the poll that refuses it (so a job-made runner would see
+    # in_progress first).
+    pool = {
+        **OFFICIAL_POOL,
+        "image": official_copy,
+        "pull_policy": "never",
+        "min_idle": 1,
+        "warm_repositories": ["octo-org/app"],
+    }
+    async with pool_stack(tmp_path, pool=pool, queue={"retry_attempts": 1}) as stack:
+        try:
+            pools, queue = parts(stack)
+            stack.emulator.min_runner_version = parse_runner_version("99.0.0")
+            with trio.fail_after(60):
+                await pools.wait_until(lambda: "default" in pools.stats.outdated)
+                await pools.wait_no_runners()
+            job = stack.emulator.create_job("octo-org/app", JOB_LABELS, "echo refreshed")
+            with trio.fail_after(30):
+                await wait_entry(queue, job.id, JobState.QUEUED)
+            entry = await queue.get(job.id)
+            assert entry is not None and entry.attempts == 0
+            assert pools.stats.outcomes[Outcome.IMAGE_OUTDATED] == 1
+            assert pools.stats.outcomes[Outcome.EXIT_BEFORE_JOB] == 0
+            reason = pools.hold_reason("default")
+            assert reason is not None and official_copy in reason and "exit 7" in reason
+            default = stack.daemon.live.current.pool("default")
+            assert default is not None and pools.free_slots(default) == 0
+            assert managed_containers(docker_client, stack.setup.instance) == []
+            # A newer image appears under the tag (as a pull would bring): the hold ends,
+            # GitHub takes its runner, the job runs once.
+            stack.emulator.min_runner_version = None
+            dockerfile = f"FROM {official_copy}\nLABEL io.gantryd.test.refreshed=true\n"
+            await trio.to_thread.run_sync(
+                lambda: docker_client.images.build(
+                    fileobj=io.BytesIO(dockerfile.encode()), tag=official_copy, rm=True
+                )
+            )
+            with trio.fail_after(90):
+                await stack.emulator.wait_job(job.id, "completed")
+            assert stack.emulator.job(job.id).conclusion == "success"
+            assert "default" not in pools.stats.outdated and pools.hold_reason("default") is None
+            entry = await queue.get(job.id)
+            assert entry is not None and entry.attempts == 0
+        finally:
+            remove_managed(docker_client, stack.setup.instance)
+
+
+async def test_a_warm_runner_github_dropped_while_idle_is_a_normal_end_and_replaced(
+    tmp_path: Path, docker_client: docker.DockerClient, official_copy: str
+) -> None:
+    pool = {
+        **OFFICIAL_POOL,
+        "image": official_copy,
+        "pull_policy": "never",
+        "min_idle": 1,
+        "warm_repositories": ["octo-org/app"],
+        "max_idle_age": "1h",  # GitHub comes first here
+    }
+    async with pool_stack(tmp_path, exit_settle=0.5, pool=pool) as stack:
+        try:
+            pools, _ = parts(stack)
+            stack.emulator.runner_idle_timeout = 3.0
+            with trio.fail_after(60):
+                await pools.wait_until(lambda: pools.stats.outcomes[Outcome.REMOVED_BY_GITHUB] >= 1)
+            first_gone = pools.stats.outcomes[Outcome.CREATED]
+            with trio.fail_after(60):  # min_idle refills with a fresh one
+                await pools.wait_until(
+                    lambda: (
+                        pools.stats.outcomes[Outcome.CREATED] > first_gone
+                        and any(r.warm and r.state is RunnerState.IDLE for r in pools.runners())
+                    )
+                )
+            assert pools.stats.outcomes[Outcome.EXIT_BEFORE_JOB] == 0
+            assert pools.stats.outcomes[Outcome.PROVISION_FAILED] == 0
+        finally:
+            remove_managed(docker_client, stack.setup.instance)

@@ -1,0 +1,85 @@
+"""Organization pools and their runner group's repository policy (docs/github.md §3.5),
+against the GitHub stand-in and the real Docker Engine: the repositories a group never admits
+are named at start and after a reload, and their jobs end at once with the reason."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import docker
+import pytest
+import trio
+
+from agent.container.lifecycle import Outcome
+from agent.github.runners import GroupPolicy, refusal
+from agent.queue.base import JobState
+from tests.conftest import remove_managed
+from tests.container.stack import pool_stack, wait_entry
+
+pytestmark = pytest.mark.docker
+
+JOB_LABELS = ["self-hosted", "linux"]
+
+
+async def test_a_public_repository_the_default_group_never_admits_is_named_and_refused(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    async with pool_stack(
+        tmp_path,
+        pool={"scope": "organization"},
+        github={"organizations": ["octo-org"]},
+        public_repositories=["octo-org/web"],
+    ) as stack:
+        try:
+            pools, queue = stack.daemon.pools, stack.daemon.queue
+            assert pools is not None and queue is not None
+            with trio.fail_after(30):
+                await pools.wait_until(
+                    lambda: "octo-org/web" in pools.unreachable.get("default", {})
+                )
+            assert set(pools.unreachable["default"]) == {"octo-org/web"}  # the private ones serve
+            (note,) = pools.pool_notes("default")
+            assert "never serves octo-org/web" in note and "allows_public_repositories" in note
+            public = stack.emulator.create_job("octo-org/web", JOB_LABELS, "echo never")
+            private = stack.emulator.create_job("octo-org/app", JOB_LABELS, "echo private")
+            with trio.fail_after(60):
+                await wait_entry(queue, public.id, JobState.CANCELLED)
+                await stack.emulator.wait_job(private.id, "completed")
+            entry = await queue.get(public.id)
+            assert entry is not None and entry.attempts == 0
+            assert "can never serve octo-org/web" in (entry.conclusion or "")
+            # Its check run says why.
+            with trio.fail_after(30):
+                await stack.emulator.checks.wait_until(
+                    lambda: any(
+                        r.status == "completed"
+                        and "can never serve" in str(r.output.get("summary"))
+                        for r in stack.emulator.checks.runs_of("octo-org/web")
+                    )
+                )
+            assert pools.stats.outcomes[Outcome.CREATED] == 1  # only the private job's runner
+            assert stack.emulator.job(private.id).conclusion == "success"
+            # An admin lets the group serve public repositories; a reload checks it again.
+            stack.emulator.set_runner_group_policy("octo-org", 1, allows_public_repositories=True)
+            assert stack.daemon.reload()
+            with trio.fail_after(30):
+                await pools.wait_until(lambda: not pools.unreachable.get("default"))
+            assert pools.pool_notes("default") == ()
+        finally:
+            remove_managed(docker_client, stack.setup.instance)
+
+
+def test_refusal_follows_githubs_group_policy() -> None:
+    default = GroupPolicy(
+        organization="acme", name="Default", visibility="all", allows_public_repositories=False
+    )
+    assert refusal(default, "acme/app", private=True) is None
+    assert "does not allow public" in (refusal(default, "acme/lib", private=False) or "")
+    public_ok = replace(default, allows_public_repositories=True)
+    assert refusal(public_ok, "acme/lib", private=False) is None
+    private_only = replace(public_ok, visibility="private")
+    assert "private repositories" in (refusal(private_only, "acme/lib", private=False) or "")
+    selected = replace(public_ok, visibility="selected", selected=frozenset({"acme/app"}))
+    assert refusal(selected, "ACME/App", private=True) is None
+    assert "acme/tool is not one" in (refusal(selected, "acme/tool", private=True) or "")

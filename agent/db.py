@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 import sqlite_utils
 import trio
 
-from agent.storage.errors import SchemaTooNew, StorageUnavailable
+from agent.storage.errors import DiskFull, SchemaTooNew, StorageUnavailable
 from agent.storage.group_commit import Entry, GroupCommit
 from agent.storage.worker_thread import WorkerThread
 
@@ -51,6 +51,8 @@ def _unavailable(path: Path, exc: sqlite3.Error) -> StorageUnavailable | None:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is None or (code & 0xFF) not in _UNAVAILABLE:
         return None
+    if code & 0xFF == sqlite3.SQLITE_FULL:
+        return DiskFull(str(path), str(exc))
     return StorageUnavailable(f"{path}: {exc} ({getattr(exc, 'sqlite_errorname', '?')})")
 
 
@@ -210,6 +212,9 @@ def _open_blocking(
         for conn in opened:
             conn.close()
         if isinstance(exc, sqlite3.Error):
+            full = _unavailable(path, exc)
+            if isinstance(full, DiskFull):
+                raise full from exc
             raise StorageUnavailable(f"cannot open {path}: {exc}") from exc
         raise
     return database

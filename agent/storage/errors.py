@@ -18,6 +18,17 @@ class StorageUnavailable(StorageError):
     """The store could not commit (disk full, database locked too long, Redis down)."""
 
 
+class DiskFull(StorageUnavailable):
+    """The disk holding the store has no space left: only freeing space fixes it.
+
+    A distinct class so intake and ``/readyz`` can name the disk, and start-up can exit 78
+    (a restart on the same full disk cannot help) instead of restart-looping."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"disk full: {path}: {detail}; free space on the disk holding it")
+        self.path = path
+
+
 class SchemaTooNew(StorageError):
     """The database was written by a newer gantryd; refusing to touch it."""
 

@@ -23,7 +23,7 @@ from agent.config import EX_CONFIG, ServerConfig
 from agent.container.docker_api import DockerAPI, DockerError
 from agent.queue.base import QueueError
 from agent.secrets import SecretsError
-from agent.storage.errors import DiskFull
+from agent.storage.errors import Damaged, DiskFull
 
 T = TypeVar("T")
 
@@ -94,7 +94,7 @@ async def opened(what: str, manager: AbstractAsyncContextManager[T]) -> AsyncIte
             value = await stack.enter_async_context(manager)
         except SecretsError as exc:  # the key file: the operator's to fix
             raise StartupError(f"cannot open {what}: {exc}", exit_status=EX_CONFIG) from exc
-        except DiskFull as exc:  # a restart on the same full disk cannot help
+        except (DiskFull, Damaged) as exc:  # a restart on the same disk or file cannot help
             raise StartupError(f"cannot open {what}: {exc}", exit_status=EX_CONFIG) from exc
         except OSError as exc:
             status = EX_CONFIG if exc.errno == errno.ENOSPC else EX_STARTUP

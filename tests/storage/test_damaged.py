@@ -33,8 +33,25 @@ async def queue_file(tmp_path: Path) -> Path:
     path = tmp_path / "queue.db"
     async with open_sqlite_queue(path) as queue:
         await queue.enqueue_many([spec(i) for i in range(1, JOBS + 1)])
-    assert not Path(f"{path}-wal").exists()  # checkpointed on close: the rows are in the file
+    assert not has_wal(path)  # checkpointed on close: the rows are in the file
     return path
+
+
+def has_wal(path: Path) -> bool:
+    return Path(f"{path}-wal").exists()
+
+
+def damage_header(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.write(b"\xff" * 100)
+
+
+def damage_last_pages(path: Path) -> None:
+    size = path.stat().st_size
+    assert size > 20 * PAGE
+    with open(path, "r+b") as f:
+        f.seek(size - 2 * PAGE)
+        f.write(b"\0" * (2 * PAGE))
 
 
 async def refused(path: Path) -> StartupError:
@@ -67,8 +84,7 @@ async def check_and_recover(path: Path, capsys: pytest.CaptureFixture[str]) -> s
 async def test_header_damage_is_refused_and_every_job_recovered(
     queue_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with open(queue_file, "r+b") as f:
-        f.write(b"\xff" * 100)
+    damage_header(queue_file)
     out = await check_and_recover(queue_file, capsys)
     assert f"kept {JOBS} job(s)" in out
     assert await surviving_jobs(queue_file) == set(range(1, JOBS + 1))
@@ -77,11 +93,7 @@ async def test_header_damage_is_refused_and_every_job_recovered(
 async def test_damaged_last_pages_are_refused_and_the_readable_jobs_kept(
     queue_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    size = queue_file.stat().st_size
-    assert size > 20 * PAGE
-    with open(queue_file, "r+b") as f:
-        f.seek(size - 2 * PAGE)
-        f.write(b"\0" * (2 * PAGE))
+    damage_last_pages(queue_file)
     out = await check_and_recover(queue_file, capsys)
     kept = await surviving_jobs(queue_file)
     assert f"kept {len(kept)} job(s)" in out

@@ -4,6 +4,9 @@ recover when space returns, and start-up on it is one line and exit 78."""
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
+import json
 import logging
 import os
 import subprocess
@@ -11,18 +14,22 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import docker
+import httpx
 import pytest
 import trio
 
 from agent.cli import main
 from agent.config import EX_CONFIG, Config, GitHubConfig, QueueConfig, SchedulerConfig, ServerConfig
+from agent.demo import demo_stack
 from agent.github.auth import Secret, TokenAuth
 from agent.github.client import GitHubClient
 from agent.orchestrator.status_reporter import StatusReporter
-from agent.queue.base import JobSpec
+from agent.queue.base import JobSpec, JobState
 from agent.queue.sqlite import open_sqlite_queue
 from agent.reload import LiveConfig
 from agent.storage.errors import DiskFull
+from tests.conftest import remove_managed
 
 FILLER = "filler"
 T = TypeVar("T")
@@ -150,3 +157,56 @@ def test_serve_on_a_full_disk_exits_78_with_one_line(
         line for line in err if "disk" in line and "full" in line
     ]
     assert len([line for line in err if "disk" in line]) == 1
+
+
+@pytest.mark.docker
+async def test_daemon_serving_on_a_disk_that_fills_stays_up_and_recovers(
+    small_disk: Path, runner_image: str, docker_client: docker.DockerClient
+) -> None:
+    body = json.dumps(
+        {
+            "action": "queued",
+            "workflow_job": {
+                "id": 77, "run_id": 1, "run_attempt": 1, "name": "t", "workflow_name": "CI",
+                "head_sha": "0" * 40, "head_branch": "main", "html_url": "https://x.invalid/x",
+                "labels": ["self-hosted", "linux"], "status": "queued", "conclusion": None,
+                "runner_name": None,
+            },
+            "repository": {"full_name": "octo-org/app"},
+            "sender": {"login": "octocat"},
+        }
+    ).encode()  # fmt: skip
+    async with demo_stack(small_disk) as stack, httpx.AsyncClient() as client:
+        try:
+            daemon = stack.daemon
+            assert daemon.scheduler is not None and daemon.queue is not None
+            await daemon.scheduler.set_drained(True)  # job 77 is not the emulator's: keep it
+            signature = (
+                "sha256="
+                + hmac.new(stack.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
+            )
+            headers = {
+                "X-GitHub-Event": "workflow_job",
+                "X-GitHub-Delivery": "d-77",
+                "Content-Type": "application/json",
+                "X-Hub-Signature-256": signature,
+            }
+            fill(small_disk)
+            refused = await client.post(
+                stack.intake_url + "/webhook", content=body, headers=headers
+            )
+            assert refused.status_code == 503 and "disk full" in refused.text
+            ready = await client.get(stack.intake_url + "/readyz")
+            assert ready.status_code == 503 and "disk full" in ready.text
+            assert str(small_disk) in ready.text
+            free(small_disk)
+            accepted = await client.post(
+                stack.intake_url + "/webhook", content=body, headers=headers
+            )
+            assert accepted.status_code == 201, accepted.text  # created
+            job = await daemon.queue.get(77)
+            assert job is not None and job.state is JobState.QUEUED
+            ready = await client.get(stack.intake_url + "/readyz")
+            assert ready.status_code == 200, ready.text
+        finally:
+            remove_managed(docker_client, stack.instance)

@@ -122,6 +122,8 @@ def _queue_recover(args: argparse.Namespace) -> int:
     except (OSError, sqlite3.Error) as exc:
         print(f"gantryd: cannot recover {path}: {exc}", file=sys.stderr)
         return 1
+    if "counters" in done.rows:  # the queue's own file (not runners.db or another store)
+        _restore_counters(path)
     if done.header_rebuilt:
         print(f"{path}: the header was unreadable; rebuilt it to read the pages after it")
     jobs = done.rows.get("jobs")
@@ -134,6 +136,18 @@ def _queue_recover(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"{path}: still: {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _restore_counters(path: Path) -> None:
+    from agent.queue.sqlite_schema import restore_counters
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        restore_counters(conn)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 def _demo(args: argparse.Namespace) -> int:

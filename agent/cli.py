@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,6 +73,83 @@ def _find(exc: BaseException, kind: type[E]) -> E | None:
     return None
 
 
+def _queue_file(args: argparse.Namespace) -> Path | None:
+    """``--file``, or the SQLite queue the configuration names (None: printed why not)."""
+    if args.file is not None:
+        return Path(args.file)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"gantryd: invalid configuration: {exc}", file=sys.stderr)
+        return None
+    if config.queue.backend != "sqlite":
+        print(
+            f"gantryd: the queue is {config.queue.backend}, not a SQLite file; "
+            "check Redis itself (or give --file)",
+            file=sys.stderr,
+        )
+        return None
+    return config.queue_path
+
+
+def _queue_check(args: argparse.Namespace) -> int:
+    from agent.storage.repair import check_file
+
+    path = _queue_file(args)
+    if path is None:
+        return EX_CONFIG
+    problems = check_file(path)
+    if not problems:
+        print(f"{path}: OK")
+        return 0
+    for problem in problems:
+        print(f"{path}: {problem}", file=sys.stderr)
+    print(f"`gantryd queue recover --file {path}` (gantryd stopped) keeps every readable row")
+    return 1
+
+
+def _queue_recover(args: argparse.Namespace) -> int:
+    from agent.storage.repair import check_file, recover_file
+
+    path = _queue_file(args)
+    if path is None:
+        return EX_CONFIG
+    if not path.exists():
+        print(f"gantryd: {path} does not exist", file=sys.stderr)
+        return 1
+    try:
+        done = recover_file(path)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"gantryd: cannot recover {path}: {exc}", file=sys.stderr)
+        return 1
+    if "counters" in done.rows:  # the queue's own file (not runners.db or another store)
+        _restore_counters(path)
+    if done.header_rebuilt:
+        print(f"{path}: the header was unreadable; rebuilt it to read the pages after it")
+    jobs = done.rows.get("jobs")
+    kept = ", ".join(f"{n} {table}" for table, n in done.rows.items()) or "nothing readable"
+    print(f"{path}: new file written; kept {kept}")
+    if jobs is not None:
+        print(f"kept {jobs} job(s)")
+    print(f"the damaged file is kept as {done.kept_aside}")
+    problems = check_file(path)
+    for problem in problems:
+        print(f"{path}: still: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _restore_counters(path: Path) -> None:
+    from agent.queue.sqlite_schema import restore_counters
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        restore_counters(conn)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
 def _demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo
 
@@ -105,6 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file and summarise it")
     with_config(check)
     check.set_defaults(func=_check_config)
+    queue = sub.add_parser("queue", help="check or recover the SQLite queue database")
+    queue_sub = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    for name, about, func in (
+        (
+            "check",
+            "run SQLite's integrity check on the queue file; exit 1 if damaged",
+            _queue_check,
+        ),
+        (
+            "recover",
+            "write a new queue file with every readable job, keeping the damaged one aside "
+            "(stop gantryd first)",
+            _queue_recover,
+        ),
+    ):
+        action = queue_sub.add_parser(name, help=about)
+        with_config(action)
+        action.add_argument("--file", type=Path, help="the database file (default: [queue] path)")
+        action.set_defaults(func=func)
     demo = sub.add_parser("demo", help="run gantryd against the built-in GitHub stand-in")
     demo.add_argument("--jobs", type=int, default=5, help="how many jobs to run (default 5)")
     demo.set_defaults(func=_demo)

@@ -46,6 +46,7 @@ from agent.systemd import Notifier
 log = logging.getLogger(__name__)
 
 JOB_EVENTS_BUFFER = 256
+DRAIN_FILE = "drained"  # in state_dir while drained: survives restarts and crashes
 HTTP_GRACEFUL_TIMEOUT = 3.0
 
 
@@ -159,7 +160,17 @@ class Daemon:
             secrets=self.secret_store,
             observer=self.metrics,
         )
-        self.scheduler = Scheduler(live=self.live, queue=q, pools=self.pools, wakeup=wakeup)
+        drain_file = config.server.state_dir / DRAIN_FILE
+        self.scheduler = Scheduler(
+            live=self.live,
+            queue=q,
+            pools=self.pools,
+            wakeup=wakeup,
+            drain_file=drain_file,
+            drained=await trio.to_thread.run_sync(drain_file.exists),
+        )
+        if self.scheduler.paused:
+            log.warning("drained (%s exists): taking no jobs until `gantryd resume`", drain_file)
         seen = SeenRepositories()
         self.reconciler = Reconciler(
             live=self.live, queue=q, github=github, seen=seen, runner_store=store

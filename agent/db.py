@@ -23,8 +23,9 @@ from typing import Any, TypeVar, cast
 import sqlite_utils
 import trio
 
-from agent.storage.errors import SchemaTooNew, StorageUnavailable
+from agent.storage.errors import Damaged, DiskFull, SchemaTooNew, StorageUnavailable
 from agent.storage.group_commit import Entry, GroupCommit
+from agent.storage.repair import quick_check
 from agent.storage.worker_thread import WorkerThread
 
 T = TypeVar("T")
@@ -51,6 +52,8 @@ def _unavailable(path: Path, exc: sqlite3.Error) -> StorageUnavailable | None:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is None or (code & 0xFF) not in _UNAVAILABLE:
         return None
+    if code & 0xFF == sqlite3.SQLITE_FULL:
+        return DiskFull(str(path), str(exc))
     return StorageUnavailable(f"{path}: {exc} ({getattr(exc, 'sqlite_errorname', '?')})")
 
 
@@ -204,12 +207,24 @@ def _open_blocking(
     try:
         opened.append(_connect(path, synchronous, busy_timeout))
         opened.append(_connect(path, synchronous, busy_timeout))
+        try:
+            problems = quick_check(opened[1])  # damage found now, not as 503s for ever after
+        except sqlite3.DatabaseError as exc:
+            problems = [f"not readable as a database ({exc})"]
+        if problems:
+            raise Damaged(str(path), problems)
         database = Database(path, *opened)
         database.write_blocking(lambda conn: migrate(conn, path, migrations))
     except BaseException as exc:
         for conn in opened:
             conn.close()
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):  # the header, or a page
+            raise Damaged(str(path), [str(exc)]) from exc
         if isinstance(exc, sqlite3.Error):
+            full = _unavailable(path, exc)
+            if isinstance(full, DiskFull):
+                raise full from exc
             raise StorageUnavailable(f"cannot open {path}: {exc}") from exc
         raise
     return database

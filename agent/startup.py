@@ -9,6 +9,7 @@ process). Only opening is translated: errors while running are not start-up erro
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from agent.config import EX_CONFIG, ServerConfig
 from agent.container.docker_api import DockerAPI, DockerError
 from agent.queue.base import QueueError
 from agent.secrets import SecretsError
+from agent.storage.errors import Damaged, DiskFull
 
 T = TypeVar("T")
 
@@ -92,6 +94,11 @@ async def opened(what: str, manager: AbstractAsyncContextManager[T]) -> AsyncIte
             value = await stack.enter_async_context(manager)
         except SecretsError as exc:  # the key file: the operator's to fix
             raise StartupError(f"cannot open {what}: {exc}", exit_status=EX_CONFIG) from exc
-        except (QueueError, sqlite3.Error, OSError) as exc:
+        except (DiskFull, Damaged) as exc:  # a restart on the same disk or file cannot help
+            raise StartupError(f"cannot open {what}: {exc}", exit_status=EX_CONFIG) from exc
+        except OSError as exc:
+            status = EX_CONFIG if exc.errno == errno.ENOSPC else EX_STARTUP
+            raise StartupError(f"cannot open {what}: {exc}", exit_status=status) from exc
+        except (QueueError, sqlite3.Error) as exc:
             raise StartupError(f"cannot open {what}: {exc}") from exc
         yield value

@@ -7,6 +7,7 @@ import hmac
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypeVar
 
 import docker
 import httpx
@@ -15,10 +16,14 @@ import trio
 
 from agent.demo import Stack, demo_stack
 from agent.emulator.state import Emulator
+from agent.ops import protocol
+from agent.ops.admin_client import AdminClient
+from agent.ops.protocol import Answer, Request
 from agent.queue.base import JobState
 from tests.conftest import managed_containers, remove_managed
 
 pytestmark = pytest.mark.docker
+A = TypeVar("A", bound=Answer)
 
 
 @pytest.fixture
@@ -151,3 +156,34 @@ async def test_intake_rejects_bad_signatures_malformed_bodies_and_ignores_hosted
     assert signed.status_code == 201
     entry = await stack.daemon.queue.get(77)
     assert entry is not None and entry.spec.pool == "default"
+
+
+async def test_drain_survives_a_restart_and_nothing_is_claimed_until_resume(
+    tmp_path: Path, runner_image: str, docker_client: docker.DockerClient
+) -> None:
+    def admin(request: Request[A]) -> A:
+        return AdminClient(tmp_path / "run" / "admin.sock").call(request)
+
+    async with demo_stack(tmp_path) as first:
+        try:
+            await trio.to_thread.run_sync(admin, protocol.drain())
+        finally:
+            remove_managed(docker_client, first.instance)
+    drained = tmp_path / "drained"
+    assert drained.exists() and drained.stat().st_mode & 0o777 == 0o600
+    async with demo_stack(tmp_path) as again:  # the restart: a new process would read the same
+        try:
+            daemon = again.daemon
+            assert daemon.scheduler is not None and daemon.scheduler.paused
+            assert daemon.queue is not None
+            job = again.emulator.create_job("octo-org/app", ["self-hosted", "linux"], "true")
+            with trio.fail_after(30):
+                await wait_delivered(again.emulator, job.id, "queued")
+            entry = await daemon.queue.get(job.id)
+            assert entry is not None and entry.state is JobState.QUEUED
+            await trio.to_thread.run_sync(admin, protocol.resume())
+            assert not drained.exists()
+            with trio.fail_after(120):
+                await again.emulator.wait_job(job.id, "completed")
+        finally:
+            remove_managed(docker_client, again.instance)

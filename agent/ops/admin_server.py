@@ -84,6 +84,8 @@ Send = Callable[[Message], Awaitable[None]]
 class Pausable(Protocol):
     paused: bool
 
+    async def set_drained(self, drained: bool) -> None: ...
+
 
 class RunnerSource(Protocol):
     def runners(self) -> list[Runner]: ...
@@ -174,11 +176,11 @@ class AdminApp:
             case "POST", ["jobs", job, "retry"]:
                 return await self.retry(_job_id(job))
             case "POST", ["drain"]:
-                self.scheduler.paused = True
+                await self.scheduler.set_drained(True)
                 log.info("drain: taking no new jobs until `gantryd resume`")
                 return Draining(paused=True, runners=self._live_runners())
             case "POST", ["resume"]:
-                self.scheduler.paused = False
+                await self.scheduler.set_drained(False)
                 log.info("resume: taking new jobs again")
                 return Resumed(paused=False)
             case "POST", ["gc"]:

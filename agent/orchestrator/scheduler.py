@@ -24,8 +24,10 @@ are seen to.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import trio
@@ -77,14 +79,25 @@ class Scheduler:
         pools: Pools,
         wakeup: Wakeup,
         clock: Callable[[], float] = time.time,
+        drain_file: Path | None = None,
+        drained: bool = False,
     ) -> None:
         self._live = live
+        self._drain_file = drain_file
         self._queue = queue
         self._pools = pools
         self._wakeup = wakeup
         self._clock = clock
         self._parked: dict[str, list[Lease]] = {}  # pool -> leases waiting for a repository slot
-        self.paused = False  # drain: take no new jobs (parked ones were taken already)
+        # drain (or SIGTERM): take no new jobs (parked ones were taken already)
+        self.paused = drained
+
+    async def set_drained(self, drained: bool) -> None:
+        """``gantryd drain`` / ``resume``: pause or not, and record it in ``drain_file`` first,
+        so a restart (or a crash) of a drained host claims nothing until ``resume``."""
+        if self._drain_file is not None:
+            await trio.to_thread.run_sync(record_drained, self._drain_file, drained)
+        self.paused = drained
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Offer parked jobs, then claim and dispatch, until cancelled. Queue errors are logged
@@ -151,3 +164,21 @@ class Scheduler:
             parked.append(lease)
         else:
             await release(self._queue, lease)
+
+
+def record_drained(path: Path, drained: bool) -> None:
+    """Create (mode 0600) or remove the drain file, durably: the directory is fsynced too."""
+    if drained:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"drained by `gantryd drain`; `gantryd resume` removes this file\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    else:
+        path.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -131,8 +131,11 @@ class StatusReporter:
         async def one(entry: OutboxEntry) -> None:
             nonlocal acked
             async with limiter:
-                if await self._handle(store, entry):
-                    acked += 1
+                try:
+                    if await self._handle(store, entry):
+                        acked += 1
+                except QueueError as exc:  # here, not around the nursery: it would be grouped
+                    log.error("reporter: queue error, job %s retried: %s", entry.job_id, exc)
 
         async with trio.open_nursery() as nursery:
             for entry in due:

@@ -48,6 +48,7 @@ from agent.orchestrator.job_parser import (
 )
 from agent.queue.base import EnqueueOutcome, JobQueue, JobSpec, QueueError
 from agent.reload import LiveConfig
+from agent.storage.errors import DiskFull
 
 if TYPE_CHECKING:  # annotations only: importing the module would load cryptography
     from agent.github.auth import Secret
@@ -394,8 +395,11 @@ class WebhookApp:
                 answer, event = await work()
             except QueueError as exc:
                 log.error("queue could not commit: %s", exc)
+                reason = f": {exc}" if isinstance(exc, DiskFull) else ""
                 pending.answer = Answer(
-                    503, "queue unavailable; the reconciler will recover it", Outcome.UNAVAILABLE
+                    503,
+                    f"queue unavailable{reason}; the reconciler will recover it",
+                    Outcome.UNAVAILABLE,
                 )
                 pending.done.set()
                 return

@@ -136,3 +136,13 @@ def check_lease(conn: sqlite3.Connection, lease: Lease) -> tuple[Any, ...]:
     if row is None:
         raise StaleLease(lease.job_id, lease.token)
     return tuple(row)
+
+
+def restore_counters(conn: sqlite3.Connection) -> None:
+    """After ``gantryd queue recover``: the ``seq`` counter is ahead of every kept row even if
+    its own page was lost, so new jobs and reports still sort after the old ones."""
+    conn.execute("INSERT OR IGNORE INTO counters (name, value) VALUES ('seq', 0)")
+    conn.execute(
+        "UPDATE counters SET value = max(value, (SELECT coalesce(max(seq), 0) FROM jobs), "
+        "(SELECT coalesce(max(seq), 0) FROM outbox)) WHERE name = 'seq'"
+    )

@@ -6,6 +6,8 @@ of gantryd; ``agent.db`` and ``agent.queue`` import them, never the other way ro
 
 from __future__ import annotations
 
+from agent.storage.errors import Damaged as Damaged
+from agent.storage.errors import DiskFull as DiskFull
 from agent.storage.errors import SchemaTooNew as SchemaTooNew
 from agent.storage.errors import StorageError as StorageError
 from agent.storage.errors import StorageUnavailable as StorageUnavailable

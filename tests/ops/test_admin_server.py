@@ -48,6 +48,9 @@ class Pools:
 class Paused:
     paused: bool = False
 
+    async def set_drained(self, drained: bool) -> None:
+        self.paused = drained
+
 
 @dataclass
 class Admin:

@@ -223,6 +223,9 @@ class Pools:
 class Paused:
     paused: bool = False
 
+    async def set_drained(self, drained: bool) -> None:
+        self.paused = drained
+
 
 def _spec(job_id: int) -> JobSpec:
     return JobSpec(

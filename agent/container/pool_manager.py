@@ -451,7 +451,7 @@ class PoolManager:
             self._sweep_targets(),
             self._live.current.github.runner_prefix,
             self._instance,
-            known_names=self._registry.names(),
+            tracks=lambda name: self._registry.get(name) is not None,  # asked after each list
         )
         for error in result.errors:
             log.warning("registration sweep: %s", error)

@@ -23,6 +23,7 @@ from docker.models.containers import Container
 from agent.container.lifecycle import Outcome, Runner, RunnerState
 from agent.container.pool_manager import PoolManager
 from agent.emulator.webhooks import Faults
+from agent.github.client import JitConfig, RunnerInfo, RunnerTarget
 from agent.queue.base import JobQueue, JobState
 from tests.conftest import managed_containers, remove_managed
 from tests.container.stack import RelayProcess, Stack, pool_stack, wait_entry, wait_state
@@ -355,3 +356,50 @@ async def test_no_job_is_claimed_while_docker_is_away(
         await relay.stop()
     assert stack.emulator.job(job.id).conclusion == "success"
     assert entry.attempts == 0  # never claimed while Docker was away
+
+
+async def test_registration_sweep_never_deletes_a_runner_registered_during_its_list_call(
+    tmp_path: Path, docker_client: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 §2, the interleaving forced: the sweep's runner list is held until a runner
+    for a new job has registered at GitHub (and is held offline, before its container), then
+    answered; that runner must survive the sweep and take its job."""
+    github_table = {"repositories": ["octo-org/app"]}  # a sweep target before any runner
+    async with stack_of(tmp_path, docker_client, github=github_table) as stack:
+        pools, _ = parts(stack)
+        github = stack.daemon.github
+        assert github is not None
+        real_list, real_jit = github.list_runners, github.generate_jitconfig
+        list_entered, registered, swept = trio.Event(), trio.Event(), trio.Event()
+        hold_list = True
+
+        async def held_list(target: RunnerTarget, **kwargs: Any) -> list[RunnerInfo]:
+            if hold_list:
+                list_entered.set()
+                await registered.wait()
+            return await real_list(target, **kwargs)
+
+        async def held_jit(target: RunnerTarget, **kwargs: Any) -> JitConfig:
+            jit = await real_jit(target, **kwargs)
+            registered.set()
+            await swept.wait()  # offline at GitHub until the sweep is over
+            return jit
+
+        monkeypatch.setattr(github, "list_runners", held_list)
+        monkeypatch.setattr(github, "generate_jitconfig", held_jit)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                deleted: list[int] = []
+
+                async def sweep() -> None:
+                    deleted.append(await pools.sweep_registrations())
+                    swept.set()
+
+                nursery.start_soon(sweep)
+                await list_entered.wait()
+                hold_list = False  # the GC loop's own sweeps pass straight through
+                job = stack.emulator.create_job("octo-org/app", JOB_LABELS, "true")
+            assert deleted == [0]
+            await stack.emulator.wait_job(job.id, "completed")
+        assert stack.emulator.job(job.id).conclusion == "success"
+        assert pools.stats.outcomes[Outcome.PROVISION_FAILED] == 0

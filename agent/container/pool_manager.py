@@ -238,7 +238,11 @@ class PoolManager:
             return Placement.DROPPED  # in_progress came first: the lease is stale
         now = self._clock()
         warm = next(
-            (r for r in self._registry if r.pool == pool.name and r.warm and covers(r, spec)),
+            (
+                r
+                for r in self._registry
+                if r.pool == pool.name and r.warm and r.exited_at is None and covers(r, spec)
+            ),  # an exited one only waits out exit_settle
             None,
         )
         if warm is not None:

@@ -564,3 +564,22 @@ def test_fuzz_reordered_and_repeated_events_serve_a_job_at_most_once(
     assert created == (order[0] == "queued")
     entry = trio.from_thread.run(holder.intake.queue.get, job_id, trio_token=token)
     assert entry is not None and entry.state is JobState.DONE
+
+
+async def test_a_repository_name_github_never_gives_is_refused_and_never_queued(
+    intake: Intake,
+) -> None:
+    """Issue 13 §7: a signed payload whose ``repository.full_name`` climbs out of ``/repos``
+    is a 400 naming the field; nothing is queued, so no REST path is ever built from it."""
+    job_id = new_job_id()
+    evil = payload(job_id)
+    evil["repository"]["full_name"] = "../../../orgs/evil"
+    answer = await intake.post(evil)
+    assert answer.status_code == 400
+    assert "repository.full_name" in answer.text and "not a valid GitHub" in answer.text
+    org = payload(new_job_id())
+    org["organization"] = {"login": "../evil"}
+    refused = await intake.post(org)
+    assert refused.status_code == 400 and "organization.login" in refused.text
+    assert await intake.queue.get(job_id) is None
+    assert intake.events == []

@@ -57,6 +57,7 @@ from agent.secrets import SecretStore
 
 log = logging.getLogger(__name__)
 
+TIMED_OUT = "timed_out"  # the conclusion recorded (and reported) for a job stopped at job_timeout
 MAINTENANCE_INTERVAL = 1.0  # seconds between heartbeat/timeout/refill passes
 STATS_INTERVAL = 2.0  # seconds between usage samples of busy runners
 
@@ -401,6 +402,10 @@ class PoolManager:
 
     async def _stop_timed_out(self, runner: Runner, pool: PoolConfig, reason: str) -> None:
         log.warning("job_timeout reached runner=%s job=%s", runner.name, runner.running_job)
+        if runner.running_job is not None:
+            # Recorded first (a QueueError retries the whole stop next pass): a stopped runner
+            # may never tell GitHub, so the job stayed `running` here, unreported (issue 13 §4).
+            await self._queue.finish(runner.running_job, TIMED_OUT)
         runner.reason, runner.timed_out = reason, True
         await self._registry.save(runner)
         assert runner.container_id is not None

@@ -238,15 +238,28 @@ async def test_job_timeout_stops_the_runner_and_is_recorded(
     async with stack_of(
         tmp_path, docker_client, pool={"job_timeout": "1s", "stop_grace": "2s"}
     ) as stack:
-        pools, _ = parts(stack)
+        pools, queue = parts(stack)
         job = stack.emulator.create_job("octo-org/app", JOB_LABELS, "sleep 120")
+        checks = stack.emulator.checks
+
+        def reported() -> bool:
+            runs = [r for r in checks.runs.values() if r.external_id == str(job.id)]
+            return bool(runs) and runs[0].status == "completed"
+
         with trio.fail_after(60):
             await stack.emulator.wait_job(job.id, "completed")
             await pools.wait_no_runners()
+            await checks.wait_until(reported)
         assert stack.emulator.job(job.id).conclusion == "failure"  # the runner reported it
         assert pools.stats.outcomes[Outcome.JOB_TIMEOUT] == 1
         usage = await pools.usage(job.id)
         assert usage is not None and "timed_out" in (usage.reason or "")
+        # Issue 13 §4: recorded and reported as timed out, not left `running` (nor "failure")
+        entry = await queue.get(job.id)
+        assert entry is not None and entry.state is JobState.DONE
+        assert entry.conclusion == "timed_out"
+        (run,) = [r for r in checks.runs.values() if r.external_id == str(job.id)]
+        assert run.conclusion == "timed_out" and "job_timeout (1s)" in run.output["summary"]
 
 
 async def test_oom_kill_is_detected_and_usage_recorded(

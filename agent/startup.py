@@ -62,9 +62,31 @@ def check_directory(path: Path, key: str) -> None:
         )
 
 
+STATE_DIR_MODE = 0o700
+FILE_UMASK = 0o077  # state files 0600 (SQLite creates its -wal and -shm by the umask too)
+
+
 def check_directories(server: ServerConfig) -> None:
+    """Both directories usable; the state dir private (0700) and files made from now on
+    0600, whatever umask started gantryd: outside systemd (no UMask=) the dir was 0755 and
+    its databases 0644, readable by every local user (issue 13 §11)."""
+    os.umask(FILE_UMASK)
     check_directory(server.state_dir, "server.state_dir")
     check_directory(server.runtime_dir, "server.runtime_dir")
+    private(server.state_dir, STATE_DIR_MODE)
+
+
+def private(path: Path, mode: int) -> None:
+    """``path`` and the files directly in it lose group and other access (``mode`` for the
+    directory); only what this user owns is changed, so a shared dir is left alone."""
+    uid = os.geteuid()
+    if path.stat().st_uid != uid:
+        return
+    path.chmod(mode)
+    for child in path.iterdir():
+        info = child.lstat()
+        if info.st_uid == uid and child.is_file() and not child.is_symlink():
+            child.chmod(info.st_mode & 0o700)
 
 
 async def connect_docker(base_url: str | None) -> DockerAPI:

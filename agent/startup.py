@@ -77,16 +77,11 @@ def check_directories(server: ServerConfig) -> None:
 
 
 def private(path: Path, mode: int) -> None:
-    """``path`` and the files directly in it lose group and other access (``mode`` for the
-    directory); only what this user owns is changed, so a shared dir is left alone."""
-    uid = os.geteuid()
-    if path.stat().st_uid != uid:
-        return
-    path.chmod(mode)
-    for child in path.iterdir():
-        info = child.lstat()
-        if info.st_uid == uid and child.is_file() and not child.is_symlink():
-            child.chmod(info.st_mode & 0o700)
+    """``path`` gets ``mode`` when this user owns it (a shared dir is left alone). Files
+    already in it keep theirs: the dir's mode bars others from them, and a secrets key that
+    was readable must still be reported, not quietly fixed."""
+    if path.stat().st_uid == os.geteuid():
+        path.chmod(mode)
 
 
 async def connect_docker(base_url: str | None) -> DockerAPI:

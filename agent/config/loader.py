@@ -395,13 +395,30 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Conf
     github = _github(loader, document)
     queue = _queue(loader, document)
     scheduler = _scheduler(loader, document)
+    pools = _pools(loader, document, github, scheduler)
+    priorities = _priorities(loader, document)
+    for pool in pools:
+        if pool.network == "host":
+            loader.warn(f'pool "{pool.name}".network', _host_network_reach(server))
     return Config(
         path=path.absolute(),
         server=server,
         github=github,
         queue=queue,
         scheduler=scheduler,
-        pools=_pools(loader, document, github, scheduler),
-        priorities=_priorities(loader, document),
+        pools=pools,
+        priorities=priorities,
         warnings=tuple(loader.warnings),
+    )
+
+
+def _host_network_reach(server: ServerConfig) -> str:
+    """What a job on the host's network reaches (issue 13 §11: said nowhere before)."""
+    return (
+        '"host" shares the host\'s network with every job: it can reach webhook intake '
+        f"({server.listen}; signed requests only, but floods and probes), /metrics "
+        f"({server.metrics_listen}, unauthenticated) and anything listening on the host's "
+        "loopback (databases, the Docker API if exposed over TCP, cloud metadata proxies); "
+        "the admin socket is a unix socket in server.runtime_dir, out of its reach. Use "
+        '"default" or a dedicated network unless jobs need the host\'s'
     )

@@ -13,7 +13,14 @@ from typing import TypeVar
 
 import trio
 
-from agent.config import DEFAULT_CONFIG_PATH, EX_CONFIG, ConfigError, describe, load_config
+from agent.config import (
+    DEFAULT_CONFIG_PATH,
+    EX_CONFIG,
+    Config,
+    ConfigError,
+    describe,
+    load_config,
+)
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -24,9 +31,27 @@ def _check_config(args: argparse.Namespace) -> int:
         return EX_CONFIG
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    _check_engine_nofile(config)
     print(f"{args.config}: OK")
     print(describe(config))
     return 0
+
+
+def _check_engine_nofile(config: Config) -> None:
+    """Warn about pools whose ``nofile`` the local Docker Engine cannot grant; say so when
+    the Engine's limit cannot be read (then nothing is compared)."""
+    from agent.container.engine_limits import engine_nofile_limit, nofile_warnings
+
+    docker_host = os.environ.get("DOCKER_HOST", "")
+    if docker_host and not docker_host.startswith("unix://"):
+        print(f"note: nofile not compared: the Engine at {docker_host} is remote", file=sys.stderr)
+        return
+    limit = engine_nofile_limit()
+    if isinstance(limit, str):
+        print(f"note: nofile not compared with the Docker Engine's limit: {limit}", file=sys.stderr)
+        return
+    for warning in nofile_warnings({p.name: p.nofile for p in config.pools}, limit):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _serve(args: argparse.Namespace) -> int:

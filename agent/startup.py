@@ -64,9 +64,26 @@ def check_directory(path: Path, key: str) -> None:
         )
 
 
+STATE_DIR_MODE = 0o700
+FILE_UMASK = 0o077  # state files 0600 (SQLite creates its -wal and -shm by the umask too)
+
+
 def check_directories(server: ServerConfig) -> None:
+    """Both directories usable; the state dir private (0700) and files made from now on
+    0600, whatever umask started gantryd: outside systemd (no UMask=) the dir was 0755 and
+    its databases 0644, readable by every local user (issue 13 §11)."""
+    os.umask(FILE_UMASK)
     check_directory(server.state_dir, "server.state_dir")
     check_directory(server.runtime_dir, "server.runtime_dir")
+    private(server.state_dir, STATE_DIR_MODE)
+
+
+def private(path: Path, mode: int) -> None:
+    """``path`` gets ``mode`` when this user owns it (a shared dir is left alone). Files
+    already in it keep theirs: the dir's mode bars others from them, and a secrets key that
+    was readable must still be reported, not quietly fixed."""
+    if path.stat().st_uid == os.geteuid():
+        path.chmod(mode)
 
 
 async def connect_docker(base_url: str | None) -> DockerAPI:

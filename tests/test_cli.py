@@ -185,3 +185,50 @@ def test_sighup_with_broken_file_keeps_serving_and_sigterm_exits_cleanly(
     assert "reload failed, keeping the running configuration" in stderr
     assert "scheduler.max_runners" in stderr
     assert "Traceback" not in stderr
+
+
+def test_check_config_says_what_a_host_network_job_reaches(credentials: Path) -> None:
+    """Issue 13 §11: ``network = "host"`` passed without a word."""
+    result = check_config(
+        example_config(credentials, **{'network = "default"': 'network = "host"'})
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if ".network" in x]
+    assert line.startswith('warning: pool "default".network')
+    assert "intake" in line and "/metrics" in line and "loopback" in line
+    assert "admin socket is a unix socket" in line
+
+
+def test_check_config_compares_nofile_with_the_docker_engines_own_limit(
+    credentials: Path,
+) -> None:
+    """Issue 13 §11: a nofile above dockerd's hard limit (read from /proc/<dockerd>/limits)
+    fails every container of the pool; check-config must say so."""
+    from agent.container.engine_limits import engine_nofile_limit
+
+    limit = engine_nofile_limit()
+    if isinstance(limit, str) or limit.hard is None:
+        pytest.skip(f"dockerd's limit is not readable here: {limit}")
+    above = example_config(credentials, **{"nofile = 65536": f"nofile = {limit.hard + 1}"})
+    result = check_config(above)
+    assert result.returncode == 0, result.stderr
+    warnings = [x for x in result.stderr.splitlines() if ".nofile" in x]
+    assert len(warnings) == 1 and f"limit ({limit.hard}," in warnings[0]
+    assert f"at most {limit.hard}" in warnings[0]
+    within = check_config(example_config(credentials, **{"nofile = 65536": "nofile = 1024"}))
+    assert ".nofile" not in within.stderr
+
+
+def test_engine_limit_unreadable_is_a_note(tmp_path: Path) -> None:
+    from agent.container.engine_limits import EngineLimit, engine_nofile_limit, nofile_warnings
+
+    assert "no dockerd" in str(engine_nofile_limit(tmp_path, tmp_path / "docker.pid"))
+    (tmp_path / "77").mkdir()
+    (tmp_path / "77" / "comm").write_text("dockerd\n")
+    (tmp_path / "77" / "limits").write_text(
+        "Limit                     Soft Limit           Hard Limit           Units     \n"
+        "Max open files            1024                 unlimited            files     \n"
+    )
+    limit = engine_nofile_limit(tmp_path, tmp_path / "docker.pid")
+    assert limit == EngineLimit(hard=None, source=tmp_path / "77" / "limits")
+    assert nofile_warnings({"default": 10**6}, limit) == []

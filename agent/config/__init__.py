@@ -10,6 +10,7 @@ getters naming the dotted key), ``loader`` (one validator per TOML table, ``load
 """
 
 from agent.config.loader import load_config as load_config
+from agent.config.loader import runtime_dir_of as runtime_dir_of
 from agent.config.schema import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH
 from agent.config.schema import EX_CONFIG as EX_CONFIG
 from agent.config.schema import Config as Config

@@ -27,6 +27,7 @@ from agent.config._table import (
 )
 from agent.config.schema import (
     Config,
+    ConfigError,
     GitHubConfig,
     PoolConfig,
     PriorityRule,
@@ -378,6 +379,42 @@ def _priorities(loader: Loader, document: Mapping[str, object]) -> tuple[Priorit
     return tuple(rules)
 
 
+_RUNTIME_DIR_LINE = re.compile(r'^\s*runtime_dir\s*=\s*"([^"\\]+)"', re.MULTILINE)
+
+
+def runtime_dir_of(path: Path, *, environ: Mapping[str, str] | None = None) -> Path:
+    """Where the admin socket is, read from the file even when the file is invalid.
+
+    ``gantryd status`` is most needed right after a reload failed on a broken file, so this
+    uses only ``server.runtime_dir``: the whole file when it validates, else that one key of
+    the TOML, else its ``runtime_dir = "..."`` line (a syntax error elsewhere), else the
+    default. (runtime_dir applies only at restart, so the running daemon's is the file's
+    unless that very line was edited since.)
+    """
+    try:
+        return load_config(path, environ=environ).server.runtime_dir
+    except ConfigError:
+        pass
+    loader = Loader(path, os.environ if environ is None else environ)
+    value: object = None
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ServerConfig().runtime_dir
+    try:
+        server = tomllib.loads(text).get("server")
+        value = server.get("runtime_dir") if isinstance(server, Mapping) else None
+    except tomllib.TOMLDecodeError:
+        match = _RUNTIME_DIR_LINE.search(text)
+        value = match.group(1) if match else None
+    if not isinstance(value, str) or not value:
+        return ServerConfig().runtime_dir
+    try:
+        return Table(loader, "server", {}).resolve("runtime_dir", value)
+    except ConfigError:
+        return ServerConfig().runtime_dir
+
+
 def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate the whole file; raise ConfigError naming the first problem found.
 
@@ -398,13 +435,30 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Conf
     github = _github(loader, document)
     queue = _queue(loader, document)
     scheduler = _scheduler(loader, document)
+    pools = _pools(loader, document, github, scheduler)
+    priorities = _priorities(loader, document)
+    for pool in pools:
+        if pool.network == "host":
+            loader.warn(f'pool "{pool.name}".network', _host_network_reach(server))
     return Config(
         path=path.absolute(),
         server=server,
         github=github,
         queue=queue,
         scheduler=scheduler,
-        pools=_pools(loader, document, github, scheduler),
-        priorities=_priorities(loader, document),
+        pools=pools,
+        priorities=priorities,
         warnings=tuple(loader.warnings),
+    )
+
+
+def _host_network_reach(server: ServerConfig) -> str:
+    """What a job on the host's network reaches (issue 13 §11: said nowhere before)."""
+    return (
+        '"host" shares the host\'s network with every job: it can reach webhook intake '
+        f"({server.listen}; signed requests only, but floods and probes), /metrics "
+        f"({server.metrics_listen}, unauthenticated) and anything listening on the host's "
+        "loopback (databases, the Docker API if exposed over TCP, cloud metadata proxies); "
+        "the admin socket is a unix socket in server.runtime_dir, out of its reach. Use "
+        '"default" or a dedicated network unless jobs need the host\'s'
     )

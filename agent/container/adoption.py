@@ -4,7 +4,9 @@ Every runner has a row in the state database before GitHub hears of it. At start
 matched with this instance's containers: a running container keeps its runner and its job; a
 row without one (or whose container never started) is an orphan, so its registration is deleted
 at GitHub, its container removed and its lease released. A runner whose container stopped
-meanwhile is marked exited and, unless it still waited for a job, retired at once.
+meanwhile is marked exited at the time Docker says it finished (not at adoption: a restart must
+not restart the ``exit_settle`` wait of runners long dead, which hold capacity until it ends)
+and, unless it still waited for a job, retired at once.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
 from agent.container.assignment import Assignments
-from agent.container.docker_api import RUNNER_LABEL, DockerAPI, DockerError
+from agent.container.docker_api import RUNNER_LABEL, ContainerNotFound, DockerAPI, DockerError
 from agent.container.lifecycle import Outcome, PoolStats, Runner, RunnerState
 from agent.container.registry import Registry
 from agent.container.removal import Removal
@@ -67,9 +71,25 @@ async def adopt(
             assignments.record_start(runner.running_job, runner.pool, runner.state_since)
         log.info("adopted runner=%s state=%s job=%s", runner.name, runner.state, runner.made_for)
         if container.state != "running" or runner.state is RunnerState.FAILED:
-            runner.mark_exited(now)
+            finished = await _finished_at(docker, container.id)
+            runner.mark_exited(now if finished is None else min(now, finished))
             if not runner.waiting:
                 await removal.retire(runner)
+
+
+async def _finished_at(docker: DockerAPI, container_id: str) -> float | None:
+    """When the container exited (Unix time) from ``docker inspect``'s ``State.FinishedAt``;
+    None while it runs (Docker then says ``0001-01-01T00:00:00Z``), once gone, or unreadable."""
+    try:
+        inspected: dict[str, Any] = await docker.inspect(container_id)
+    except ContainerNotFound:
+        return None
+    stamp = str(inspected.get("State", {}).get("FinishedAt", ""))
+    try:
+        finished = datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
+    return finished if finished > 0 else None
 
 
 async def _stored_lease(queue: JobQueue, record: StoredRunner) -> Lease | None:

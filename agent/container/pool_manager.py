@@ -60,6 +60,7 @@ from agent.secrets import SecretStore
 
 log = logging.getLogger(__name__)
 
+TIMED_OUT = "timed_out"  # the conclusion recorded (and reported) for a job stopped at job_timeout
 MAINTENANCE_INTERVAL = 1.0  # seconds between heartbeat/timeout/refill passes
 OUTDATED_PULL_INTERVAL = 60.0  # seconds between pulls of an image GitHub refused (exit 7)
 STATS_INTERVAL = 2.0  # seconds between usage samples of busy runners
@@ -275,7 +276,11 @@ class PoolManager:
             return Placement.DROPPED
         now = self._clock()
         warm = next(
-            (r for r in self._registry if r.pool == pool.name and r.warm and covers(r, spec)),
+            (
+                r
+                for r in self._registry
+                if r.pool == pool.name and r.warm and r.exited_at is None and covers(r, spec)
+            ),  # an exited one only waits out exit_settle
             None,
         )
         if warm is not None:
@@ -489,6 +494,10 @@ class PoolManager:
 
     async def _stop_timed_out(self, runner: Runner, pool: PoolConfig, reason: str) -> None:
         log.warning("job_timeout reached runner=%s job=%s", runner.name, runner.running_job)
+        if runner.running_job is not None:
+            # Recorded first (a QueueError retries the whole stop next pass): a stopped runner
+            # may never tell GitHub, so the job stayed `running` here, unreported (issue 13 §4).
+            await self._queue.finish(runner.running_job, TIMED_OUT)
         runner.reason, runner.timed_out = reason, True
         await self._registry.save(runner)
         assert runner.container_id is not None
@@ -558,7 +567,7 @@ class PoolManager:
             self._sweep_targets(),
             self._live.current.github.runner_prefix,
             self._instance,
-            known_names=self._registry.names(),
+            tracks=lambda name: self._registry.get(name) is not None,  # asked after each list
         )
         for error in result.errors:
             log.warning("registration sweep: %s", error)

@@ -17,6 +17,7 @@ import httpx
 
 from agent.github.auth import parse_github_time
 from agent.github.client import GitHubClient, GitHubError
+from agent.github.paths import org_path, repo_path
 
 PER_PAGE = 100  # the maximum for every list here
 
@@ -88,7 +89,7 @@ async def list_runs(
     params = dict(page or {"status": status, "per_page": str(PER_PAGE)})
     response = await client.request(
         "GET",
-        f"/repos/{repository}/actions/runs",
+        repo_path(repository, "actions", "runs"),
         installation_id=installation_id,
         params=params,
     )
@@ -107,7 +108,7 @@ async def list_run_jobs(
     params = dict(page or {"filter": "latest", "per_page": str(PER_PAGE)})
     response = await client.request(
         "GET",
-        f"/repos/{repository}/actions/runs/{run_id}/jobs",
+        repo_path(repository, "actions", "runs", run_id, "jobs"),
         installation_id=installation_id,
         params=params,
     )
@@ -132,7 +133,7 @@ async def list_org_repositories(
     """``GET /orgs/{org}/repos`` (a token): one page of the organization's repositories the
     token can see, a plain array."""
     params = dict(page or {"type": "all", "per_page": str(PER_PAGE)})
-    response = await client.request("GET", f"/orgs/{org}/repos", params=params)
+    response = await client.request("GET", org_path(org, "repos"), params=params)
     return _page(response, None)
 
 

@@ -25,6 +25,7 @@ import httpx
 import trio
 
 from agent.github.auth import AppAuth, Secret, TokenAuth, parse_github_time, same_credentials
+from agent.github.paths import org_path, repo_path
 from agent.github.ratelimit import Quota, RateLimitGate
 
 API_VERSION = "2022-11-28"
@@ -89,9 +90,12 @@ class RunnerTarget:
 
     @property
     def path(self) -> str:
+        """``/repos/{owner}/{name}`` or ``/orgs/{org}``; InvalidName for a name GitHub
+        would never give (paths.py builds every REST path from outside names)."""
         if self.repository is not None:
-            return f"/repos/{self.repository}"
-        return f"/orgs/{self.organization}"
+            return repo_path(self.repository)
+        assert self.organization is not None
+        return org_path(self.organization)
 
     @property
     def owner(self) -> str:
@@ -557,7 +561,7 @@ class GitHubClient:
         self, repository: str, body: Mapping[str, Any], *, installation_id: int | None
     ) -> int:
         """``POST /repos/{o}/{r}/check-runs`` (App only, checks: write); the new run's id."""
-        path = f"/repos/{repository}/check-runs"
+        path = repo_path(repository, "check-runs")
         response = await self._request(
             "POST",
             path,
@@ -574,7 +578,7 @@ class GitHubClient:
         *,
         installation_id: int | None,
     ) -> None:
-        path = f"/repos/{repository}/check-runs/{check_run_id}"
+        path = repo_path(repository, "check-runs", check_run_id)
         response = await self._request(
             "PATCH",
             path,
@@ -591,7 +595,7 @@ class GitHubClient:
         Used after a crash between creating a check run and recording its id, so a restart
         adopts it instead of creating a second one.
         """
-        path = f"/repos/{repository}/commits/{ref}/check-runs"
+        path = repo_path(repository, "commits", ref, "check-runs")
         runs = await self._pages(
             path,
             "check_runs",
@@ -604,7 +608,7 @@ class GitHubClient:
         self, repository: str, sha: str, body: Mapping[str, Any], *, installation_id: int | None
     ) -> None:
         """``POST /repos/{o}/{r}/statuses/{sha}`` (statuses: write; §6.2)."""
-        path = f"/repos/{repository}/statuses/{sha}"
+        path = repo_path(repository, "statuses", sha)
         response = await self._request(
             "POST",
             path,
@@ -617,7 +621,7 @@ class GitHubClient:
         self, repository: str, run_id: int, *, installation_id: int | None
     ) -> bool:
         """``POST …/actions/runs/{id}/cancel``: True if accepted (202), False if 409 (over)."""
-        path = f"/repos/{repository}/actions/runs/{run_id}/cancel"
+        path = repo_path(repository, "actions", "runs", run_id, "cancel")
         response = await self._request(
             "POST", path, installation_id=await self._installation_for(repository, installation_id)
         )

@@ -227,11 +227,17 @@ def build_report(entry: OutboxEntry, ctx: Context) -> Report:
     conclusion = str(detail.get("conclusion") or "neutral")
     usage = _usage(ctx)
     summary = f"Ran on host `{ctx.instance}` in pool `{pool}`; GitHub's result: {conclusion}."
+    if conclusion == "timed_out":
+        limit = f" ({ctx.pool.job_timeout:g}s)" if ctx.pool is not None else ""
+        summary = (
+            f"Ran on host `{ctx.instance}` in pool `{pool}` and was stopped by gantryd: it "
+            f"exceeded the pool's job_timeout{limit}."
+        )
     if usage:
         summary += "\n\n" + "\n".join(usage)
     return Report(
         status="completed",
         conclusion=conclusion if conclusion in CHECK_CONCLUSIONS else "neutral",
-        title=f"Finished: {conclusion}",
+        title="Timed out" if conclusion == "timed_out" else f"Finished: {conclusion}",
         summary=summary,
     )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import string
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,13 +76,15 @@ async def sweep_offline_runners(
     targets: Iterable[RunnerTarget],
     prefix: str,
     instance: str,
-    known_names: Collection[str],
+    tracks: Callable[[str], bool],
 ) -> SweepResult:
     """Delete this host's offline, untracked runners at each target; errors do not stop it.
 
-    ``known_names`` must hold every runner gantryd tracks (idle, starting, busy), so a runner
-    being created right now is not mistaken for a leftover. A 422 ("still running a job")
-    leaves the runner alone; a 404 means it is gone already.
+    ``tracks(name)`` says whether gantryd tracks a runner (idle, starting, busy) *now*: it is
+    asked after each runner list has arrived, never before, because a runner provisioned while
+    the list call was in flight is in that list but in no snapshot taken earlier (issue 13 §2:
+    such runners were deleted while still starting). A 422 ("still running a job") leaves the
+    runner alone; a 404 means it is gone already.
     """
     deleted: list[str] = []
     errors: list[str] = []
@@ -96,7 +98,7 @@ async def sweep_offline_runners(
             if (
                 runner.status != "offline"
                 or runner.busy
-                or runner.name in known_names
+                or tracks(runner.name)
                 or not is_ours(runner.name, prefix, instance)
             ):
                 continue

@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from agent.config import ConfigError, ServerConfig, load_config
+from agent.config import ConfigError, load_config, runtime_dir_of
 from agent.ops import protocol
 from agent.ops.admin_client import AdminClient, ControlError, NotRunning
 from agent.ops.protocol import JOBS_SHOWN, A, AdminError, Request, SecretsAnswer, socket_path
@@ -102,11 +102,7 @@ def drain(
 def _socket(args: argparse.Namespace) -> Path:
     if args.socket is not None:
         return Path(args.socket)
-    try:
-        runtime_dir = load_config(args.config).server.runtime_dir
-    except ConfigError:
-        runtime_dir = ServerConfig().runtime_dir  # unreadable config: try the default place
-    return socket_path(runtime_dir)
+    return socket_path(runtime_dir_of(args.config))  # found even in an invalid file
 
 
 def _client(args: argparse.Namespace) -> AdminClient:

@@ -26,6 +26,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from agent.config import Config, PoolConfig, PriorityRule, Scope
+from agent.github.paths import InvalidName, check_full_name, check_owner
 from agent.queue.base import JobSpec
 
 
@@ -123,14 +124,25 @@ def parse_workflow_job(payload: Any) -> WorkflowJobEvent:
     installation = payload.get("installation")
     installation_id = installation.get("id") if isinstance(installation, Mapping) else None
     organization = payload.get("organization")
+    login = organization.get("login") if isinstance(organization, Mapping) else None
+    repository = _str(payload, "repository.full_name")
+    try:  # before any URL is built from them (issue 13 §7)
+        check_full_name(repository)
+    except InvalidName as exc:
+        raise PayloadError("repository.full_name", f"is invalid: {exc}") from None
+    try:
+        if login is not None:
+            check_owner(str(login))
+    except InvalidName as exc:
+        raise PayloadError("organization.login", f"is invalid: {exc}") from None
     job = _get(payload, "workflow_job")
     return WorkflowJobEvent(
         action=action,
         job_id=_int(payload, "workflow_job.id"),
         run_id=_int(payload, "workflow_job.run_id"),
         run_attempt=_int(payload, "workflow_job.run_attempt"),
-        repository=_str(payload, "repository.full_name"),
-        organization=organization.get("login") if isinstance(organization, Mapping) else None,
+        repository=repository,
+        organization=login,
         installation_id=installation_id if isinstance(installation_id, int) else None,
         labels=tuple(labels),
         name=_str(payload, "workflow_job.name"),

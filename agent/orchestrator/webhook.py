@@ -128,6 +128,33 @@ class IntakeStats:
         ] += 1
 
 
+REJECTION_LOG_INTERVAL = 60.0  # seconds; at most one WARNING line per interval for 401s
+
+
+@dataclass
+class RejectionLog:
+    """Says when to log unsigned or wrongly signed requests, and how many there were.
+
+    One WARNING per rejected request let a 20 s flood write 6,865 lines and slow signed
+    deliveries 4.8x (issue 13 §8); every rejection is still counted in
+    ``gantryd_webhooks_received_total{outcome="rejected"}``.
+    """
+
+    interval: float = REJECTION_LOG_INTERVAL
+    _pending: int = field(default=0, init=False)
+    _next_at: float = field(default=float("-inf"), init=False)
+
+    def note(self, now: float) -> int | None:
+        """Count one rejection at ``now``; the count to log (this one and those held back
+        since the last line) once ``interval`` has passed since it, else None."""
+        self._pending += 1
+        if now < self._next_at:
+            return None
+        count, self._pending = self._pending, 0
+        self._next_at = now + self.interval
+        return count
+
+
 class _TooLarge(Exception):
     pass
 
@@ -246,6 +273,7 @@ class WebhookApp:
         self._on_repository = on_repository
         self._nursery: trio.Nursery | None = None
         self.stats = IntakeStats()
+        self._rejections = RejectionLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -354,7 +382,14 @@ class WebhookApp:
         self, headers: dict[str, str], body: bytes, deadline: float
     ) -> tuple[Answer, str]:
         if not signature_valid(body, headers.get("x-hub-signature-256"), self._secrets()):
-            log.warning("webhook rejected: missing or wrong X-Hub-Signature-256")
+            count = self._rejections.note(trio.current_time())
+            if count is not None:
+                log.warning(
+                    "webhook rejected %d request(s) with a missing or wrong X-Hub-Signature-256"
+                    " (logged at most every %gs; all counted in gantryd_webhooks_received_total)",
+                    count,
+                    self._rejections.interval,
+                )
             answer = Answer(401, "missing or invalid X-Hub-Signature-256", Outcome.REJECTED)
             return answer, NO_ACTION
         event = headers.get("x-github-event", "")

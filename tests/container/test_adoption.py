@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import time
+from datetime import datetime
 from pathlib import Path
 
 import docker
@@ -165,6 +167,67 @@ async def test_registrations_without_a_container_are_deleted_after_a_restart(
                 with pytest.raises(docker.errors.NotFound):
                     ghost.reload()
                 assert outcomes[Outcome.ORPHAN_REGISTRATION_DELETED] == 2
+                nursery.cancel_scope.cancel()
+        finally:
+            remove_managed(docker_client, setup.instance)
+
+
+async def test_a_runner_that_exited_while_gantryd_was_down_frees_its_capacity_after_restart(
+    tmp_path: Path, docker_client: docker.DockerClient, runner_image: str
+) -> None:
+    """Issue 13 §3: adoption dates a dead runner's exit from Docker's ``State.FinishedAt``,
+    so a restart does not restart its ``exit_settle`` wait (the only runner slot stayed taken
+    for that long, after every restart). With the container dead for longer than
+    ``exit_settle``, the first maintenance pass after start frees the slot for a job."""
+    pool = {"min_idle": 1, "warm_repositories": ["octo-org/app"]}
+    settle = 1.0
+    async with emulator_setup(
+        tmp_path, pool=pool, scheduler={"max_runners": 1}, github={"repositories": ["octo-org/app"]}
+    ) as setup:
+        try:
+            async with trio.open_nursery() as nursery:
+                first = Daemon(
+                    live=LiveConfig(load_config(setup.config_path)), notifier=Notifier({})
+                )
+                await nursery.start(first.run)
+                assert first.pools is not None
+                pools = first.pools
+                with trio.fail_after(30):
+                    await pools.wait_until(
+                        lambda: any(r.state is RunnerState.IDLE for r in pools.runners())
+                    )
+                (warm,) = pools.runners()
+                nursery.cancel_scope.cancel()  # stopped: its warm runner's container keeps running
+            container = docker_client.containers.get(warm.name)
+            container.kill()
+            container.wait()
+            container.reload()
+            finished = datetime.fromisoformat(container.attrs["State"]["FinishedAt"]).timestamp()
+            await trio.sleep(max(0.0, finished + settle - time.time()))  # dead for exit_settle
+
+            async with trio.open_nursery() as nursery:
+                second = Daemon(
+                    live=LiveConfig(load_config(setup.config_path)),
+                    notifier=Notifier({}),
+                    exit_settle=settle,
+                )
+                intake_url = await nursery.start(second.run)
+                assert second.pools is not None
+                pools = second.pools
+
+                def second_names() -> set[str]:
+                    return {r.name for r in pools.runners()}
+
+                adopted = pools.runners()
+                assert [r.name for r in adopted] == [warm.name]
+                assert adopted[0].exited_at == pytest.approx(finished, abs=1e-3)
+                with trio.fail_after(30):  # the first maintenance pass frees the slot
+                    await second.pools.wait_until(lambda: warm.name not in second_names())
+                setup.emulator.add_hook(intake_url + "/webhook", setup.webhook_secret)
+                job = setup.emulator.create_job("octo-org/app", ["self-hosted"], "true")
+                with trio.fail_after(60):
+                    await setup.emulator.wait_job(job.id, "completed")
+                assert setup.emulator.job(job.id).conclusion == "success"
                 nursery.cancel_scope.cancel()
         finally:
             remove_managed(docker_client, setup.instance)

@@ -23,6 +23,7 @@ from docker.models.containers import Container
 from agent.container.lifecycle import Outcome, Runner, RunnerState
 from agent.container.pool_manager import PoolManager
 from agent.emulator.webhooks import Faults
+from agent.github.client import JitConfig, RunnerInfo, RunnerTarget
 from agent.queue.base import JobQueue, JobState
 from tests.conftest import managed_containers, remove_managed
 from tests.container.stack import RelayProcess, Stack, pool_stack, wait_entry, wait_state
@@ -237,15 +238,28 @@ async def test_job_timeout_stops_the_runner_and_is_recorded(
     async with stack_of(
         tmp_path, docker_client, pool={"job_timeout": "1s", "stop_grace": "2s"}
     ) as stack:
-        pools, _ = parts(stack)
+        pools, queue = parts(stack)
         job = stack.emulator.create_job("octo-org/app", JOB_LABELS, "sleep 120")
+        checks = stack.emulator.checks
+
+        def reported() -> bool:
+            runs = [r for r in checks.runs.values() if r.external_id == str(job.id)]
+            return bool(runs) and runs[0].status == "completed"
+
         with trio.fail_after(60):
             await stack.emulator.wait_job(job.id, "completed")
             await pools.wait_no_runners()
+            await checks.wait_until(reported)
         assert stack.emulator.job(job.id).conclusion == "failure"  # the runner reported it
         assert pools.stats.outcomes[Outcome.JOB_TIMEOUT] == 1
         usage = await pools.usage(job.id)
         assert usage is not None and "timed_out" in (usage.reason or "")
+        # Issue 13 §4: recorded and reported as timed out, not left `running` (nor "failure")
+        entry = await queue.get(job.id)
+        assert entry is not None and entry.state is JobState.DONE
+        assert entry.conclusion == "timed_out"
+        (run,) = [r for r in checks.runs.values() if r.external_id == str(job.id)]
+        assert run.conclusion == "timed_out" and "job_timeout (1s)" in run.output["summary"]
 
 
 async def test_oom_kill_is_detected_and_usage_recorded(
@@ -358,3 +372,50 @@ async def test_no_job_is_claimed_while_docker_is_away(
         await relay.stop()
     assert stack.emulator.job(job.id).conclusion == "success"
     assert entry.attempts == 0  # never claimed while Docker was away
+
+
+async def test_registration_sweep_never_deletes_a_runner_registered_during_its_list_call(
+    tmp_path: Path, docker_client: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 §2, the interleaving forced: the sweep's runner list is held until a runner
+    for a new job has registered at GitHub (and is held offline, before its container), then
+    answered; that runner must survive the sweep and take its job."""
+    github_table = {"repositories": ["octo-org/app"]}  # a sweep target before any runner
+    async with stack_of(tmp_path, docker_client, github=github_table) as stack:
+        pools, _ = parts(stack)
+        github = stack.daemon.github
+        assert github is not None
+        real_list, real_jit = github.list_runners, github.generate_jitconfig
+        list_entered, registered, swept = trio.Event(), trio.Event(), trio.Event()
+        hold_list = True
+
+        async def held_list(target: RunnerTarget, **kwargs: Any) -> list[RunnerInfo]:
+            if hold_list:
+                list_entered.set()
+                await registered.wait()
+            return await real_list(target, **kwargs)
+
+        async def held_jit(target: RunnerTarget, **kwargs: Any) -> JitConfig:
+            jit = await real_jit(target, **kwargs)
+            registered.set()
+            await swept.wait()  # offline at GitHub until the sweep is over
+            return jit
+
+        monkeypatch.setattr(github, "list_runners", held_list)
+        monkeypatch.setattr(github, "generate_jitconfig", held_jit)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                deleted: list[int] = []
+
+                async def sweep() -> None:
+                    deleted.append(await pools.sweep_registrations())
+                    swept.set()
+
+                nursery.start_soon(sweep)
+                await list_entered.wait()
+                hold_list = False  # the GC loop's own sweeps pass straight through
+                job = stack.emulator.create_job("octo-org/app", JOB_LABELS, "true")
+            assert deleted == [0]
+            await stack.emulator.wait_job(job.id, "completed")
+        assert stack.emulator.job(job.id).conclusion == "success"
+        assert pools.stats.outcomes[Outcome.PROVISION_FAILED] == 0

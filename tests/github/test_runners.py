@@ -45,7 +45,7 @@ async def test_sweep_deletes_only_leftovers_of_this_host(
     emulator._assign(job, runner)
 
     result = await sweep_offline_runners(
-        github, [APP, LIB], "gantryd", "build-1", known_names={"gantryd-build-1-bbbb0001"}
+        github, [APP, LIB], "gantryd", "build-1", tracks={"gantryd-build-1-bbbb0001"}.__contains__
     )
     assert sorted(result.deleted) == ["gantryd-build-1-aaaa0001", "gantryd-build-1-aaaa0002"]
     assert result.errors == ()
@@ -66,7 +66,9 @@ async def test_sweep_reports_errors_and_carries_on(
         APP, name="gantryd-h-1", labels=("x",), runner_group_id=1, installation_id=None
     )
     other = RunnerTarget(repository="other/tool")
-    result = await sweep_offline_runners(github, [other, APP], "gantryd", "h", known_names=())
+    result = await sweep_offline_runners(
+        github, [other, APP], "gantryd", "h", tracks=lambda name: False
+    )
     assert result.deleted == ("gantryd-h-1",)
     assert len(result.errors) == 1 and "administration: read" in result.errors[0]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.config import Config
-from agent.orchestrator.webhook import ReadinessCheck
+from agent.orchestrator.webhook import ReadinessCheck, RejectionLog
 from agent.queue.base import JobState
 from tests.orchestrator.conftest import (
     NEXT_SECRET,
@@ -603,3 +604,45 @@ def test_fuzz_reordered_and_repeated_events_serve_a_job_at_most_once(
     assert created == (order[0] == "queued")
     entry = trio.from_thread.run(holder.intake.queue.get, job_id, trio_token=token)
     assert entry is not None and entry.state is JobState.DONE
+
+
+async def test_a_repository_name_github_never_gives_is_refused_and_never_queued(
+    intake: Intake,
+) -> None:
+    """Issue 13 §7: a signed payload whose ``repository.full_name`` climbs out of ``/repos``
+    is a 400 naming the field; nothing is queued, so no REST path is ever built from it."""
+    job_id = new_job_id()
+    evil = payload(job_id)
+    evil["repository"]["full_name"] = "../../../orgs/evil"
+    answer = await intake.post(evil)
+    assert answer.status_code == 400
+    assert "repository.full_name" in answer.text and "not a valid GitHub" in answer.text
+    org = payload(new_job_id())
+    org["organization"] = {"login": "../evil"}
+    refused = await intake.post(org)
+    assert refused.status_code == 400 and "organization.login" in refused.text
+    assert await intake.queue.get(job_id) is None
+    assert intake.events == []
+
+
+async def test_a_burst_of_unsigned_requests_is_counted_and_logged_once(
+    intake: Intake, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 13 §8: 50 unsigned requests are all counted (the metric's source) but write one
+    WARNING line, not 50."""
+    with caplog.at_level(logging.WARNING, logger="agent.orchestrator.webhook"):
+        for _ in range(50):
+            assert (await intake.post(payload(new_job_id()), secret=None)).status_code == 401
+    lines = [r for r in caplog.records if "X-Hub-Signature-256" in r.getMessage()]
+    assert len(lines) == 1 and "rejected 1 request(s)" in lines[0].getMessage()
+    rejected = sum(n for k, n in intake.app.stats.received.items() if k[2] == "rejected")
+    assert rejected == 50
+
+
+def test_rejections_are_logged_at_most_once_per_interval_with_the_count() -> None:
+    rejections = RejectionLog(interval=60.0)
+    assert rejections.note(0.0) == 1
+    assert [rejections.note(t) for t in (1.0, 2.0, 59.9)] == [None, None, None]
+    assert rejections.note(60.0) == 4  # three held back and this one
+    assert rejections.note(61.0) is None
+    assert rejections.note(500.0) == 2

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 CURSOR_FILE = "listener.db"
 RETRY_CAP = 15.0  # seconds between attempts at most: a freed session is taken within this
+SCALE_SET_WAIT = 60.0  # seconds provisioning waits for the listener to find its scale set
 SESSION_CLOSE_DEADLINE = 5.0  # seconds to close the session when stopping
 # JobCompleted's result, as the webhook's conclusion the queue records.
 _CONCLUSIONS = {"succeeded": "success", "failed": "failure", "canceled": "cancelled"}
@@ -186,7 +187,8 @@ class Listener:
         )
         self.status = ListenerStatus(pool=pool.name, scale_set=self._key, since=clock())
         self._scale_set: ScaleSet | None = None
-        self._listening = trio.Event()
+        self._found = trio.Event()  # _scale_set is known
+        self._changed = trio.Event()  # set and replaced on every change of status.state
         # (workflow run, job name) -> REST job id, for JobStarted/JobCompleted
         self._job_ids: dict[tuple[int, str], int] = {}
 
@@ -197,12 +199,18 @@ class Listener:
             raise ProtocolError(f'pool "{self.pool_name}" is no longer configured')
         return pool
 
-    async def wait_listening(self) -> None:
-        """Until the session is first open and polled."""
-        await self._listening.wait()
+    async def wait_state(self, state: ListenerState) -> None:
+        """Until ``status.state`` is ``state``."""
+        while self.status.state is not state:
+            await self._changed.wait()
 
     async def generate_jit_config(self, name: str) -> JitConfig:
-        """A JIT runner inside the scale set: the pool's provisioning uses this, not REST."""
+        """A JIT runner inside the scale set: the pool's provisioning uses this, not REST.
+
+        Right after a start the queue may hand out jobs before the scale set is found: wait
+        for it a while rather than fail the job's attempt at once."""
+        with trio.move_on_after(SCALE_SET_WAIT):
+            await self._found.wait()
         if self._scale_set is None:
             raise ScaleSetNotReady(self.pool_name)
         return await self.client.generate_jit_config(self._scale_set.id, name)
@@ -210,11 +218,19 @@ class Listener:
     def _set(self, state: ListenerState, reason: str = "") -> None:
         if state is not self.status.state or reason != self.status.reason:
             self.status.since = self._clock()
+        moved = state is not self.status.state
         self.status.state, self.status.reason = state, reason
+        if moved:
+            self._changed.set()
+            self._changed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled; started() at once (GitHub may be unreachable for a while)."""
         task_status.started()
+        async with self._job_events:
+            await self._listen()
+
+    async def _listen(self) -> None:
         failures = 0
         while True:
             try:
@@ -248,6 +264,7 @@ class Listener:
         if self._scale_set is None:
             self._scale_set = await self.client.ensure_scale_set(spec)
             self.status.scale_set_id = self._scale_set.id
+            self._found.set()
         session = await self.client.create_session(self._scale_set.id, self._owner)
         try:
             self._set(ListenerState.LISTENING)
@@ -259,7 +276,6 @@ class Listener:
             )
             self._scale(session.statistics)
             last = self.status.last_message_id = await self._cursors.get(self._key)
-            self._listening.set()
             while True:
                 message = await self.client.get_message(session, last, self._capacity())
                 if message is None:

@@ -188,6 +188,8 @@ class Listener:
         self.status = ListenerStatus(pool=pool.name, scale_set=self._key, since=clock())
         self._scale_set: ScaleSet | None = None
         self._found = trio.Event()  # _scale_set is known
+        self._enqueued = trio.Event()  # set and replaced whenever a job is newly queued
+        self._handled = trio.Event()  # set and replaced whenever a message is acknowledged
         self._changed = trio.Event()  # set and replaced on every change of status.state
         # (workflow run, job name) -> REST job id, for JobStarted/JobCompleted
         self._job_ids: dict[tuple[int, str], int] = {}
@@ -198,6 +200,14 @@ class Listener:
         if pool is None:  # removed by a reload: keep the one it started with
             raise ProtocolError(f'pool "{self.pool_name}" is no longer configured')
         return pool
+
+    async def wait_enqueued(self) -> None:
+        """Until the listener next commits a new job to the queue."""
+        await self._enqueued.wait()
+
+    async def wait_handled(self) -> None:
+        """Until the listener next acknowledges a message (its effects committed)."""
+        await self._handled.wait()
 
     async def wait_state(self, state: ListenerState) -> None:
         """Until ``status.state`` is ``state``."""
@@ -284,6 +294,8 @@ class Listener:
                 await self.client.delete_message(session, message.id)
                 last = self.status.last_message_id = message.id
                 await self._cursors.set(self._key, last)
+                self._handled.set()
+                self._handled = trio.Event()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(SESSION_CLOSE_DEADLINE):
                 try:
@@ -376,6 +388,8 @@ class Listener:
         if outcome is EnqueueOutcome.CREATED:
             self.status.jobs_enqueued += 1
             self._on_enqueue()
+            self._enqueued.set()
+            self._enqueued = trio.Event()
 
     async def _started(self, job: JobMessage) -> None:
         job_id = await self._job_id(job)

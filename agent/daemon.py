@@ -223,7 +223,7 @@ class Daemon:
             url = binds[0].replace("0.0.0.0", "127.0.0.1")
             services = Services(
                 self.live, q, self.scheduler, self.pools, github, docker, app, self.notifier,
-                self.secret_store, instance_name(config),
+                self.secret_store, instance_name(config), tuple(self.listeners),
             )  # fmt: skip
             self.metrics_url = await nursery.start(run_operations, services, self.metrics)
             log.info("gantryd ready: intake on %s, %d pool(s)", url, len(config.pools))

@@ -77,6 +77,8 @@ class PoolStatus:
     max_runners: int
     runners: dict[RunnerState, int]  # only states with runners
     queue: dict[JobState, int]  # only states with entries
+    # scale-set pools: "listening", or the state and why (a session conflict waited out)
+    listener: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

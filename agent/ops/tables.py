@@ -85,6 +85,7 @@ def format_status(status: Status, now: float | None = None) -> str:
                 for p in status.pools
             ],
         ),
+        *[f"  {p.name}: listener {p.listener}" for p in status.pools if p.listener],
         "",
         "RUNNERS",
     ]

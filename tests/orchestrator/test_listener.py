@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import docker
+import httpx
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -70,6 +71,13 @@ async def test_jobs_of_two_repositories_complete_once_without_a_webhook(
     listener = listener_of(stack)
     assert listener.status.state is ListenerState.LISTENING
     assert listener.status.jobs_enqueued == len(jobs)
+    async with httpx.AsyncClient() as client:
+        ready = await client.get(stack.intake_url + "/readyz")
+        assert stack.daemon.metrics_url is not None
+        metrics = (await client.get(stack.daemon.metrics_url)).text
+    assert ready.status_code == 200, ready.text
+    assert 'gantryd_listener_up{pool="default"} 1.0' in metrics
+    assert f'gantryd_listener_jobs_queued_total{{pool="default"}} {len(jobs)}.0' in metrics
     assert stack.daemon.pools is not None
     with trio.fail_after(30):
         await stack.daemon.pools.wait_no_runners()

@@ -181,11 +181,16 @@ async def demo_stack(
         nursery.cancel_scope.cancel()
 
 
-async def _demo(jobs: int) -> int:
+async def _demo(jobs: int, source: str) -> int:
     with tempfile.TemporaryDirectory(prefix="gantryd-demo-") as tmp:
-        async with demo_stack(Path(tmp)) as stack:
+        async with demo_stack(Path(tmp), source=source) as stack:
             emulator = stack.emulator
             print(f"demo: emulator at {emulator.base_url}, gantryd intake at {stack.intake_url}")
+            if source == "scale-set":
+                print(
+                    "demo: the pool is a runner scale set: gantryd long-polls the emulated "
+                    "Actions service, no webhook is configured"
+                )
             started = time.monotonic()
             hosted = emulator.create_job(
                 DEMO_REPOSITORIES[0], ["ubuntu-latest"], "true", name="hosted"
@@ -227,10 +232,10 @@ async def _demo(jobs: int) -> int:
         return 0 if ok else 1
 
 
-def run_demo(*, jobs: int = 5) -> int:
+def run_demo(*, jobs: int = 5, source: str = "webhook") -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
     )
     for noisy in ("httpx", "httpcore", "hypercorn.error", "hypercorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return trio.run(_demo, jobs)
+    return trio.run(_demo, jobs, source)

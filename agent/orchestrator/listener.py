@@ -243,6 +243,7 @@ class Listener:
     async def _listen(self) -> None:
         failures = 0
         while True:
+            served_before = self.status.messages
             try:
                 await self._serve_session()
             except SessionConflict as exc:
@@ -253,8 +254,8 @@ class Listener:
                 )
             except (GitHubError, QueueError, ProtocolError, PayloadError) as exc:
                 self._set(ListenerState.FAILING, f"{type(exc).__name__}: {exc}")
-            if self.status.state is ListenerState.LISTENING:
-                failures = 0  # it was serving: the session ended (evicted), reopen soon
+            if self.status.messages > served_before:
+                failures = 0  # it was serving until now (e.g. evicted): reopen soon
             failures += 1
             delay = min(RETRY_CAP, 2.0 ** (failures - 1))
             log.warning(

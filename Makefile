@@ -7,7 +7,7 @@ setup:
 	bash .ci/setup
 
 demo: setup
-	.venv/bin/gantryd demo
+	.venv/bin/gantryd demo $(if $(SOURCE),--source $(SOURCE))
 
 # The dockerd-restart test runs on its own, after everything else, when GANTRYD_DISRUPTIVE=1
 # (CI sets it): it restarts the machine's Docker Engine.

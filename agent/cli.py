@@ -178,7 +178,7 @@ def _restore_counters(path: Path) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo
 
-    return run_demo(jobs=args.jobs)
+    return run_demo(jobs=args.jobs, source=args.source)
 
 
 def _emulator(args: argparse.Namespace) -> int:
@@ -229,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
         action.set_defaults(func=func)
     demo = sub.add_parser("demo", help="run gantryd against the built-in GitHub stand-in")
     demo.add_argument("--jobs", type=int, default=5, help="how many jobs to run (default 5)")
+    demo.add_argument(
+        "--source",
+        choices=("webhook", "scale-set"),
+        default="webhook",
+        help="how gantryd learns of jobs: signed webhooks (default) or a scale-set listener",
+    )
     demo.set_defaults(func=_demo)
     from agent.ops.commands import add_commands
 

@@ -21,7 +21,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from agent.config import EX_CONFIG, Config, ConfigError, ServerConfig
+from agent.config import EX_CONFIG, Config, ConfigError, PoolSource, ServerConfig
 from agent.container.docker_api import DockerAPI
 from agent.container.events import JobEvent
 from agent.container.pool_manager import PoolManager
@@ -31,7 +31,13 @@ from agent.github.client import GitHubClient
 from agent.github.credentials import Credentials, load_credentials
 from agent.ops.metrics import CountingTransport, Metrics
 from agent.ops.services import Services, run_operations
-from agent.orchestrator.health import credentials_loaded, docker_answering, queue_writable
+from agent.orchestrator.health import (
+    credentials_loaded,
+    docker_answering,
+    listeners_listening,
+    queue_writable,
+)
+from agent.orchestrator.listener import CursorStore, Listener, open_cursor_store
 from agent.orchestrator.reconciler import Reconciler, SeenRepositories
 from agent.orchestrator.scheduler import Scheduler, Wakeup
 from agent.orchestrator.status_reporter import StatusReporter
@@ -104,6 +110,7 @@ class Daemon:
     metrics_url: str | None = None
     github: GitHubClient | None = None
     credentials: Credentials | None = None  # in force; a reload replaces them
+    listeners: list[Listener] = field(default_factory=list)  # one per scale-set pool
     _intake_stop: trio.Event = field(default_factory=trio.Event)
     _intake_done: trio.Event = field(default_factory=trio.Event)
 
@@ -123,6 +130,7 @@ class Daemon:
                 opened(
                     "the secrets store", open_secret_store(config.server.state_dir)
                 ) as self.secret_store,
+                opened("the listener state", open_cursor_store(config.server.state_dir)) as cursors,
                 GitHubClient(
                     config.github.api_url,
                     credentials.auth,
@@ -132,7 +140,7 @@ class Daemon:
                 ) as github,
             ):
                 self.github = github
-                await self._run_services(config, queue, store, github, docker, task_status)
+                await self._run_services(config, queue, store, github, docker, cursors, task_status)
         finally:
             docker.close()
 
@@ -143,11 +151,26 @@ class Daemon:
         store: RunnerStore,
         github: GitHubClient,
         docker: DockerAPI,
+        cursors: CursorStore,
         task_status: trio.TaskStatus[str],
     ) -> None:
         self.queue = q
         wakeup = Wakeup()
         send_events, receive_events = trio.open_memory_channel[JobEvent](JOB_EVENTS_BUFFER)
+        self.listeners = [
+            Listener(
+                pool,
+                live=self.live,
+                queue=q,
+                github=github,
+                cursors=cursors,
+                job_events=send_events.clone(),
+                on_enqueue=wakeup.set,
+                owner=instance_name(config),
+            )
+            for pool in config.pools
+            if pool.source is PoolSource.SCALE_SET
+        ]
         self.pools = PoolManager(
             live=self.live,
             queue=q,
@@ -159,6 +182,7 @@ class Daemon:
             exit_settle=self.exit_settle,
             secrets=self.secret_store,
             observer=self.metrics,
+            jit_sources={x.pool_name: x.generate_jit_config for x in self.listeners},
         )
         drain_file = config.server.state_dir / DRAIN_FILE
         self.scheduler = Scheduler(
@@ -184,7 +208,11 @@ class Daemon:
             readiness={
                 "database": queue_writable(q),
                 "docker": docker_answering(docker),
-                "credentials": credentials_loaded(lambda: self.credentials),
+                "credentials": credentials_loaded(
+                    lambda: self.credentials,
+                    webhooks=any(p.source is PoolSource.WEBHOOK for p in config.pools),
+                ),
+                **({"listeners": listeners_listening(self.listeners)} if self.listeners else {}),
             },
             on_repository=seen.add,
         )
@@ -202,11 +230,13 @@ class Daemon:
                 ).run
             )
             await nursery.start(self.reconciler.run)
+            for listener in self.listeners:
+                await nursery.start(listener.run)
             binds = await nursery.start(self._serve_intake, app, config.server)
             url = binds[0].replace("0.0.0.0", "127.0.0.1")
             services = Services(
                 self.live, q, self.scheduler, self.pools, github, docker, app, self.notifier,
-                self.secret_store, instance_name(config),
+                self.secret_store, instance_name(config), tuple(self.listeners),
             )  # fmt: skip
             self.metrics_url = await nursery.start(run_operations, services, self.metrics)
             log.info("gantryd ready: intake on %s, %d pool(s)", url, len(config.pools))

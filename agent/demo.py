@@ -61,6 +61,7 @@ def write_demo_config(
     image: str = RUNNER_IMAGE,
     extra_pool: str = "",
     runner_prefix: str = "gantryd",
+    source: str = "webhook",
 ) -> Path:
     """A complete config.toml for the stand-in stack; credentials files beside it, mode 0600."""
     _write_private(
@@ -72,6 +73,11 @@ def write_demo_config(
         ),
     )
     _write_private(workdir / "webhook-secret", webhook_secret.encode())
+    scale_set = source == "scale-set"
+    # A scale-set pool registers its scale set in the organization; no webhook reaches it.
+    github_extra = 'organizations = ["octo-org"]' if scale_set else ""
+    webhook = "" if scale_set else 'webhook_secret_file = "webhook-secret"'
+    pool_source = 'source = "scale-set"\nscope = "organization"' if scale_set else ""
     path = workdir / "config.toml"
     path.write_text(
         f"""\
@@ -87,7 +93,8 @@ api_url = "{api_url}"
 app_id = {APP_ID}
 runner_prefix = "{runner_prefix}"
 private_key_file = "app.pem"
-webhook_secret_file = "webhook-secret"
+{webhook}
+{github_extra}
 
 [queue]
 retry_attempts = 2
@@ -110,10 +117,22 @@ nofile = 4096
 tmp_size = "64MiB"
 pull_policy = "never"
 bootstrap_timeout = "2m"
+{pool_source}
 {extra_pool}
 """.replace("'", '"')
     )
     return path
+
+
+def demo_emulator(
+    key: rsa.RSAPrivateKey, repositories: Sequence[str] = DEMO_REPOSITORIES
+) -> Emulator:
+    """The GitHub stand-in the demo's App (``key``) is installed on."""
+    return Emulator(
+        app_id=APP_ID,
+        app_public_key=key.public_key(),
+        installations={INSTALLATION_ID: list(repositories)},
+    )
 
 
 @asynccontextmanager
@@ -123,20 +142,27 @@ async def demo_stack(
     repositories: Sequence[str] = DEMO_REPOSITORIES,
     exit_settle: float = 5.0,
     extra_pool: str = "",
-    instance: str | None = None,
     runner_prefix: str = "gantryd",
+    source: str = "webhook",
+    emulator: Emulator | None = None,
+    key: rsa.RSAPrivateKey | None = None,
+    instance: str | None = None,
 ) -> AsyncIterator[Stack]:
-    """Emulator + gantryd serving in this trio run; leaving the block stops both."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    """Emulator + gantryd serving in this trio run; leaving the block stops both.
+
+    ``source = "scale-set"``: the pool is a scale-set pool and no webhook is configured at the
+    emulator. A given ``emulator`` (made with ``key``, served by the caller) is used instead of
+    a new one, so a test can stop gantryd and start it again against the same GitHub."""
+    if key is None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     webhook_secret = secrets.token_hex(20)
     instance = instance or f"demo-{secrets.token_hex(3)}"
-    emulator = Emulator(
-        app_id=APP_ID,
-        app_public_key=key.public_key(),
-        installations={INSTALLATION_ID: list(repositories)},
-    )
     async with trio.open_nursery() as nursery:
-        api_url = await nursery.start(serve_emulator, emulator)
+        if emulator is None:
+            emulator = demo_emulator(key, repositories)
+            api_url = await nursery.start(serve_emulator, emulator)
+        else:
+            api_url = emulator.base_url
         config_path = write_demo_config(
             workdir,
             api_url=api_url,
@@ -145,6 +171,7 @@ async def demo_stack(
             instance=instance,
             extra_pool=extra_pool,
             runner_prefix=runner_prefix,
+            source=source,
         )
         daemon = Daemon(
             live=LiveConfig(load_config(config_path)),
@@ -152,7 +179,8 @@ async def demo_stack(
             exit_settle=exit_settle,
         )
         intake_url = await nursery.start(daemon.run)
-        emulator.add_hook(intake_url + "/webhook", webhook_secret)
+        if source == "webhook":
+            emulator.add_hook(intake_url + "/webhook", webhook_secret)
         yield Stack(emulator, daemon, intake_url, config_path, webhook_secret, instance)
         nursery.cancel_scope.cancel()
 
@@ -183,11 +211,16 @@ async def _approval_case(stack: Stack) -> tuple[int, str, bool]:
     return job.id, repository, False
 
 
-async def _demo(jobs: int) -> int:
+async def _demo(jobs: int, source: str) -> int:
     with tempfile.TemporaryDirectory(prefix="gantryd-demo-") as tmp:
-        async with demo_stack(Path(tmp)) as stack:
+        async with demo_stack(Path(tmp), source=source) as stack:
             emulator = stack.emulator
             print(f"demo: emulator at {emulator.base_url}, gantryd intake at {stack.intake_url}")
+            if source == "scale-set":
+                print(
+                    "demo: the pool is a runner scale set: gantryd long-polls the emulated "
+                    "Actions service, no webhook is configured"
+                )
             started = time.monotonic()
             hosted = emulator.create_job(
                 DEMO_REPOSITORIES[0], ["ubuntu-latest"], "true", name="hosted"
@@ -230,10 +263,10 @@ async def _demo(jobs: int) -> int:
         return 0 if ok else 1
 
 
-def run_demo(*, jobs: int = 5) -> int:
+def run_demo(*, jobs: int = 5, source: str = "webhook") -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
     )
     for noisy in ("httpx", "httpcore", "hypercorn.error", "hypercorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return trio.run(_demo, jobs)
+    return trio.run(_demo, jobs, source)

@@ -17,6 +17,7 @@ from agent.config.schema import Config as Config
 from agent.config.schema import ConfigError as ConfigError
 from agent.config.schema import GitHubConfig as GitHubConfig
 from agent.config.schema import PoolConfig as PoolConfig
+from agent.config.schema import PoolSource as PoolSource
 from agent.config.schema import PriorityRule as PriorityRule
 from agent.config.schema import PullPolicy as PullPolicy
 from agent.config.schema import QueueConfig as QueueConfig

@@ -30,6 +30,7 @@ from agent.config.schema import (
     ConfigError,
     GitHubConfig,
     PoolConfig,
+    PoolSource,
     PriorityRule,
     QueueConfig,
     SchedulerConfig,
@@ -86,7 +87,9 @@ def _server(loader: Loader, document: Mapping[str, object]) -> ServerConfig:
     )
 
 
-def _github(loader: Loader, document: Mapping[str, object]) -> GitHubConfig:
+def _github(
+    loader: Loader, document: Mapping[str, object], *, needs_webhooks: bool = True
+) -> GitHubConfig:
     t = get_table(loader, document, "github")
     d = GitHubConfig()
     api_url = t.string("api_url", d.api_url)
@@ -119,11 +122,12 @@ def _github(loader: Loader, document: Mapping[str, object]) -> GitHubConfig:
         raise t.error("token_file", f"give either {app} or token_file, not both")
     if private_key_file is None and token_file is None:
         raise loader.error("github", f"no GitHub credentials: set {app}, or token_file")
-    if not secret_files:
+    if not secret_files and needs_webhooks:
         raise t.error(
             "webhook_secret_files",
             "missing; set webhook_secret_file to the file "
-            "holding the webhook secret configured at GitHub",
+            "holding the webhook secret configured at GitHub (only pools with "
+            'source = "scale-set" need none)',
         )
     if len(secret_files) > 2:
         raise t.error("webhook_secret_files", "at most 2 files (the current and the next secret)")
@@ -227,6 +231,8 @@ def _pool(t: Table, github: GitHubConfig) -> PoolConfig:
             'has no effect with scope = "repository" (repository runners '
             "always join the Default group)",
         )
+    source = t.choice("source", d.source)
+    scale_set_name, scale_set_target = _scale_set(t, name, scope, source, github)
     min_idle = t.integer("min_idle", d.min_idle)
     warm_repositories = t.strings(
         "warm_repositories", pattern=_REPOSITORY, rule='write "owner/name"'
@@ -236,7 +242,7 @@ def _pool(t: Table, github: GitHubConfig) -> PoolConfig:
     max_runners = t.integer("max_runners", d.max_runners, minimum=1)
     if min_idle > max_runners:
         raise t.error("min_idle", f"{min_idle} is more than max_runners ({max_runners})")
-    if min_idle and scope is Scope.REPOSITORY and not warm_repositories:
+    if min_idle and scope is Scope.REPOSITORY and not warm_repositories and source is d.source:
         t.warn(
             "min_idle",
             "has no effect: warm runners need a place to register; list repositories in "
@@ -270,6 +276,9 @@ def _pool(t: Table, github: GitHubConfig) -> PoolConfig:
             pattern=re.compile(r".*\S.*"),
             rule="name a runner group",
         ),
+        source=source,
+        scale_set_name=scale_set_name,
+        scale_set_target=scale_set_target,
         min_idle=min_idle,
         warm_repositories=warm_repositories,
         max_runners=max_runners,
@@ -298,6 +307,45 @@ def _pool(t: Table, github: GitHubConfig) -> PoolConfig:
     )
 
 
+def _scale_set(
+    t: Table, name: str, scope: Scope, source: PoolSource, github: GitHubConfig
+) -> tuple[str, str]:
+    """A scale-set pool's scale set name and where it registers (an organization login or
+    "owner/name", per ``scope``); both "" for a webhook pool."""
+    keys = ("scale_set_name", "scale_set_target")
+    if source is PoolSource.WEBHOOK:
+        for key in keys:
+            if t.has(key):
+                t.warn(key, 'has no effect with source = "webhook"')
+        return "", ""
+    scale_set_name = t.string(
+        "scale_set_name", name, pattern=re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,44}"),
+        rule="use 1-45 letters, digits, '_', '.' or '-', starting with a letter or digit",
+    )  # fmt: skip
+    target = t.string("scale_set_target", "")
+    if scope is Scope.ORGANIZATION:
+        if not target:
+            if len(github.organizations) != 1:
+                raise t.error(
+                    "scale_set_target",
+                    "missing; name the organization the scale set registers in "
+                    f"(github.organizations lists {len(github.organizations)})",
+                )
+            target = github.organizations[0]
+        if not _ORGANIZATION.fullmatch(target):
+            raise t.error(
+                "scale_set_target",
+                f'"{target}" is not an organization login (scope = "organization")',
+            )
+    elif not _REPOSITORY.fullmatch(target):
+        raise t.error(
+            "scale_set_target",
+            ("missing; " if not target else f'"{target}" is not valid: ')
+            + 'a scope = "repository" scale set registers in one repository: write "owner/name"',
+        )
+    return scale_set_name, target
+
+
 def _pools(
     loader: Loader,
     document: Mapping[str, object],
@@ -313,6 +361,13 @@ def _pools(
         if any(other.name == pool.name for other in pools):
             raise table.error("name", f'another [[pool]] is already named "{pool.name}"')
         pools.append(pool)
+    scale_sets = [
+        (p.scale_set_target.lower(), p.scale_set_name.lower()) for p in pools if p.scale_set_name
+    ]
+    if len(set(scale_sets)) < len(scale_sets):
+        raise loader.error(
+            "pool", "two scale-set pools name the same scale_set_name and scale_set_target"
+        )
     _check_budget(loader, pools, scheduler)
     return tuple(pools)
 
@@ -432,7 +487,11 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Conf
         raise loader.error("", f"cannot read: {exc.strerror or exc}") from None
     Table(loader, "", document).check_keys("")
     server = _server(loader, document)
-    github = _github(loader, document)
+    pools = document.get("pool")
+    only_scale_sets = isinstance(pools, list) and all(
+        isinstance(p, dict) and p.get("source") == PoolSource.SCALE_SET.value for p in pools
+    )
+    github = _github(loader, document, needs_webhooks=not (pools and only_scale_sets))
     queue = _queue(loader, document)
     scheduler = _scheduler(loader, document)
     pools = _pools(loader, document, github, scheduler)

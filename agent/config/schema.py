@@ -79,6 +79,13 @@ class Scope(enum.StrEnum):
     ORGANIZATION = "organization"  # runner registered on the org, in a runner group
 
 
+class PoolSource(enum.StrEnum):
+    """Where a pool learns of its jobs."""
+
+    WEBHOOK = "webhook"  # workflow_job deliveries to the intake (needs a public endpoint)
+    SCALE_SET = "scale-set"  # a listener long-polls GitHub's Actions service (outbound only)
+
+
 class SecurityProfile(enum.StrEnum):
     STRICT = "strict"  # no capabilities, no-new-privileges: see agent/container/security.py
     SUDO = "sudo"  # as strict, but sudo works: setuid/setgid/audit_write, new privileges allowed
@@ -156,6 +163,12 @@ class PoolConfig:
     image: str = live("ghcr.io/actions/actions-runner:latest")
     scope: Scope = live(Scope.REPOSITORY)
     runner_group: str = live("Default")  # organization scope only
+    # The listener opens the scale set and its session once, at start.
+    source: PoolSource = restart(PoolSource.WEBHOOK)
+    scale_set_name: str = restart("")  # "" = the pool's name
+    # Where the scale set registers: an organization login (scope = "organization") or
+    # "owner/name" (scope = "repository"); "" = the one organization in github.organizations.
+    scale_set_target: str = restart("")
     min_idle: int = live(0)
     # Where warm runners of a repository-scope pool register (spread evenly); an
     # organization-scope pool registers them in each of github.organizations.
@@ -269,10 +282,15 @@ def _restart_values(config: Config) -> dict[str, object]:
             items = [(table, held)]
         for where, item in items:
             for f in _setting_fields(cls):
-                if f.metadata[_RELOAD] is Reload.RESTART:
-                    effective = f.metadata.get(_EFFECTIVE)
-                    source = config if effective else item
-                    values[f"{where}.{f.name}"] = getattr(source, effective or f.name)
+                if f.metadata[_RELOAD] is not Reload.RESTART:
+                    continue
+                effective = f.metadata.get(_EFFECTIVE)
+                value = getattr(config if effective else item, effective or f.name)
+                # In an array of tables a key left at its default is left out: a pool added,
+                # removed or renamed with it (a webhook pool) is live.
+                if isinstance(held, tuple) and value == f.default:
+                    continue
+                values[f"{where}.{f.name}"] = value
     return values
 
 

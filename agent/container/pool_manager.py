@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -47,7 +47,7 @@ from agent.container.lifecycle import (
 )
 from agent.container.monitoring import DockerHealth, watch_events
 from agent.container.policy import Verdict, decide
-from agent.container.provisioning import Provisioner
+from agent.container.provisioning import JitSource, Provisioner
 from agent.container.registry import Registry
 from agent.container.removal import Removal
 from agent.container.runner_spec import new_runner
@@ -98,6 +98,7 @@ class PoolManager:
         host_memory: int | None = None,
         secrets: SecretStore | None = None,
         observer: PoolObserver | None = None,
+        jit_sources: Mapping[str, JitSource] | None = None,
     ) -> None:
         self._live = live
         self._queue = queue
@@ -143,6 +144,7 @@ class PoolManager:
             clock=clock,
             instance=instance,
             limiter=self.provisioning,
+            jit_sources=jit_sources,
         )
         self._assignments = Assignments(
             live=live,

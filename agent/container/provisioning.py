@@ -9,7 +9,7 @@ secrets error fails the runner and counts an attempt against its job.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
@@ -28,10 +28,13 @@ from agent.container.registry import Registry
 from agent.container.removal import Removal
 from agent.container.runner_spec import container_spec
 from agent.container.secret_injection import injection
-from agent.github.client import GitHubClient, GitHubError
+from agent.github.client import GitHubClient, GitHubError, JitConfig
 from agent.secrets import SecretsError, SecretStore
 
 log = logging.getLogger(__name__)
+
+# A scale-set pool's runners register inside its scale set: name -> JIT config (the listener's).
+JitSource = Callable[[str], Awaitable[JitConfig]]
 
 
 class Provisioner:
@@ -51,6 +54,7 @@ class Provisioner:
         clock: Callable[[], float],
         instance: str,
         limiter: trio.CapacityLimiter,
+        jit_sources: Mapping[str, JitSource] | None = None,
     ) -> None:
         self._github = github
         self._docker = docker
@@ -63,6 +67,7 @@ class Provisioner:
         self._clock = clock
         self._instance = instance
         self._limiter = limiter
+        self._jit_sources = jit_sources or {}
 
     async def provision(self, runner: Runner, pool: PoolConfig) -> None:
         """Register and start ``runner`` (already in the registry, CREATING) as an IDLE one."""
@@ -89,9 +94,12 @@ class Provisioner:
             runner.target.path,
         )
 
-    async def _bring_up(self, runner: Runner, pool: PoolConfig) -> None:
-        runner.image_digest = await self._images.ensure(pool)
-        jit = await self._github.generate_jitconfig(
+    async def _jit_config(self, runner: Runner, pool: PoolConfig) -> JitConfig:
+        """From the pool's scale set if it has one, else GitHub's REST generate-jitconfig."""
+        source = self._jit_sources.get(pool.name)
+        if source is not None:
+            return await source(runner.name)
+        return await self._github.generate_jitconfig(
             runner.target,
             name=runner.name,
             labels=pool.labels,
@@ -101,6 +109,10 @@ class Provisioner:
             ),
             installation_id=runner.installation_id,
         )
+
+    async def _bring_up(self, runner: Runner, pool: PoolConfig) -> None:
+        runner.image_digest = await self._images.ensure(pool)
+        jit = await self._jit_config(runner, pool)
         runner.runner_id = jit.runner_id
         await self._registry.save(runner)
         runner.container_id = await self._docker.create(

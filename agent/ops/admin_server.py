@@ -28,8 +28,8 @@ import os
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -65,6 +65,7 @@ from agent.ops.protocol import (
 )
 from agent.ops.secrets_api import answer_secrets
 from agent.ops.usage import UsageTracker
+from agent.orchestrator.listener import ListenerStatus
 from agent.queue.base import JobQueue, JobState, QueuedJob, QueueError
 from agent.reload import LiveConfig
 from agent.secrets import SecretsError, SecretStore
@@ -126,6 +127,7 @@ class AdminApp:
     secrets: SecretStore | None = None
     gc: Callable[[], Awaitable[list[str]]] | None = None  # one GC pass: what it removed
     started_at: float = 0.0
+    listeners: Mapping[str, ListenerStatus] = field(default_factory=dict)  # by pool
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -233,6 +235,7 @@ class AdminApp:
                         if p == pool.name and n
                     },
                     notes=self.pools.pool_notes(pool.name),
+                    listener=_listener_text(self.listeners.get(pool.name)),
                 )
             )
         return Status(
@@ -308,6 +311,13 @@ class AdminApp:
         if self.secrets is None:
             raise AdminError(503, "the secrets store is not open")
         return await answer_secrets(self.secrets, method, rest, query, body, actor="admin socket")
+
+
+def _listener_text(status: ListenerStatus | None) -> str | None:
+    if status is None:
+        return None
+    text = f"{status.state.value} (scale set {status.scale_set})"
+    return f"{text}: {status.reason}" if status.reason else text
 
 
 def _with_positions(jobs: list[QueuedJob], now: float) -> tuple[JobInfo, ...]:

@@ -78,6 +78,8 @@ class PoolStatus:
     runners: dict[RunnerState, int]  # only states with runners
     queue: dict[JobState, int]  # only states with entries
     notes: tuple[str, ...] = ()  # why it is held, which repositories it never serves
+    # scale-set pools: "listening", or the state and why (a session conflict waited out)
+    listener: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from agent.container.docker_api import DockerAPI
 from agent.container.gc import collect_garbage
@@ -24,6 +27,7 @@ from agent.ops.admin_server import AdminApp, serve_admin
 from agent.ops.metrics import CounterView, ErrorCounter, Metrics
 from agent.ops.metrics_server import serve_metrics
 from agent.ops.sampler import Sampler, Sources
+from agent.orchestrator.listener import Listener, ListenerState
 from agent.orchestrator.scheduler import Scheduler
 from agent.orchestrator.webhook import WebhookApp
 from agent.queue.base import JobQueue
@@ -48,6 +52,7 @@ class Services:
     notifier: Notifier
     secrets: SecretStore | None
     instance: str
+    listeners: tuple[Listener, ...] = ()  # one per scale-set pool
 
 
 def status_line(services: Services, sampler: Sampler) -> str:
@@ -79,8 +84,41 @@ async def collect_garbage_now(services: Services) -> list[str]:
     return [*collected.containers, *collected.volumes, *collected.networks]
 
 
+class ListenerMetrics(Collector):
+    """``gantryd_listener_up{pool}`` (1 while the session is open and polled), messages
+    handled, jobs queued, and the scale set's assigned jobs and runner target, per pool."""
+
+    def __init__(self, listeners: Sequence[Listener]) -> None:
+        self._listeners = listeners
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        up = GaugeMetricFamily(
+            "gantryd_listener_up", "1 while the pool's scale-set session is open.", labels=["pool"]
+        )
+        messages = CounterMetricFamily(
+            "gantryd_listener_messages", "Scale-set messages handled.", labels=["pool"]
+        )
+        jobs = CounterMetricFamily(
+            "gantryd_listener_jobs_queued", "Jobs the listener queued.", labels=["pool"]
+        )
+        target = GaugeMetricFamily(
+            "gantryd_listener_target_runners",
+            "min(max_runners, totalAssignedJobs + min_idle) of the scale set.",
+            labels=["pool"],
+        )
+        for listener in self._listeners:
+            status = listener.status
+            up.add_metric([status.pool], float(status.state is ListenerState.LISTENING))
+            messages.add_metric([status.pool], status.messages)
+            jobs.add_metric([status.pool], status.jobs_enqueued)
+            target.add_metric([status.pool], status.target)
+        yield from (up, messages, jobs, target)
+
+
 def _register_views(metrics: Metrics, services: Services) -> None:
     pools, intake = services.pools, services.intake
+    if services.listeners:
+        metrics.registry.register(ListenerMetrics(services.listeners))
     metrics.registry.register(
         CounterView(
             "gantryd_webhook_answers",
@@ -139,6 +177,7 @@ async def run_operations(
         secrets=services.secrets,
         gc=partial(collect_garbage_now, services),
         started_at=time.time(),
+        listeners={x.pool_name: x.status for x in services.listeners},
     )
     errors = ErrorCounter(metrics)
     logging.getLogger().addHandler(errors)

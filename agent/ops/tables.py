@@ -86,6 +86,7 @@ def format_status(status: Status, now: float | None = None) -> str:
             ],
         ),
         *(f"pool {p.name} {note}" for p in status.pools for note in p.notes),
+        *[f"  {p.name}: listener {p.listener}" for p in status.pools if p.listener],
         "",
         "RUNNERS",
     ]

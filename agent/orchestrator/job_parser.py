@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from agent.config import Config, PoolConfig, PriorityRule, Scope
+from agent.config import Config, PoolConfig, PoolSource, PriorityRule, Scope
 from agent.github.paths import InvalidName, check_full_name, check_owner
 from agent.queue.base import JobSpec
 
@@ -218,10 +218,18 @@ def priority_for(event: WorkflowJobEvent, pool: PoolConfig, rules: tuple[Priorit
 
 
 def job_spec(event: WorkflowJobEvent, config: Config) -> JobSpec | None:
-    """The queue entry for a job gantryd serves, or None when no pool matches its labels."""
+    """The queue entry for a job gantryd serves, or None when no pool matches its labels.
+
+    A job that fits a ``source = "scale-set"`` pool best is that pool's listener's: GitHub
+    routes it to the scale set and still sends its webhooks, which must not serve it again."""
     pool = match_pool(event.labels, config.pools, group=event.runner_group)
-    if pool is None:
+    if pool is None or pool.source is not PoolSource.WEBHOOK:
         return None
+    return spec_in_pool(event, pool, config)
+
+
+def spec_in_pool(event: WorkflowJobEvent, pool: PoolConfig, config: Config) -> JobSpec:
+    """The queue entry for ``event`` served by ``pool``."""
     return JobSpec(
         job_id=event.job_id,
         run_id=event.run_id,

@@ -12,6 +12,7 @@ from agent.config import (
     ConfigError,
     GitHubConfig,
     PoolConfig,
+    PoolSource,
     QueueConfig,
     SchedulerConfig,
     SecurityProfile,
@@ -434,12 +435,51 @@ INVALID = [
         "missing",
     ),
     (
+        "scale set without a target",
+        minimal(pool='source = "scale-set"'),
+        'pool "default".scale_set_target',
+        'write "owner/name"',
+    ),
+    (
+        "scale set at an unnamed organization",
+        minimal(
+            github=GITHUB + 'organizations = ["a", "b"]\n',
+            pool='source = "scale-set"\nscope = "organization"',
+        ),
+        'pool "default".scale_set_target',
+        "github.organizations lists 2",
+    ),
+    (
+        "unknown source",
+        minimal(pool='source = "scaleset"'),
+        'pool "default".source',
+        '"webhook", "scale-set"',
+    ),
+    (
         "rule unknown key",
         minimal(extra="[[priority]]\npriority = 1\nrepo = 'a/b'"),
         "priority[1].repo",
         "did you mean repository",
     ),
 ]
+
+
+def test_scale_set_pools_need_no_webhook_secret(etc: Path) -> None:
+    """Only scale-set pools: no webhook reaches gantryd, so no secret is asked for; the scale
+    set defaults to the pool's name and the one listed organization."""
+    github = GITHUB.replace('webhook_secret_file = "webhook-secret"\n', "")
+    text = minimal(
+        github=github + 'organizations = ["acme"]\n',
+        pool='source = "scale-set"\nscope = "organization"\nrunner_group = "ci"',
+    )
+    pool = load_config(write(etc, text)).pools[0]
+    assert (pool.source, pool.scale_set_name, pool.scale_set_target) == (
+        PoolSource.SCALE_SET,
+        "default",
+        "acme",
+    )
+    with pytest.raises(ConfigError, match="webhook_secret_files: missing"):
+        load_config(write(etc, minimal(github=github)))
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,8 @@ def test_restart_required_follows_the_metadata_of_each_key(config: Config, key: 
         assert reported == []
     elif key == "server.state_dir":  # the default queue file is in it
         assert reported == ["server.state_dir", "queue.path"]
+    elif key.startswith("pool."):  # pools are named by name
+        assert reported == [f'pool "{config.pools[0].name}".{key.split(".")[1]}']
     else:
         assert reported == [key]
 

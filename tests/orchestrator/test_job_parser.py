@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from agent.config import (
     Config,
     GitHubConfig,
     PoolConfig,
+    PoolSource,
     PriorityRule,
     QueueConfig,
     SchedulerConfig,
@@ -177,3 +179,17 @@ def test_the_runner_group_is_read_from_the_payload() -> None:
     assert spec is not None and spec.pool == "org"
     payload["workflow_job"]["runner_group_name"] = "elsewhere"
     assert job_spec(parse_workflow_job(payload), config) is None
+
+
+def test_a_job_of_a_scale_set_pool_is_not_the_webhooks() -> None:
+    """GitHub sends webhooks for scale-set jobs too: the listener serves them, not intake."""
+    pools = (
+        PoolConfig(name="nat", labels=("self-hosted", "linux"), source=PoolSource.SCALE_SET),
+        PoolConfig(name="web", labels=("self-hosted", "linux", "x64")),
+    )
+    config = dataclasses.replace(make_config(), pools=pools)
+    assert job_spec(parse_workflow_job(PAYLOAD), config) is None  # self-hosted, Linux
+    payload = copy.deepcopy(PAYLOAD)
+    payload["workflow_job"]["labels"] = ["self-hosted", "x64"]
+    spec = job_spec(parse_workflow_job(payload), config)
+    assert spec is not None and spec.pool == "web"

@@ -409,7 +409,8 @@ class SQLiteQueue:
                 if state is JobState.QUEUED:
                     ready[pool, priority] = n
             for pool, priority, n in conn.execute(
-                "SELECT pool, priority, count(*) FROM jobs WHERE state = 'queued' "
+                "SELECT pool, priority, count(*) FROM jobs INDEXED BY jobs_delayed "
+                "WHERE state = 'queued' "
                 "AND not_before > enqueued_at AND not_before > ? GROUP BY pool, priority",
                 (now,),
             ):

@@ -10,7 +10,8 @@ the last completes. Figures: jobs/min; p50/p95 from the ``queued`` webhook's arr
 runner (the stand-in's ``started_at``); gantryd's CPU ms per job (utime+stime of its process from
 /proc over the run); this process's CPU apart (the stand-in plays GitHub, and drives the run: not
 gantryd's cost). Baseline: R threads doing docker-py create + start + wait + remove of the same
-image running ``true``, N containers in all. Everything labelled with the run's instance is
+image running ``true``, N containers in all (latency from the loop's start: all N wait at once,
+as the N jobs do). Everything labelled with the run's instance is
 removed at the end and checked: exit status 1, with the list, if anything is left.
 """
 
@@ -64,7 +65,8 @@ def quantile(samples: list[float], q: float) -> float:
 
 
 def docker_py_loop(jobs: int, runners: int, tag: str) -> tuple[float, list[float]]:
-    """(seconds for all, create -> started per container), ``runners`` threads at a time."""
+    """(seconds for all, loop start -> started per container: all N are "queued" at once, as
+    the N jobs are for gantryd), ``runners`` threads at a time."""
     client = docker.from_env()
     left = iter(range(jobs))
     lock = threading.Lock()
@@ -75,24 +77,23 @@ def docker_py_loop(jobs: int, runners: int, tag: str) -> tuple[float, list[float
             with lock:
                 if next(left, None) is None:
                     return
-            started = time.perf_counter()
             c = client.containers.create(
                 RUNNER_IMAGE, ["true"], network_mode="host", labels={BENCH_LABEL: tag}
             )
             c.start()
-            up = time.perf_counter() - started
+            up = time.perf_counter() - t0
             c.wait()
             c.remove(force=True)
             with lock:
                 latencies.append(up)
 
-    started = time.perf_counter()
+    t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(runners)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return time.perf_counter() - started, latencies
+    return time.perf_counter() - t0, latencies
 
 
 async def through_gantryd(jobs: int, runners: int, instance: str) -> dict[str, float]:
@@ -178,7 +179,7 @@ async def measure(jobs: int, runner_counts: list[int]) -> int:
     load = os.getloadavg()
     client = docker.from_env()
     tag = f"e2e-{secrets.token_hex(3)}"
-    left: list[str] = []
+    daemon_left: list[str] = []
     print(f"e2e benchmark: {jobs} jobs (script `true`), image {RUNNER_IMAGE}")
     for runners in runner_counts:
         instance = f"{tag}-{runners}"
@@ -187,9 +188,8 @@ async def measure(jobs: int, runner_counts: list[int]) -> int:
         for c in client.containers.list(
             all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"}
         ):
-            left.append(f"{c.name} ({c.status}, removed)")
+            daemon_left.append(f"{c.name} ({c.status})")
             c.remove(force=True)
-        left += leftovers(client, instance, tag)
         base_rate = jobs / base_s * 60
         print(f"\n{runners} runners")
         print(
@@ -198,7 +198,7 @@ async def measure(jobs: int, runner_counts: list[int]) -> int:
         )
         print(
             f"  webhook arrival -> job started: p50 {ours['p50'] * 1000:.0f} ms, "
-            f"p95 {ours['p95'] * 1000:.0f} ms; docker-py create -> started p50 "
+            f"p95 {ours['p95'] * 1000:.0f} ms; docker-py loop start -> started p50 "
             f"{statistics.median(base_lat) * 1000:.0f} ms, "
             f"p95 {quantile(base_lat, 0.95) * 1000:.0f} ms"
         )
@@ -208,6 +208,11 @@ async def measure(jobs: int, runner_counts: list[int]) -> int:
             f"{ours['this process (stand-in) CPU ms/job']:.1f} ms/job"
         )
     print(f"\nload average at start {load[0]:.2f}, at end {os.getloadavg()[0]:.2f}")
+    if daemon_left:
+        print("gantryd left these after SIGTERM (now removed):", *daemon_left, sep="\n  ")
+    left = [
+        name for runners in runner_counts for name in leftovers(client, f"{tag}-{runners}", tag)
+    ]
     if left:
         print("left on the engine:", *left, sep="\n  ")
         return 1

@@ -168,7 +168,9 @@ async def measure(runs: int) -> int:
                     )
                     await emulator.wait_job(job.id, "completed")
     # The daemon leaves its warm runner behind on shutdown (issue 16): remove it, then check.
+    daemon_left = []
     for c in client.containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"}):
+        daemon_left.append(f"{c.name} ({c.status})")
         c.remove(force=True)
     left = leftovers(client, instance, tag)
 
@@ -194,6 +196,8 @@ async def measure(runs: int) -> int:
             f"warm: the runner took the job {-warm * 1000:.1f} ms before the webhook "
             "reached gantryd (GitHub hands it over, gantryd is not on the path)"
         )
+    if daemon_left:
+        print("gantryd left these on shutdown (now removed):", *daemon_left, sep="\n  ")
     if left:
         print("left on the engine:", *left, sep="\n  ")
         return 1

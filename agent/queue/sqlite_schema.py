@@ -96,10 +96,7 @@ def _schema_v3(db: sqlite_utils.Database) -> None:
         "priority INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pool, state, priority)) "
         "WITHOUT ROWID"
     )
-    db.execute(
-        "INSERT INTO job_counts (pool, state, priority, n) "
-        "SELECT pool, state, priority, count(*) FROM jobs GROUP BY pool, state, priority"
-    )
+    rebuild_job_counts(db.conn)
     add = (
         "INSERT INTO job_counts (pool, state, priority, n) "
         "VALUES (new.pool, new.state, new.priority, 1) "
@@ -119,6 +116,16 @@ def _schema_v3(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS = (_schema_v1, _schema_v2, _schema_v3)
+
+
+def rebuild_job_counts(conn: sqlite3.Connection) -> None:
+    """``job_counts`` recomputed from ``jobs``: at the v3 migration, and wherever rows reach
+    ``jobs`` without the triggers (a recovered copy of a damaged file)."""
+    conn.execute("DELETE FROM job_counts")
+    conn.execute(
+        "INSERT INTO job_counts (pool, state, priority, n) "
+        "SELECT pool, state, priority, count(*) FROM jobs GROUP BY pool, state, priority"
+    )
 
 
 def job_from_row(row: sqlite3.Row | tuple[Any, ...]) -> QueuedJob:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.config import load_config
+from agent.container.docker_api import DockerAPI
 from agent.daemon import Daemon
 from agent.emulator.server import serve_emulator
 from agent.emulator.state import Emulator
@@ -185,6 +186,19 @@ async def demo_stack(
         nursery.cancel_scope.cancel()
 
 
+async def remove_leftovers(instance: str) -> list[str]:
+    """Remove every container labelled with this demo's ``instance`` and name them: a run must
+    leave nothing of its own on the engine, and no later GC would collect another instance's."""
+    docker = await trio.to_thread.run_sync(DockerAPI)
+    try:
+        found = await docker.list_managed(instance=instance)
+        for info in found:
+            await docker.remove(info.id)
+        return [f"{info.name} ({info.state})" for info in found]
+    finally:
+        docker.close()
+
+
 async def _approval_case(stack: Stack) -> tuple[int, str, bool]:
     """A deploy job behind an environment with required reviewers: gantryd holds it (its
     check run says "Waiting for approval", no runner starts), then runs it once approved."""
@@ -259,8 +273,11 @@ async def _demo(jobs: int, source: str) -> int:
             assert stack.daemon.pools is not None
             with trio.fail_after(30):
                 await stack.daemon.pools.wait_no_runners()
+        left = await remove_leftovers(stack.instance)
+        if left:
+            print("demo: containers were left on the engine (now removed):", *left, sep="\n  ")
         print("demo: every runner container was removed" if ok else "demo: unexpected results")
-        return 0 if ok else 1
+        return 0 if ok and not left else 1
 
 
 def run_demo(*, jobs: int = 5, source: str = "webhook") -> int:

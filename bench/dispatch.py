@@ -1,15 +1,23 @@
-"""Dispatch benchmark: webhook -> runner container running, beside a raw ``docker run``, one run.
+"""Dispatch benchmark: webhook -> runner container running, beside the engine's own limit, one run.
 
     .venv/bin/python bench/dispatch.py [--runs N]
 
-Needs the Docker Engine and the stand-in runner image (images/runner/build.sh). Three figures,
-samples interleaved so both sides see the same machine state:
+Needs the Docker Engine and the stand-in runner image (images/runner/build.sh). Samples are
+interleaved so every side sees the same machine state, and each is taken on a quiet engine:
+before timing, the previous iteration's containers are gone (removals finished) and gantryd has
+no job runner left. Figures are ratios to baselines from the same run (the machine is shared):
 
-- cold: the emulator queues a job (its signed ``queued`` webhook goes to gantryd, which enqueues,
-  claims, registers a JIT runner, creates and starts the container) until gantryd has started the
-  runner container; baseline: ``docker run -d`` of the same image (returns once it has started).
-- warm: with ``min_idle = 1``, the job is queued while a warm runner waits; time until GitHub (the
-  stand-in) has given it to that runner (``in_progress``), no container start on the way.
+- limit: docker-py ``create`` + ``start`` of the same image (what any client of the engine pays);
+- CLI: ``docker run -d`` (the same plus the CLI's own process start), for reference;
+- cold: the ``queued`` webhook's arrival at gantryd (the queue row's ``enqueued_at``, stamped by
+  the intake's enqueue) until gantryd has started the runner container; also from the emulator's
+  ``create_job`` (includes the stand-in's webhook delivery);
+- warm: ``min_idle = 1``: the job's start on the waiting runner (the stand-in's ``started_at``)
+  minus the webhook's arrival at gantryd. GitHub (and its stand-in) hands a queued job to an idle
+  matching runner itself, so this is usually negative: gantryd is not on a warm hit's path.
+
+Everything the run created (baseline containers and the daemon's own runners, warm ones included)
+is removed at the end and checked: exit status 1, with the list, if anything is left.
 """
 
 from __future__ import annotations
@@ -24,24 +32,54 @@ if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import argparse
 import logging
+import os
+import secrets
 import statistics
 import subprocess
 import tempfile
 import time
 
+import docker
 import trio
 
+from agent.container.docker_api import INSTANCE_LABEL
 from agent.container.lifecycle import RunnerState
 from agent.container.pool_manager import PoolManager
 from agent.demo import RUNNER_IMAGE, demo_stack
+from agent.emulator import Emulator
+from agent.queue.base import JobQueue
 
 WARM_POOL = 'min_idle = 1\nwarm_repositories = ["octo-org/lib"]\n'
+BENCH_LABEL = "io.gantryd.bench"
 
 
-def raw_docker_run() -> float:
+def docker_py_start(client: docker.DockerClient, tag: str) -> float:
+    """create + start through the engine API; the container is removed (and gone) on return."""
+    started = time.perf_counter()
+    container = client.containers.create(
+        RUNNER_IMAGE, ["sleep", "30"], network_mode="host", labels={BENCH_LABEL: tag}
+    )
+    container.start()
+    elapsed = time.perf_counter() - started
+    container.remove(force=True)  # returns once the engine has removed it
+    return elapsed
+
+
+def cli_start(tag: str) -> float:
     started = time.perf_counter()
     out = subprocess.run(
-        ["docker", "run", "-d", "--network", "host", RUNNER_IMAGE, "sleep", "30"],
+        [
+            "docker",
+            "run",
+            "-d",
+            "--network",
+            "host",
+            "--label",
+            f"{BENCH_LABEL}={tag}",
+            RUNNER_IMAGE,
+            "sleep",
+            "30",
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -66,43 +104,105 @@ async def started_at(pools: PoolManager, job_id: int) -> float:
     return started()[0]
 
 
-async def measure(runs: int) -> None:
-    cold: list[float] = []
-    raw: list[float] = []
-    warm: list[float] = []
+def finished_deliveries(emulator: Emulator) -> int:
+    return sum(d.status != "pending" for d in emulator.deliveries)
+
+
+async def arrived_at(emulator: Emulator, queue: JobQueue, job_id: int, before: int) -> float:
+    """The ``queued`` webhook's arrival at gantryd: the intake stamps the row when it enqueues
+    it. That webhook is the hook's next delivery after the ``before`` finished ones (each hook
+    delivers in order), and its 2xx means the row is committed."""
+    await emulator.wait_deliveries(before + 1)
+    job = await queue.get(job_id)
+    assert job is not None, f"job {job_id}: queued webhook answered but no queue row"
+    return job.enqueued_at
+
+
+async def quiet(pools: PoolManager) -> None:
+    """Only the warm runner is left and it is waiting: no removal in flight."""
+    await pools.wait_until(
+        lambda: (
+            all(r.warm for r in pools.runners())
+            and any(r.warm and r.state is RunnerState.IDLE for r in pools.runners())
+        )
+    )
+
+
+def leftovers(client: docker.DockerClient, instance: str, tag: str) -> list[str]:
+    found = client.containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"})
+    found += client.containers.list(all=True, filters={"label": f"{BENCH_LABEL}={tag}"})
+    return [f"{c.name} ({c.status})" for c in found]
+
+
+async def measure(runs: int) -> int:
+    samples: dict[str, list[float]] = {k: [] for k in ("py", "cli", "cold", "cold_e", "warm")}
+    client = docker.from_env()
+    tag = f"dispatch-{secrets.token_hex(3)}"
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="gantryd-bench-") as tmp:
         async with demo_stack(Path(tmp), extra_pool=WARM_POOL) as stack:
-            pools = stack.daemon.pools
-            assert pools is not None
-            emulator = stack.emulator
+            pools, queue, emulator = stack.daemon.pools, stack.daemon.queue, stack.emulator
+            assert pools is not None and queue is not None
+            instance = stack.instance
             for _ in range(runs):
-                raw.append(await trio.to_thread.run_sync(raw_docker_run))
-                started = time.time()  # the clock the runner's state_since comes from
-                job = emulator.create_job("octo-org/app", ["self-hosted"], "sleep 2")
+                with trio.fail_after(120):
+                    await quiet(pools)
+                samples["py"].append(await trio.to_thread.run_sync(docker_py_start, client, tag))
+                samples["cli"].append(await trio.to_thread.run_sync(cli_start, tag))
+                before = finished_deliveries(emulator)
+                created = time.time()  # the clock the runner's state_since comes from
+                job = emulator.create_job("octo-org/app", ["self-hosted"], "true")
                 with trio.fail_after(60):
-                    cold.append(await started_at(pools, job.id) - started)
-                    # a warm runner is waiting again
-                    await pools.wait_until(
-                        lambda: any(r.warm and r.state is RunnerState.IDLE for r in pools.runners())
-                    )
-                started = time.perf_counter()
+                    up = await started_at(pools, job.id)
+                    samples["cold"].append(up - await arrived_at(emulator, queue, job.id, before))
+                    samples["cold_e"].append(up - created)
+                    await emulator.wait_job(job.id, "completed")
+                    await quiet(pools)
+                before = finished_deliveries(emulator)
                 job = emulator.create_job("octo-org/lib", ["self-hosted"], "true")
                 with trio.fail_after(60):
-                    await emulator.wait_job(job.id, "in_progress")
-                warm.append(time.perf_counter() - started)
-            with trio.fail_after(120):
-                await pools.wait_until(lambda: all(r.warm for r in pools.runners()))
+                    taken = await emulator.wait_job(job.id, "in_progress")
+                    assert taken.started_at is not None
+                    samples["warm"].append(
+                        taken.started_at - await arrived_at(emulator, queue, job.id, before)
+                    )
+                    await emulator.wait_job(job.id, "completed")
+    # The daemon leaves its warm runner behind on shutdown (issue 16): remove it, then check.
+    daemon_left = []
+    for c in client.containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"}):
+        daemon_left.append(f"{c.name} ({c.status})")
+        c.remove(force=True)
+    left = leftovers(client, instance, tag)
 
-    def show(name: str, samples: list[float]) -> float:
-        median = statistics.median(samples)
-        print(f"{name:<44} median {median * 1000:7.1f} ms   min {min(samples) * 1000:7.1f} ms")
+    def show(name: str, key: str) -> float:
+        median = statistics.median(samples[key])
+        print(f"{name:<52} median {median * 1000:8.1f} ms   min {min(samples[key]) * 1000:8.1f} ms")
         return median
 
     print(f"dispatch benchmark, {runs} runs each, image {RUNNER_IMAGE}")
-    base = show("raw docker run -d (baseline)", raw)
-    ours = show("webhook -> runner container running (cold)", cold)
-    show("webhook -> job taken by a warm runner", warm)
-    print(f"cold / raw docker run = {ours / base:.2f}x (target <= 1.2x)")
+    print(f"load average at start {load[0]:.2f} {load[1]:.2f}, at end {os.getloadavg()[0]:.2f}")
+    limit = show("docker-py create + start (limit)", "py")
+    cli = show("docker run -d (CLI)", "cli")
+    cold = show("webhook arrival -> runner container started", "cold")
+    cold_e = show("emulator create_job -> runner container started", "cold_e")
+    warm = show("webhook arrival -> job started on warm runner", "warm")
+    print(f"cold (arrival) / docker-py = {cold / limit:.2f}x (target <= 1.1x)")
+    print(
+        f"cold (create_job) / docker-py = {cold_e / limit:.2f}x, "
+        f"CLI / docker-py = {cli / limit:.2f}x"
+    )
+    if warm < 0:
+        print(
+            f"warm: the runner took the job {-warm * 1000:.1f} ms before the webhook "
+            "reached gantryd (GitHub hands it over, gantryd is not on the path)"
+        )
+    if daemon_left:
+        print("gantryd left these on shutdown (now removed):", *daemon_left, sep="\n  ")
+    if left:
+        print("left on the engine:", *left, sep="\n  ")
+        return 1
+    print(f"nothing left on the engine (instance {instance}, label {BENCH_LABEL}={tag})")
+    return 0
 
 
 def main() -> None:
@@ -110,7 +210,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    trio.run(measure, args.runs)
+    sys.exit(trio.run(measure, args.runs))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER_IMAGE = "gantryd/stand-in-runner:latest"
+
+
+@pytest.fixture(autouse=True)
+def keep_umask() -> Iterator[None]:
+    """A daemon started in-process sets the process umask to 077 (agent/startup.py): put it back
+    so one test's daemon does not change the modes of what later tests create."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)
 
 
 @pytest.fixture(scope="session")

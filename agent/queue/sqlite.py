@@ -1,9 +1,11 @@
 """The SQLite (WAL) queue backend: the default, embedded, durable on ``synchronous=FULL``.
 
 Every transition is one ``BEGIN IMMEDIATE`` transaction on the single writer connection of
-``agent.db`` (state change, delivery id and outbox row together, or nothing). Claims take the
-head of a partial index of QUEUED rows with ``UPDATE … WHERE job_id IN (SELECT … ORDER BY
-priority DESC, seq LIMIT n) RETURNING …``, so the cost of a claim does not grow with the backlog.
+``agent.db`` (state change, delivery id and outbox row together, or nothing). Claims take, for
+each wanted pool that has QUEUED rows and is not paused (``job_counts`` says which), the head of
+that pool's part of the partial ready index (``pool, priority DESC, seq``), merged, with one
+``UPDATE … WHERE job_id IN (…) RETURNING …``: the cost of a claim does not grow with the
+backlog, and a claim that can find nothing is answered from a read without taking the writer.
 Time comes from the injected ``clock`` (unix seconds) so tests drive lease expiry and delays.
 The tables and the row helpers shared by the transactions are in ``agent.queue.sqlite_schema``.
 """
@@ -41,10 +43,12 @@ from agent.queue.sqlite_schema import (
     FINAL_SQL,
     MIGRATIONS,
     check_lease,
+    claim_may_find,
     job_from_row,
     new_delivery,
     next_seq,
     put_outbox,
+    queued_pools,
     state_of,
 )
 
@@ -140,19 +144,8 @@ class SQLiteQueue:
         self, n: int, *, lease_seconds: float, pools: Sequence[str] | None = None
     ) -> list[Lease]:
         now = self._clock()
-        pool_filter = ""
-        args: list[Any] = [now + lease_seconds, now, now]
-        if pools is not None:
-            pool_filter = f"AND pool IN ({', '.join('?' * len(pools))})"
-            args.extend(pools)
-        args.append(n)
-        sql = (
-            "UPDATE jobs SET state = 'claimed', lease_token = lower(hex(randomblob(16))), "
-            "lease_expires = ?, updated_at = ? WHERE job_id IN ("
-            "SELECT job_id FROM jobs WHERE state = 'queued' AND not_before <= ? "
-            f"AND pool NOT IN (SELECT pool FROM paused) {pool_filter} "
-            f"ORDER BY priority DESC, seq LIMIT ?) RETURNING {COLUMNS}, priority, seq"
-        )
+        if n > 0 and not await self._db.read(lambda conn: claim_may_find(conn, pools, now)):
+            return []  # nothing queued in these pools and no lease to expire: no write at all
 
         def tx(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             conn.execute(
@@ -160,7 +153,25 @@ class SQLiteQueue:
                 "updated_at = ? WHERE state = 'claimed' AND lease_expires <= ?",
                 (now, now),
             )
-            return [tuple(r) for r in conn.execute(sql, args)] if n > 0 else []
+            wanted = queued_pools(conn, pools) if n > 0 else []
+            if not wanted:
+                return []
+            # One head per pool, each read from that pool's part of the ready index, merged.
+            head = (
+                "SELECT * FROM (SELECT job_id, priority, seq FROM jobs WHERE state = 'queued' "
+                "AND pool = ? AND not_before <= ? ORDER BY priority DESC, seq LIMIT ?)"
+            )
+            sql = (
+                "UPDATE jobs SET state = 'claimed', lease_token = lower(hex(randomblob(16))), "
+                "lease_expires = ?, updated_at = ? WHERE job_id IN (SELECT job_id FROM ("
+                + " UNION ALL ".join([head] * len(wanted))
+                + f") ORDER BY priority DESC, seq LIMIT ?) RETURNING {COLUMNS}, priority, seq"
+            )
+            args: list[Any] = [now + lease_seconds, now]
+            for pool in wanted:
+                args.extend((pool, now, n))
+            args.append(n)
+            return [tuple(r) for r in conn.execute(sql, args)]
 
         rows = await self._db.write(tx)
         rows.sort(key=lambda r: (-r[12], r[13]))
@@ -397,28 +408,32 @@ class SQLiteQueue:
         return await self._db.read(q)
 
     async def counts(self) -> Counts:
+        """From ``job_counts`` (kept by triggers) less the few delayed rows: no backlog scan."""
         now = self._clock()
 
         def q(conn: sqlite3.Connection) -> Counts:
-            by_pool_state = {
-                (pool, JobState(state)): n
-                for pool, state, n in conn.execute(
-                    "SELECT pool, state, count(*) FROM jobs GROUP BY pool, state"
-                )
-            }
+            by_pool_state: dict[tuple[str, JobState], int] = {}
             by_state: dict[JobState, int] = {}
-            for (_, state), n in by_pool_state.items():
+            ready: dict[tuple[str, int], int] = {}
+            for pool, state_name, priority, n in conn.execute(
+                "SELECT pool, state, priority, n FROM job_counts WHERE n > 0"
+            ):
+                state = JobState(state_name)
+                by_pool_state[pool, state] = by_pool_state.get((pool, state), 0) + n
                 by_state[state] = by_state.get(state, 0) + n
-            ready = {
-                (pool, priority): n
-                for pool, priority, n in conn.execute(
-                    "SELECT pool, priority, count(*) FROM jobs "
-                    "WHERE state = 'queued' AND not_before <= ? GROUP BY pool, priority",
-                    (now,),
-                )
-            }
+                if state is JobState.QUEUED:
+                    ready[pool, priority] = n
+            for pool, priority, n in conn.execute(
+                "SELECT pool, priority, count(*) FROM jobs INDEXED BY jobs_delayed "
+                "WHERE state = 'queued' "
+                "AND not_before > enqueued_at AND not_before > ? GROUP BY pool, priority",
+                (now,),
+            ):
+                ready[pool, priority] -= n
             return Counts(
-                by_state=by_state, by_pool_state=by_pool_state, ready_by_pool_priority=ready
+                by_state=by_state,
+                by_pool_state=by_pool_state,
+                ready_by_pool_priority={k: v for k, v in ready.items() if v > 0},
             )
 
         return await self._db.read(q)

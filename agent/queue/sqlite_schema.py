@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 import sqlite_utils
@@ -76,7 +77,55 @@ def _schema_v2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX deliveries_seen_at ON deliveries (seen_at)")
 
 
-MIGRATIONS = (_schema_v1, _schema_v2)
+def _schema_v3(db: sqlite_utils.Database) -> None:
+    """Backlog-flat (issue 16): the ready index leads with the pool, so a claim for one pool
+    reads only that pool's rows (a paused or empty pool's claim no longer scans the backlog);
+    ``job_counts`` holds the rows per (pool, state, priority), kept by triggers in the same
+    transaction as every change to ``jobs``, so ``counts`` reads a few rows instead of two
+    ``GROUP BY`` scans; ``jobs_delayed`` indexes only QUEUED rows whose ``not_before`` was moved
+    past their enqueue (backoff, delayed enqueue, retry), the ones ``counts`` must not call
+    ready, so it is empty and costs an enqueue nothing in the common case."""
+    db.execute("DROP INDEX jobs_ready")
+    db.execute("CREATE INDEX jobs_ready ON jobs (pool, priority DESC, seq) WHERE state = 'queued'")
+    db.execute(
+        "CREATE INDEX jobs_delayed ON jobs (not_before) "
+        "WHERE state = 'queued' AND not_before > enqueued_at"
+    )
+    db.execute(
+        "CREATE TABLE job_counts (pool TEXT NOT NULL, state TEXT NOT NULL, "
+        "priority INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pool, state, priority)) "
+        "WITHOUT ROWID"
+    )
+    rebuild_job_counts(db.conn)
+    add = (
+        "INSERT INTO job_counts (pool, state, priority, n) "
+        "VALUES (new.pool, new.state, new.priority, 1) "
+        "ON CONFLICT (pool, state, priority) DO UPDATE SET n = n + 1;"
+    )
+    remove = (
+        "UPDATE job_counts SET n = n - 1 "
+        "WHERE pool = old.pool AND state = old.state AND priority = old.priority;"
+    )
+    db.execute(f"CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs BEGIN {add} END")
+    db.execute(f"CREATE TRIGGER jobs_counted_delete AFTER DELETE ON jobs BEGIN {remove} END")
+    db.execute(
+        "CREATE TRIGGER jobs_counted_update AFTER UPDATE OF pool, state, priority ON jobs "
+        "WHEN old.pool IS NOT new.pool OR old.state IS NOT new.state "
+        f"OR old.priority IS NOT new.priority BEGIN {remove} {add} END"
+    )
+
+
+MIGRATIONS = (_schema_v1, _schema_v2, _schema_v3)
+
+
+def rebuild_job_counts(conn: sqlite3.Connection) -> None:
+    """``job_counts`` recomputed from ``jobs``: at the v3 migration, and wherever rows reach
+    ``jobs`` without the triggers (a recovered copy of a damaged file)."""
+    conn.execute("DELETE FROM job_counts")
+    conn.execute(
+        "INSERT INTO job_counts (pool, state, priority, n) "
+        "SELECT pool, state, priority, count(*) FROM jobs GROUP BY pool, state, priority"
+    )
 
 
 def job_from_row(row: sqlite3.Row | tuple[Any, ...]) -> QueuedJob:
@@ -140,9 +189,32 @@ def check_lease(conn: sqlite3.Connection, lease: Lease) -> tuple[Any, ...]:
 
 def restore_counters(conn: sqlite3.Connection) -> None:
     """After ``gantryd queue recover``: the ``seq`` counter is ahead of every kept row even if
-    its own page was lost, so new jobs and reports still sort after the old ones."""
+    its own page was lost, so new jobs and reports still sort after the old ones; and
+    ``job_counts`` agrees with the kept rows."""
     conn.execute("INSERT OR IGNORE INTO counters (name, value) VALUES ('seq', 0)")
     conn.execute(
         "UPDATE counters SET value = max(value, (SELECT coalesce(max(seq), 0) FROM jobs), "
         "(SELECT coalesce(max(seq), 0) FROM outbox)) WHERE name = 'seq'"
     )
+    rebuild_job_counts(conn)  # the rows were copied in without the triggers that keep them
+
+
+def queued_pools(conn: sqlite3.Connection, pools: Sequence[str] | None) -> list[str]:
+    """The pools (of ``pools``, or all) with QUEUED rows that are not paused, by ``job_counts``."""
+    rows = conn.execute(
+        "SELECT DISTINCT pool FROM job_counts WHERE state = 'queued' AND n > 0 "
+        "AND pool NOT IN (SELECT pool FROM paused) ORDER BY pool"
+    )
+    found = [r[0] for r in rows]
+    return found if pools is None else [p for p in found if p in set(pools)]
+
+
+def claim_may_find(conn: sqlite3.Connection, pools: Sequence[str] | None, now: float) -> bool:
+    """Whether a claim has anything to do: a wanted pool with QUEUED rows, or a lease expired
+    (its job goes back to QUEUED inside the claim)."""
+    if queued_pools(conn, pools):
+        return True
+    expired = conn.execute(
+        "SELECT 1 FROM jobs WHERE state = 'claimed' AND lease_expires <= ? LIMIT 1", (now,)
+    ).fetchone()
+    return expired is not None

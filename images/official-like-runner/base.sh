@@ -8,6 +8,7 @@
 # tests/packaging/build-test-image.sh does: as a Docker image tag, and as a tarball under
 # $CACHE_DIR from which a lost image is re-imported without running debootstrap again.
 set -euo pipefail
+umask 022  # the image's files get their modes from here, whatever umask the caller runs under
 
 CACHE_DIR=${GANTRYD_TEST_CACHE:-/var/cache/gantryd-test}
 MIRROR=${GANTRYD_TEST_MIRROR:-http://deb.debian.org/debian}

@@ -6,6 +6,7 @@
 # legacy builder and yields the same image id.
 # Usage: images/official-like-runner/build.sh [TAG]      (DOCKER_CLI=/path/to/docker)
 set -euo pipefail
+umask 022  # the image's files get their modes from here, whatever umask the caller runs under
 
 here=$(cd "$(dirname "$0")" && pwd)
 tag=${1:-gantryd/stand-in-runner-official:latest}

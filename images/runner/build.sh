@@ -4,6 +4,7 @@
 # Docker's legacy builder. Idempotent: an unchanged context is fully cached and yields the same
 # image id.   Usage: images/runner/build.sh [TAG]      (BUSYBOX=/path/to/static/busybox)
 set -eu
+umask 022  # the image's files get their modes from here, whatever umask the caller runs under
 
 here=$(cd "$(dirname "$0")" && pwd)
 tag=${1:-gantryd/stand-in-runner:latest}

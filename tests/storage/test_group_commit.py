@@ -92,6 +92,30 @@ async def test_items_submitted_during_a_flush_share_the_next_one() -> None:
     assert results == {item: f"{item} committed" for item in "abcd"}
 
 
+async def test_callers_that_submit_again_at_once_join_the_next_batch_whole() -> None:
+    """Four callers in a loop, as intake tasks and the scheduler are: once they are seen to be
+    concurrent, every flush carries one item of each (none leads a small batch of its own)."""
+    sizes: list[int] = []
+
+    async def flush(batch: Sequence[Entry[str, str]]) -> None:
+        await trio.lowlevel.checkpoint()  # a commit hands off to a thread and back
+        sizes.append(len(batch))
+        for entry in batch:
+            entry.result = entry.item
+
+    commits: GroupCommit[str, str] = GroupCommit(flush, name="loop")
+
+    async def caller(task: int) -> None:
+        for i in range(10):
+            await commits.submit(f"{task}-{i}")
+
+    async with trio.open_nursery() as nursery:
+        for task in range(4):
+            nursery.start_soon(caller, task)
+    assert sum(sizes) == 40
+    assert sizes[1:-1] == [4] * (len(sizes) - 2)  # the first ran alone; the last, three left
+
+
 async def test_an_item_error_fails_that_caller_alone() -> None:
     store = Store()
     outcomes: dict[str, str] = {}

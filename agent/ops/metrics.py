@@ -208,7 +208,7 @@ class Metrics:
 
 class WebhooksReceived(Collector):
     """``gantryd_webhooks_received_total{event,action,outcome}`` from intake's own counter
-    (``agent.orchestrator.webhook.IntakeStats.received``): intake only increments it, and
+    (``agent.orchestrator.intake_http.IntakeStats.received``): intake only increments it, and
     bounds event and action to GitHub's known values, so no label grows without limit."""
 
     def __init__(self, read: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:

@@ -26,19 +26,35 @@ journal's biggest writer; the reconciler and errors still log at INFO and above)
 
 from __future__ import annotations
 
-import collections
-import enum
-import hmac
-import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from typing import TYPE_CHECKING
 
 import trio
 
 from agent.container.events import JobEvent
+from agent.orchestrator.intake_http import (
+    FORM,
+    INTERNAL_ERROR,
+    JSON,
+    NO_ACTION,
+    NOT_IN_TIME,
+    Answer,
+    Disconnected,
+    IntakeStats,
+    Outcome,
+    Receive,
+    RejectionLog,
+    Scope,
+    Send,
+    TooLarge,
+    UnsupportedType,
+    decode,
+    read_body,
+    respond,
+    signature_valid,
+)
 from agent.orchestrator.job_parser import (
     Action,
     PayloadError,
@@ -55,20 +71,9 @@ if TYPE_CHECKING:  # annotations only: importing the module would load cryptogra
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 """Returns None when the dependency is usable, else what is wrong (shown by /readyz)."""
 
-JSON = "application/json"
-FORM = "application/x-www-form-urlencoded"
-EVENTS = frozenset({"workflow_job", "ping"})  # what intake handles; any other event is "other"
-ACTIONS = frozenset(action.value for action in Action)
-NO_ACTION = "none"  # ping, and deliveries refused before their payload was read
-OTHER = "other"
 # The headers a delivery is read from; the others are never decoded.
 _WANTED = {
     b"content-length": "content-length",
@@ -77,156 +82,6 @@ _WANTED = {
     b"x-github-event": "x-github-event",
     b"x-github-delivery": "x-github-delivery",
 }
-
-
-class Outcome(enum.StrEnum):
-    """What a delivery led to (the ``outcome`` label of ``gantryd_webhooks_received_total``)."""
-
-    ENQUEUED = "enqueued"  # a queued job (or one held for approval) was committed to the queue
-    UPDATED = "updated"  # a known job's state changed (in_progress, completed)
-    ACCEPTED = "accepted"  # a ping, or an event for a job no pool serves being tombstoned
-    DUPLICATE = "duplicate"  # delivery id or job already known: nothing changed
-    IGNORED = "ignored"  # not for gantryd: another event, no pool, nothing to do
-    REJECTED = "rejected"  # 401: missing or wrong signature
-    INVALID = "invalid"  # 400, 408, 413, 415: the request itself was wrong
-    UNAVAILABLE = "unavailable"  # 503: the queue could not commit (in time)
-    ERROR = "error"  # 500: a bug
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    text: str
-    outcome: Outcome
-
-
-NOT_IN_TIME = Answer(
-    503,
-    "queue did not commit in time; GitHub will not retry, the reconciler will find the job",
-    Outcome.UNAVAILABLE,
-)
-INTERNAL_ERROR = Answer(500, "internal error", Outcome.ERROR)
-
-
-@dataclass
-class IntakeStats:
-    """Counters for metrics: answers by status, ignored deliveries by reason, and deliveries
-    by (event, action, outcome)."""
-
-    answers: collections.Counter[int] = field(default_factory=collections.Counter)
-    ignored: collections.Counter[str] = field(default_factory=collections.Counter)
-    received: collections.Counter[tuple[str, str, str]] = field(default_factory=collections.Counter)
-
-    def count(self, event: str, action: str, outcome: Outcome) -> None:
-        """Count one delivery; unknown event and action names become "other"."""
-        self.received[
-            (
-                event if event in EVENTS else OTHER,
-                action if action in ACTIONS or action == NO_ACTION else OTHER,
-                outcome.value,
-            )
-        ] += 1
-
-
-REJECTION_LOG_INTERVAL = 60.0  # seconds; at most one WARNING line per interval for 401s
-
-
-@dataclass
-class RejectionLog:
-    """Says when to log unsigned or wrongly signed requests, and how many there were.
-
-    One WARNING per rejected request let a 20 s flood write 6,865 lines and slow signed
-    deliveries 4.8x (issue 13 §8); every rejection is still counted in
-    ``gantryd_webhooks_received_total{outcome="rejected"}``.
-    """
-
-    interval: float = REJECTION_LOG_INTERVAL
-    _pending: int = field(default=0, init=False)
-    _next_at: float = field(default=float("-inf"), init=False)
-
-    def note(self, now: float) -> int | None:
-        """Count one rejection at ``now``; the count to log (this one and those held back
-        since the last line) once ``interval`` has passed since it, else None."""
-        self._pending += 1
-        if now < self._next_at:
-            return None
-        count, self._pending = self._pending, 0
-        self._next_at = now + self.interval
-        return count
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _Disconnected(Exception):
-    pass
-
-
-class _UnsupportedType(Exception):
-    pass
-
-
-def signature_valid(body: bytes, header: str | None, secrets: Iterable[Secret]) -> bool:
-    """Constant-time check of X-Hub-Signature-256 against every configured secret (rotation)."""
-    if not header or not header.startswith("sha256="):
-        return False
-    given = header[7:].encode("ascii", "replace")
-    ok = False
-    for secret in secrets:
-        digest = hmac.digest(secret.reveal().encode(), body, "sha256").hex().encode("ascii")
-        ok |= hmac.compare_digest(given, digest)
-    return ok
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        if not message.get("more_body", False):
-            if not chunks:
-                return chunk  # the usual case: the whole body in one message, no copy
-            chunks.append(chunk)
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
-async def _respond(send: Send, answer: Answer) -> None:
-    body = (answer.text + "\n").encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": answer.status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def _decode(body: bytes, content_type: str) -> Any:
-    """JSON or form-encoded (``payload=``) bodies, as GitHub may send either (§1.1)."""
-    media = content_type.split(";", 1)[0].strip().lower()
-    try:
-        if media == JSON:
-            return json.loads(body)
-        if media == FORM:
-            fields = parse_qs(body.decode("utf-8"))
-            if "payload" not in fields:
-                raise PayloadError("payload", "(form field) is missing")
-            return json.loads(fields["payload"][0])
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-    raise _UnsupportedType(media or "(none)")
 
 
 @dataclass
@@ -288,7 +143,7 @@ class WebhookApp:
             log.exception("intake: %s %s failed", scope.get("method"), scope.get("path"))
             answer = INTERNAL_ERROR
         self.stats.answers[answer.status] += 1
-        await _respond(send, answer)
+        await respond(send, answer)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         """Own the nursery of queue work for as long as the server runs; hypercorn shuts the
@@ -343,10 +198,10 @@ class WebhookApp:
         body: bytes | None = None
         with trio.move_on_after(server.read_timeout):
             try:
-                body = await _read_body(receive, limit)
-            except _TooLarge:
+                body = await read_body(receive, limit)
+            except TooLarge:
                 return _too_large(limit), NO_ACTION
-            except _Disconnected:
+            except Disconnected:
                 text = "client disconnected before sending the whole body"
                 return Answer(400, text, Outcome.INVALID), NO_ACTION
         if body is None:
@@ -395,8 +250,8 @@ class WebhookApp:
         event = headers.get("x-github-event", "")
         delivery = headers.get("x-github-delivery") or None
         try:
-            payload = _decode(body, headers.get("content-type", ""))
-        except _UnsupportedType as exc:
+            payload = decode(body, headers.get("content-type", ""))
+        except UnsupportedType as exc:
             text = f"unsupported content type {exc}; use {JSON} or {FORM}"
             return Answer(415, text, Outcome.INVALID), NO_ACTION
         except PayloadError as exc:

@@ -30,7 +30,7 @@ from agent.ops.metrics import (
 )
 from agent.ops.metrics_server import serve_metrics
 from agent.ops.sampler import Sampler, Sources
-from agent.orchestrator.webhook import IntakeStats, Outcome
+from agent.orchestrator.intake_http import IntakeStats, Outcome
 from agent.queue.base import JobSpec
 from agent.queue.sqlite import open_sqlite_queue
 from tests.container.stack import pool_stack, remove_leftovers

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.config import Config
-from agent.orchestrator.webhook import ReadinessCheck, RejectionLog
+from agent.orchestrator.intake_http import RejectionLog
+from agent.orchestrator.webhook import ReadinessCheck
 from agent.queue.base import JobState
 from tests.orchestrator.conftest import (
     NEXT_SECRET,

@@ -192,7 +192,14 @@ def systemctl(box: SystemdBox, verb: str, *options: str) -> None:
 
 
 def assert_active(box: SystemdBox, step: str) -> dict[str, str]:
-    state = box.unit("ActiveState", "SubState", "MainPID", "NRestarts", "StatusText")
+    # Type=notify: `systemctl reload` returns once `kill -HUP` has, and the daemon's RELOADING=1
+    # can arrive after that; the unit is settled once its READY=1 follows (deadline 30 s).
+    deadline = time.monotonic() + 30.0
+    while True:
+        state = box.unit("ActiveState", "SubState", "MainPID", "NRestarts", "StatusText")
+        if state["ActiveState"] != "reloading" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert (state["ActiveState"], state["SubState"]) == ("active", "running"), (
         f"{step}: gantryd is not running: {state}\n{box.journal()}"
     )

@@ -11,7 +11,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,30 +26,11 @@ from agent.queue.base import JobSpec
 from agent.queue.sqlite import SQLiteQueue, open_sqlite_queue
 from agent.reload import LiveConfig
 from agent.secrets import open_secret_store
+from tests.ops.admin_doubles import Paused, Pools
 from tests.test_cli import credentials, example_config  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 VALUE = "tok-value-never-printed"
-
-
-@dataclass
-class Pools:
-    held: list[Runner] = field(default_factory=list)
-    notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-    def runners(self) -> list[Runner]:
-        return self.held
-
-    def pool_notes(self, pool: str) -> tuple[str, ...]:
-        return self.notes.get(pool, ())
-
-
-@dataclass
-class Paused:
-    paused: bool = False
-
-    async def set_drained(self, drained: bool) -> None:
-        self.paused = drained
 
 
 @dataclass

@@ -9,7 +9,6 @@ import inspect
 import json
 import typing
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -55,6 +54,7 @@ from agent.queue.base import JobSpec, JobState
 from agent.queue.sqlite import open_sqlite_queue
 from agent.reload import LiveConfig
 from agent.secrets import Action, open_secret_store
+from tests.ops.admin_doubles import Paused, Pools
 from tests.test_cli import credentials, example_config  # noqa: F401 - fixture
 
 JOB = JobInfo(
@@ -205,26 +205,6 @@ def test_an_older_daemons_status_decodes_with_defaults() -> None:
 
 
 # -- both ends on a real socket ----------------------------------------------------------------
-
-
-@dataclass
-class Pools:
-    held: list[Runner] = field(default_factory=list)
-    notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-    def runners(self) -> list[Runner]:
-        return self.held
-
-    def pool_notes(self, pool: str) -> tuple[str, ...]:
-        return self.notes.get(pool, ())
-
-
-@dataclass
-class Paused:
-    paused: bool = False
-
-    async def set_drained(self, drained: bool) -> None:
-        self.paused = drained
 
 
 def _spec(job_id: int) -> JobSpec:

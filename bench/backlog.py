@@ -34,6 +34,7 @@ import trio
 
 from agent.queue.base import JobSpec
 from agent.queue.sqlite import SQLiteQueue, open_sqlite_queue
+from bench.support import cpu_seconds, rss_mib
 
 BATCH = 5000
 PROBES = 30
@@ -56,19 +57,6 @@ def spec(job_id: int, pool: str = "big") -> JobSpec:
         head_branch="main",
         html_url="https://github.com/octo/repo/actions/runs/1/job/2",
     )
-
-
-def cpu_seconds() -> float:
-    """utime + stime of this process, from /proc/self/stat."""
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def timed(fn: object, probes: int = PROBES) -> float:
@@ -111,7 +99,7 @@ async def one_backlog(size: int, idle: float) -> dict[str, float]:
             row["claim, paused pool"] = await timed(claim_paused)
             row["counts"] = await timed(q.counts, 5)
             row["idle CPU % of a core"] = await idle_cpu(q, idle)
-            row["RSS MiB"] = rss_mib()
+            row["RSS MiB"] = rss_mib()[0]
     return row
 
 

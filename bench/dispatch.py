@@ -48,9 +48,9 @@ from agent.container.pool_manager import PoolManager
 from agent.demo import RUNNER_IMAGE, demo_stack
 from agent.emulator import Emulator
 from agent.queue.base import JobQueue
+from bench.support import BENCH_LABEL, leftovers
 
 WARM_POOL = 'min_idle = 1\nwarm_repositories = ["octo-org/lib"]\n'
-BENCH_LABEL = "io.gantryd.bench"
 
 
 def docker_py_start(client: docker.DockerClient, tag: str) -> float:
@@ -126,12 +126,6 @@ async def quiet(pools: PoolManager) -> None:
             and any(r.warm and r.state is RunnerState.IDLE for r in pools.runners())
         )
     )
-
-
-def leftovers(client: docker.DockerClient, instance: str, tag: str) -> list[str]:
-    found = client.containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"})
-    found += client.containers.list(all=True, filters={"label": f"{BENCH_LABEL}={tag}"})
-    return [f"{c.name} ({c.status})" for c in found]
 
 
 async def measure(runs: int) -> int:

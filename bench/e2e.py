@@ -27,7 +27,6 @@ import argparse
 import os
 import secrets
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -41,23 +40,9 @@ import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.container.docker_api import INSTANCE_LABEL
-from agent.demo import APP_ID, DEMO_REPOSITORIES, INSTALLATION_ID, RUNNER_IMAGE, write_demo_config
+from agent.demo import DEMO_REPOSITORIES, RUNNER_IMAGE, demo_emulator, write_demo_config
 from agent.emulator.server import serve_emulator
-from agent.emulator.state import Emulator
-
-BENCH_LABEL = "io.gantryd.bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def cpu_seconds(pid: int | str) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+from bench.support import BENCH_LABEL, cpu_seconds, free_port, leftovers
 
 
 def quantile(samples: list[float], q: float) -> float:
@@ -99,11 +84,7 @@ def docker_py_loop(jobs: int, runners: int, tag: str) -> tuple[float, list[float
 async def through_gantryd(jobs: int, runners: int, instance: str) -> dict[str, float]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     secret = secrets.token_hex(20)
-    emulator = Emulator(
-        app_id=APP_ID,
-        app_public_key=key.public_key(),
-        installations={INSTALLATION_ID: [*DEMO_REPOSITORIES]},
-    )
+    emulator = demo_emulator(key, DEMO_REPOSITORIES)
     with tempfile.TemporaryDirectory(prefix="gantryd-e2e-") as tmp:
         workdir = Path(tmp)
         async with trio.open_nursery() as nursery:
@@ -167,12 +148,6 @@ async def through_gantryd(jobs: int, runners: int, instance: str) -> dict[str, f
         "gantryd CPU ms/job": cpu / jobs * 1000,
         "this process (stand-in) CPU ms/job": own / jobs * 1000,
     }
-
-
-def leftovers(client: docker.DockerClient, instance: str, tag: str) -> list[str]:
-    found = client.containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"})
-    found += client.containers.list(all=True, filters={"label": f"{BENCH_LABEL}={tag}"})
-    return [f"{c.name} ({c.status})" for c in found]
 
 
 async def measure(jobs: int, runner_counts: list[int]) -> int:

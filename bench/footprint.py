@@ -25,10 +25,8 @@ import argparse
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,33 +38,13 @@ import httpx
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from agent.demo import APP_ID, INSTALLATION_ID, write_demo_config
+from agent.demo import INSTALLATION_ID, demo_emulator, write_demo_config
 from agent.emulator.server import serve_emulator
-from agent.emulator.state import Emulator
+from bench.support import cpu_seconds, free_port, rss_mib
 
 REPOSITORY = "octo-org/app"
 IDLE_WINDOW = 10.0  # seconds of CPU accounting per measurement
 BASELINE = "import agent.daemon, agent.cli, trio, signal; trio.run(trio.sleep_forever)"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def rss_mib(pid: int) -> tuple[float, float]:
-    """(current RSS, peak RSS) in MiB from /proc."""
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-
-def cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def cpu_share(pid: int) -> float:
@@ -146,17 +124,13 @@ async def measure(jobs: int, runners: int) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     secret = secrets.token_hex(20)
     instance = f"bench-{secrets.token_hex(3)}"
-    emulator = Emulator(
-        app_id=APP_ID,
-        app_public_key=key.public_key(),
-        installations={INSTALLATION_ID: [REPOSITORY]},
-    )
+    emulator = demo_emulator(key, [REPOSITORY])
     client = docker.from_env()
     with tempfile.TemporaryDirectory(prefix="gantryd-footprint-") as tmp:
         workdir = Path(tmp)
         async with trio.open_nursery() as nursery:
             api_url = await nursery.start(serve_emulator, emulator)
-            port = _free_port()
+            port = free_port()
             config = write_demo_config(
                 workdir,
                 api_url=api_url,

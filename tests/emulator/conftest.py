@@ -135,3 +135,17 @@ def sent(hook: Hook) -> list[Outgoing]:
             found.append(hook.outbox_receive.receive_nowait())
         except trio.WouldBlock:
             return found
+
+
+async def jit_config(http: httpx.AsyncClient, app_key: rsa.RSAPrivateKey, name: str) -> str:
+    """The gantryd path: App JWT → installation token → repository JIT config (REST)."""
+    jwt = {"Authorization": f"Bearer {app_jwt(app_key)}"}
+    token = (await http.post("/app/installations/11/access_tokens", headers=jwt)).json()["token"]
+    response = await http.post(
+        "/repos/acme/app/actions/runners/generate-jitconfig",
+        json={"name": name, "runner_group_id": 1, "labels": ["self-hosted", "linux", "gantryd"]},
+        headers={"Authorization": f"token {token}"},
+    )
+    assert response.status_code == 201, response.text
+    encoded: str = response.json()["encoded_jit_config"]
+    return encoded

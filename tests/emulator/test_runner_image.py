@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.emulator import Conclusion, Emulator, JobStatus
 
-from .conftest import app_jwt
+from .conftest import jit_config
 
 pytestmark = pytest.mark.docker
 
@@ -32,20 +32,6 @@ def containers(docker_client: docker.DockerClient) -> Iterator[list[str]]:
     for container_id in started:
         with contextlib.suppress(docker.errors.NotFound):
             docker_client.containers.get(container_id).remove(force=True)
-
-
-async def jit_config(http: httpx.AsyncClient, app_key: rsa.RSAPrivateKey, name: str) -> str:
-    """The gantryd path: App JWT → installation token → repository JIT config (REST)."""
-    jwt = {"Authorization": f"Bearer {app_jwt(app_key)}"}
-    token = (await http.post("/app/installations/11/access_tokens", headers=jwt)).json()["token"]
-    response = await http.post(
-        "/repos/acme/app/actions/runners/generate-jitconfig",
-        json={"name": name, "runner_group_id": 1, "labels": ["self-hosted", "linux", "gantryd"]},
-        headers={"Authorization": f"token {token}"},
-    )
-    assert response.status_code == 201, response.text
-    encoded: str = response.json()["encoded_jit_config"]
-    return encoded
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ Paths are relative to ``api_url``, so a GitHub Enterprise Server base such as
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 from collections.abc import Mapping
 from types import TracebackType
@@ -145,6 +146,21 @@ class GitHubClient:
     def quotas(self) -> dict[str, Quota]:
         """Primary budget per credential ("app", "installation <id>", "token")."""
         return {key: gate.quota for key, gate in self._gates.items()}
+
+    @property
+    def shared_gates(self) -> dict[str, RateLimitGate]:
+        """Each credential's gate, keyed by whose budget it is at GitHub, so hosts spending the
+        same credential share the key (``agent.fleet.ratelimits``): an installation id is
+        global, the App by its id, a token by a digest (never the token)."""
+        auth = self._auth
+        if isinstance(auth, AppAuth):
+            who = f"app {auth.app_id}"
+        else:
+            who = "token " + hashlib.sha256(auth.token.reveal().encode()).hexdigest()[:16]
+        return {
+            key if key.startswith("installation ") else who: gate
+            for key, gate in self._gates.items()
+        }
 
     @property
     def rate_limit_remaining(self) -> int | None:

@@ -89,7 +89,7 @@ class Hosts:
         gone_after: float = GONE_AFTER,
         dead_after: float = DEAD_AFTER,
     ) -> None:
-        self._fleet = fleet
+        self.fleet = fleet
         self.host = host
         self._clock = clock
         self.gone_after = gone_after
@@ -97,7 +97,7 @@ class Hosts:
         self._index = fleet.key("hosts")
 
     def _record_key(self, host: str) -> str:
-        return self._fleet.key("host", host)
+        return self.fleet.key("host", host)
 
     async def publish(self, record: HostRecord) -> None:
         def write(client: redis.Redis[str]) -> None:
@@ -106,7 +106,7 @@ class Hosts:
             pipe.zadd(self._index, {record.host: record.heartbeat_at})
             pipe.execute()
 
-        await self._fleet.run(write)
+        await self.fleet.run(write)
 
     async def views(self) -> list[HostView]:
         """Every host that heartbeated in the last ``FORGET_AFTER``, by name."""
@@ -119,7 +119,7 @@ class Hosts:
             return client.mget([self._record_key(n) for n in names])
 
         views = []
-        for text in await self._fleet.run(read):
+        for text in await self.fleet.run(read):
             if text is None:
                 continue
             record = HostRecord.load(text)
@@ -146,14 +146,14 @@ class Hosts:
                 client.delete(self._record_key(name))
             return int(client.zremrangebyscore(self._index, "-inf", cutoff))
 
-        return await self._fleet.run(forget)
+        return await self.fleet.run(forget)
 
     async def release_gone(self) -> list[str]:
         """Release the leases of every gone host; returns the hosts that held some."""
         released = []
         for view in await self.views():
             gone = view.gone and view.record.host != self.host
-            if gone and await release_host(self._fleet, view.record.host):
+            if gone and await release_host(self.fleet, view.record.host):
                 log.warning(
                     "fleet: host %s has not heartbeated for %.0fs: released its leases",
                     view.record.host,

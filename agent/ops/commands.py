@@ -22,6 +22,7 @@ from agent.ops.secrets_api import answer_secrets
 from agent.ops.tables import (
     dumps,
     format_audit,
+    format_fleet,
     format_job,
     format_jobs,
     format_secrets,
@@ -110,6 +111,10 @@ def _client(args: argparse.Namespace) -> AdminClient:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.fleet:
+        fleet = _client(args).call(protocol.get_fleet())
+        print(dumps(fleet) if args.json else format_fleet(fleet))
+        return 0
     status = _client(args).call(protocol.get_status())
     print(dumps(status) if args.json else format_status(status))
     return 0
@@ -238,7 +243,13 @@ def add_commands(
         p.add_argument("--socket", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         return p
 
-    json_flag(control("status", "what gantryd is doing: pools, runners, queue", _status))
+    status = control("status", "what gantryd is doing: pools, runners, queue", _status)
+    json_flag(status)
+    status.add_argument(
+        "--fleet",
+        action="store_true",
+        help="every host sharing this Redis: heartbeat, capacity, drain state, leases",
+    )
     jobs = control("jobs", "list, show, retry or cancel jobs", _jobs)
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     ls = leaf(jobs_sub, "ls", "list jobs: waiting ones in serving order, then the newest")

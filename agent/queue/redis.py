@@ -36,7 +36,7 @@ import redis
 import redis.exceptions
 import trio
 
-from agent.fleet.connection import redis_client
+from agent.fleet.connection import RedisUrlError, redis_client
 from agent.queue._codec import dump_spec, load_spec, tombstone_spec
 from agent.queue.base import (
     Counts,
@@ -457,7 +457,10 @@ async def open_redis_queue(
 ) -> AsyncIterator[RedisQueue]:
     """Connect to ``url`` (any form of ``agent.fleet.connection``), refuse a server that evicts
     keys, and close the pool on exit."""
-    client = redis_client(url, password_file=password_file, ca_file=ca_file)
+    try:
+        client = redis_client(url, password_file=password_file, ca_file=ca_file)
+    except RedisUrlError as exc:
+        raise QueueUnavailable(f"cannot use redis_url {exc}") from exc
     queue = RedisQueue(client, prefix=prefix, retry=retry, clock=clock)
     try:
         await queue._run(partial(_check_server, client))

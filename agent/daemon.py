@@ -174,11 +174,16 @@ class Daemon:
             async with (
                 opened("the queue", open_queue(config)) as queue,
                 opened("the runner store", open_runner_store(config.server.state_dir)) as store,
+                opened("the fleet state", open_fleet(config)) as self.fleet,
                 opened(
-                    "the secrets store", open_secret_store(config.server.state_dir)
+                    "the secrets store",
+                    open_secret_store(
+                        config.server.state_dir,
+                        fleet=self.fleet.redis if self.fleet is not None else None,
+                        host=instance_name(config),
+                    ),
                 ) as self.secret_store,
                 opened("the listener state", open_cursor_store(config.server.state_dir)) as cursors,
-                opened("the fleet state", open_fleet(config)) as self.fleet,
                 GitHubClient(
                     config.github.api_url,
                     credentials.auth,

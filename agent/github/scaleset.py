@@ -35,7 +35,6 @@ from agent.github.client import (
     GitHubError,
     JitConfig,
     RunnerTarget,
-    backoff_delay,
 )
 from agent.github.scaleset_types import (
     MessageSession,
@@ -46,6 +45,7 @@ from agent.github.scaleset_types import (
     ScaleSetMessage,
     ScaleSetSpec,
 )
+from agent.github.transport import backoff_delay
 
 API_VERSION = "6.0-preview"
 ADMIN_REFRESH_MARGIN = 60.0  # seconds before the admin token's exp (actions/scaleset client.go)

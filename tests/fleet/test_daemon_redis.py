@@ -130,6 +130,10 @@ async def test_status_fleet_shows_this_host_holding_the_leases(stack: RedisStack
     assert (await readyz(stack.intake_url))[1].startswith("ready: redis")
 
 
+# httpx leaves a request body's async generator to the garbage collector now and then when a
+# delivery is answered while Redis is away (a ResourceWarning from a third-party library, seen
+# in about one run of three here; as in tests/container/test_monitoring.py).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_redis_stopping_and_starting_loses_no_job(stack: RedisStack) -> None:
     """Jobs queued before Redis stops run after it is back; a job whose webhook came while
     Redis was away (answered 503) is found by the reconciler's sweep. The daemon stays up."""

@@ -10,8 +10,12 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
+from agent.config import QueueConfig
 from agent.fleet.connection import FleetRedis
+from agent.ops import protocol
+from agent.ops.commands import local_secrets
 from agent.secrets import Action, SecretsError, open_secret_store
+from tests.queue.queue_support import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -111,3 +115,17 @@ async def test_rotation_leaves_no_host_unable_to_decrypt(tmp_path: Path, fleet: 
     async with open_secret_store(b_dir, environ=NO_CREDENTIALS, fleet=fleet, host="b") as fresh:
         got = await fresh.reveal_for(["ONE", "TWO", "THREE"], runner="rb", job=None)
         assert got == {"ONE": b"1", "TWO": b"2", "THREE": b"3"}  # the new key alone suffices
+
+
+def test_the_cli_without_a_daemon_uses_the_fleets_store(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """`gantryd secrets set` on a host whose daemon is stopped writes to Redis, not to a
+    local file the other hosts never read."""
+    queue = QueueConfig(backend="redis", redis_url=redis_server.url, redis_prefix="cli")
+    state = host_dir(tmp_path, "a")
+    local_secrets(state, protocol.set_secret("CLI_SET", b"from-the-cli"), queue)
+    listed = local_secrets(state, protocol.list_secrets(), queue)
+    assert [s.name for s in listed.secrets] == ["CLI_SET"]
+    assert not (state / "secrets.db").exists()
+    assert local_secrets(state, protocol.list_secrets()).secrets == ()  # the local store: empty

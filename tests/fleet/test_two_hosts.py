@@ -31,6 +31,7 @@ from agent.ops.protocol import A, FleetStatus, Request
 from agent.reload import LiveConfig
 from agent.systemd import Notifier
 from tests.conftest import remove_managed
+from tests.container.stack import ServeProcess
 from tests.fleet.servers import plain_server
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
@@ -56,6 +57,31 @@ class TwoHosts:
     b: Host
 
 
+def host_config(
+    state: Path,
+    instance: str,
+    api_url: str,
+    key: rsa.RSAPrivateKey,
+    webhook_secret: str,
+    redis_port: int,
+    prefix: str,
+) -> Path:
+    """The demo configuration of one host, on the fleet's Redis, its pool injecting SHARED."""
+    path = write_demo_config(
+        state, api_url=api_url, key=key, webhook_secret=webhook_secret,
+        instance=instance, extra_pool="", runner_prefix="gantryd", source="webhook",
+    )  # fmt: skip
+    text = path.read_text().replace(
+        "[queue]\n",
+        f'[queue]\nbackend = "redis"\nredis_prefix = "{prefix}"\n'
+        f'redis_url = "redis://127.0.0.1:{redis_port}/0"\n',
+    )
+    path.write_text(
+        text.replace('pull_policy = "never"\n', 'pull_policy = "never"\nsecrets = ["SHARED"]\n')
+    )
+    return path
+
+
 @pytest.fixture
 async def fleet_of_two(
     tmp_path: Path, runner_image: str, docker_client: docker.DockerClient
@@ -77,19 +103,9 @@ async def fleet_of_two(
                 state.mkdir()
                 if hosts:  # one fleet, one secrets key: copied from the first host
                     shutil.copy(tmp_path / instances[0] / "secrets.key", state / "secrets.key")
-                path = write_demo_config(
-                    state, api_url=api_url, key=key, webhook_secret=webhook_secret,
-                    instance=instance, extra_pool="", runner_prefix="gantryd", source="webhook",
-                )  # fmt: skip
-                text = path.read_text().replace(
-                    "[queue]\n",
-                    f'[queue]\nbackend = "redis"\nredis_prefix = "{prefix}"\n'
-                    f'redis_url = "redis://127.0.0.1:{server.port}/0"\n',
+                path = host_config(
+                    state, instance, api_url, key, webhook_secret, server.port, prefix
                 )
-                text = text.replace(
-                    'pull_policy = "never"\n', 'pull_policy = "never"\nsecrets = ["SHARED"]\n'
-                )
-                path.write_text(text)
                 daemon = Daemon(
                     live=LiveConfig(load_config(path)), notifier=Notifier({}), exit_settle=5.0
                 )
@@ -167,3 +183,60 @@ async def test_two_hosts_share_leases_status_and_secrets(fleet_of_two: TwoHosts)
     b.scope.cancel()
     with trio.fail_after(60):
         fleet = await wait_fleet(a, lambda f: holders(f) == dict.fromkeys(CHORES, a.instance))
+
+
+async def test_a_killed_host_is_shown_gone_and_its_leases_move(
+    tmp_path: Path, runner_image: str, docker_client: docker.DockerClient
+) -> None:
+    """Host b, a `gantryd serve` process, takes both leases first; SIGKILL leaves them held in
+    Redis with nobody renewing. Host a shows b gone and ends up holding both."""
+    (tmp_path / "redis").mkdir()
+    server = plain_server(tmp_path / "redis")
+    server.start()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    webhook_secret = secrets.token_hex(20)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    a_name, b_name = (f"fleet-{n}-{secrets.token_hex(2)}" for n in "ab")
+    try:
+        async with trio.open_nursery() as nursery:
+            emulator = demo_emulator(key)
+            api_url = await nursery.start(serve_emulator, emulator)
+            (tmp_path / b_name).mkdir()
+            b_path = host_config(
+                tmp_path / b_name, b_name, api_url, key, webhook_secret, server.port, prefix
+            )
+            b = ServeProcess(b_path, tmp_path / b_name)
+            await b.start()
+            with trio.fail_after(60):
+                await b.wait_ready()  # its leases were taken before READY=1
+            (tmp_path / a_name).mkdir()
+            shutil.copy(tmp_path / b_name / "secrets.key", tmp_path / a_name / "secrets.key")
+            a_path = host_config(
+                tmp_path / a_name, a_name, api_url, key, webhook_secret, server.port, prefix
+            )
+            a = Daemon(live=LiveConfig(load_config(a_path)), notifier=Notifier({}))
+            await nursery.start(a.run)
+            admin = Host(
+                a_name,
+                a,
+                AdminClient(tmp_path / a_name / "run" / "admin.sock"),
+                nursery.cancel_scope,
+            )
+            with trio.fail_after(30):
+                fleet = await wait_fleet(admin, lambda f: len(f.hosts) == 2)
+            assert holders(fleet) == dict.fromkeys(CHORES, b_name)
+            await b.kill()
+            with trio.fail_after(90):
+                fleet = await wait_fleet(
+                    admin, lambda f: holders(f) == dict.fromkeys(CHORES, a_name)
+                )
+                fleet = await wait_fleet(
+                    admin, lambda f: any(h.host == b_name and h.gone for h in f.hosts)
+                )
+            assert holders(fleet) == dict.fromkeys(CHORES, a_name)
+            await b.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        server.stop()
+        for instance in (a_name, b_name):
+            remove_managed(docker_client, instance)

@@ -147,12 +147,16 @@ class GitHubTransport:
     def shared_gates(self) -> dict[str, RateLimitGate]:
         """Each credential's gate, keyed by whose budget it is at GitHub, so hosts spending the
         same credential share the key (``agent.fleet.ratelimits``): an installation id is
-        global, the App by its id, a token by a digest (never the token)."""
+        global, the App by its id, a token by a digest (never the token). The App's or the
+        token's own gate is made here if no request made it yet, so a host learns the fleet's
+        figure before its first request."""
         auth = self._auth
         if isinstance(auth, AppAuth):
             who = f"app {auth.app_id}"
+            self._gate("app")
         else:
             who = "token " + hashlib.sha256(auth.token.reveal().encode()).hexdigest()[:16]
+            self._gate("token")
         return {
             key if key.startswith("installation ") else who: gate
             for key, gate in self._gates.items()

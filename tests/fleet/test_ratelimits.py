@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from agent.emulator import Emulator, serve_emulator
+from agent.emulator.ratelimit import RateLimitPolicy
 from agent.fleet.connection import FleetRedis
 from agent.fleet.ratelimits import sync_rate_limits
+from agent.github.auth import Secret, TokenAuth
+from agent.github.client import GitHubClient, RunnerTarget
 from agent.github.ratelimit import Quota, RateLimitGate
 from tests.queue.queue_support import FakeClock
 
@@ -57,3 +63,30 @@ async def test_a_spent_budget_or_a_hold_on_one_host_stops_the_other(fleet: Fleet
     untouched = RateLimitGate(clock=clock)
     await sync_rate_limits(fleet, {"app 2": untouched})  # another credential: its own budget
     assert untouched.hold_until == 0 and untouched.quota.remaining is None
+
+
+async def test_two_hosts_clients_with_one_token_share_its_budget(
+    fleet: FleetRedis, nursery: trio.Nursery
+) -> None:
+    """Against the emulator's budget of 4 requests: host a spends them all; after one exchange
+    host b's client holds its first request instead of sending one GitHub would refuse."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    emulator = Emulator(
+        app_id=1, app_public_key=key.public_key(), installations={11: ["acme/app"]}, seed=1
+    )
+    emulator.rate_limits.policy = RateLimitPolicy(limit=4, window=3600)
+    url = await nursery.start(serve_emulator, emulator)
+    token = Secret(emulator.add_personal_token(11))
+    target = RunnerTarget(repository="acme/app")
+    async with GitHubClient(url, TokenAuth(token)) as a, GitHubClient(url, TokenAuth(token)) as b:
+        for _ in range(4):
+            await a.list_runners(target, installation_id=None)
+        (credential,) = a.shared_gates  # "token <digest>", never the token
+        assert credential.startswith("token ") and token.reveal() not in credential
+        await sync_rate_limits(fleet, a.shared_gates)
+        await sync_rate_limits(fleet, b.shared_gates)  # b has sent nothing yet
+        assert b.quotas["token"].remaining == 0
+        with trio.move_on_after(1.0) as held:  # b's gate waits for the reset, an hour away
+            await b.list_runners(target, installation_id=None)
+        assert held.cancelled_caught
+        assert emulator.rate_limits.over_primary == 0  # nothing was sent to be refused

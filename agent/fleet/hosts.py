@@ -29,12 +29,15 @@ import redis
 import trio
 
 from agent.fleet.connection import FleetRedis, RedisUnavailable
-from agent.fleet.leases import release_host
+from agent.fleet.leases import LEASE_TTL, release_host
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 5.0
-GONE_AFTER = 30.0
+# Longer than a lease's ttl plus one heartbeat interval (and some slack): when the others
+# release a silent host's leases, that host's own clock has already told it the lease is no
+# longer its (its last renewal was at most one interval after its last heartbeat).
+GONE_AFTER = LEASE_TTL + HEARTBEAT_INTERVAL + 10.0
 DEAD_AFTER = 600.0
 FORGET_AFTER = 7 * 86400.0
 

@@ -9,8 +9,8 @@ limit. Each is gated by a ``Lease``:
   released (on a clean stop) by one that deletes it only if it is still ours: a host never
   renews or drops a lease another host took over;
 - taken over when its holder dies: nobody renews it, it expires after ``ttl``, and the next
-  host to try gets it. A host whose holder stopped heartbeating has its leases released early
-  by the others (``release_host``, called from ``agent.fleet.hosts``);
+  host to try gets it. A host shown gone (no heartbeat, ``agent.fleet.hosts``) also has its
+  leases deleted by the others (``release_host``), whatever a lease's remaining time;
 - ``held`` is judged by this host's own clock from the moment it *sent* the last successful
   take or renew: once ``ttl`` has passed without a confirmed renewal (Redis away, a partition)
   the host stops the chore by itself, before another host can have taken the lease.

@@ -30,20 +30,29 @@ SYNC_INTERVAL = 1.0
 
 # KEYS[1] the credential's hash; ARGV: limit, remaining, reset, hold_until ("" = unknown).
 _MERGE = """
+local function num(v)
+  if not v or v == '' then return nil end
+  return tonumber(v)
+end
+local function text(v)
+  if v == nil then return '' end
+  return tostring(v)
+end
 local cur = redis.call('HMGET', KEYS[1], 'limit', 'remaining', 'reset', 'hold')
-local limit, remaining, reset, hold = cur[1], cur[2], cur[3], cur[4]
-if ARGV[2] ~= '' and ARGV[3] ~= '' then
-  if not reset or tonumber(ARGV[3]) > tonumber(reset) then
-    limit, remaining, reset = ARGV[1], ARGV[2], ARGV[3]
-  elseif tonumber(ARGV[3]) == tonumber(reset) and tonumber(ARGV[2]) < tonumber(remaining) then
-    remaining = ARGV[2]
+local limit, remaining, reset, hold = num(cur[1]), num(cur[2]), num(cur[3]), num(cur[4]) or 0
+local l, r, t, h = num(ARGV[1]), num(ARGV[2]), num(ARGV[3]), num(ARGV[4]) or 0
+if r and t then
+  if not reset or not remaining or t > reset then
+    limit, remaining, reset = l, r, t
+  elseif t == reset and r < remaining then
+    remaining = r
   end
 end
-if not hold or tonumber(ARGV[4]) > tonumber(hold) then hold = ARGV[4] end
-redis.call('HSET', KEYS[1], 'limit', limit or '', 'remaining', remaining or '',
-           'reset', reset or '', 'hold', hold)
+if h > hold then hold = h end
+redis.call('HSET', KEYS[1], 'limit', text(limit), 'remaining', text(remaining),
+           'reset', text(reset), 'hold', text(hold))
 redis.call('EXPIRE', KEYS[1], 7200)
-return {limit or '', remaining or '', reset or '', hold}
+return {text(limit), text(remaining), text(reset), text(hold)}
 """
 
 

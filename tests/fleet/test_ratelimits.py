@@ -90,3 +90,15 @@ async def test_two_hosts_clients_with_one_token_share_its_budget(
             await b.list_runners(target, installation_id=None)
         assert held.cancelled_caught
         assert emulator.rate_limits.over_primary == 0  # nothing was sent to be refused
+
+
+async def test_a_gate_that_knows_nothing_yet_changes_nothing(fleet: FleetRedis) -> None:
+    clock = FakeClock()
+    empty, known = RateLimitGate(clock=clock), RateLimitGate(clock=clock)
+    await sync_rate_limits(fleet, {"token t": empty})  # no quota, no hold: stored as unknown
+    async with known.slot():
+        known.observe(headers(321))
+    await sync_rate_limits(fleet, {"token t": known})
+    await sync_rate_limits(fleet, {"token t": empty})
+    assert empty.quota == known.quota == Quota(5000, 321, float(RESET))
+    assert empty.hold_until == 0

@@ -43,6 +43,9 @@ T = TypeVar("T")
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 CONNECT_TIMEOUT = 5.0  # seconds to open a TCP connection (a dead host answers nothing)
+# Seconds a reply may take: a server that silently vanished (no RST) fails a call after this
+# instead of hanging it; longer than any BLPOP the queue parks (``wait_ready``) plus margin.
+READ_TIMEOUT = 60.0
 RETRIES = 4  # per command, after the first try; with the backoff below: ~1.5 s at most
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 0.8
@@ -114,6 +117,7 @@ def _common(parts: SplitResult, password_file: Path | None, ca_file: Path | None
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": READ_TIMEOUT,
         "socket_keepalive": True,
         "health_check_interval": HEALTH_CHECK_INTERVAL,
         "retry": redis.retry.Retry(
@@ -185,7 +189,10 @@ def redis_client(
         options.pop("ssl_ca_certs", None)
     else:
         options["host"] = parts.hostname or "localhost"
-        options["port"] = parts.port or 6379
+        try:
+            options["port"] = parts.port or 6379
+        except ValueError:
+            raise RedisUrlError(url, "the port must be a number") from None
         db = parts.path.strip("/")
         if db and not db.isdigit():
             raise RedisUrlError(url, f'the path must be a database number, not "/{db}"')

@@ -5,6 +5,7 @@ it (``/readyz`` names Redis, then is ready again; no job is lost)."""
 from __future__ import annotations
 
 import secrets
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -127,6 +128,13 @@ async def test_status_fleet_shows_this_host_holding_the_leases(stack: RedisStack
     assert [(p.name, p.max_runners) for p in host.pools] == [("default", 4)]
     table = format_fleet(fleet)
     assert f"{stack.instance} (this host)" in table and "reconciler" in table
+    printed = await trio.run_process(
+        [sys.executable, "-m", "agent.cli", "status", "--fleet", "--socket", str(stack.admin.path)],
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    assert printed.stdout.decode().startswith("FLEET  1 host(s), 0 gone\n"), printed.stderr
+    assert f"{stack.instance} (this host)" in printed.stdout.decode()
     assert (await readyz(stack.intake_url))[1].startswith("ready: redis")
 
 

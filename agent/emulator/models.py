@@ -176,6 +176,10 @@ class Session:
     id: str
     last_seen: float  # emulator clock; updated when a poll starts or ends
     polls: int = 0  # long-polls in progress
+    # Whether the runner's version has been shown to meet the emulator's floor (always, without
+    # one): from the session's ``agent.version`` or an accepted poll's ``runnerVersion``. No job
+    # is assigned before, so a runner refused as deprecated never holds one (docs/github.md §8.3).
+    version_ok: bool = False
 
 
 @dataclass(kw_only=True)

@@ -26,7 +26,8 @@ The rules, with their source in docs/github.md (§n.n below):
 - Re-runs (`rerun_job`, `rerun_run`) create new jobs with new ids under the next ``run_attempt``,
   only once the run has completed (§4).
 - Message polls of runners older than ``min_runner_version`` (off unless set) are refused as
-  deprecated (§8.3).
+  deprecated (§8.3), and no job is ever assigned to such a runner: a runner takes jobs only
+  once its session's or a poll's version met the floor.
 - ``workflow_job`` webhooks ``queued`` / ``waiting`` / ``in_progress`` / ``completed`` (§2.1)
   carry the job as it was at that moment (§2.2), signed, to every hook that covers the job, with
   one delivery GUID per event (`webhooks`).
@@ -641,15 +642,28 @@ class Emulator:
                 return runner
         raise errors.OAuthError()  # never registered, or removed (deleted / job done / idle)
 
-    def open_session(self, secret: str, *, os_name: str = "Linux") -> Session:
+    def open_session(
+        self, secret: str, *, os_name: str = "Linux", version: str | None = None
+    ) -> Session:
         """The runner connects: online from now on. A live second session is a conflict (409),
         which the real runner reports as SessionConflict (exit code 5, docs/github.md §8.3).
-        Credentials of a removed runner are ``invalid_client`` (401, `errors.OAuthError`)."""
+        Credentials of a removed runner are ``invalid_client`` (401, `errors.OAuthError`).
+
+        ``version`` is the session's ``agent.version`` (the real runner sends its own,
+        BrokerMessageListener.cs ``CreateSessionAsync``). The session opens whatever it is (the
+        broker refuses a deprecated runner at its message poll, `wait_message`), but a runner
+        is given jobs only once its version is known to meet the floor: GitHub never assigns a
+        job to a runner it then refuses as deprecated."""
         self.reap()
         runner = self._runner_by_secret(secret)
         if self.is_online(runner):
             raise GitHubError(409, "A session for this runner already exists.")
-        runner.session = Session(id=secrets.token_hex(16), last_seen=self._clock())
+        runner.session = Session(
+            id=secrets.token_hex(16),
+            last_seen=self._clock(),
+            version_ok=self.min_runner_version is None
+            or (version is not None and not self._deprecated(version)),
+        )
         runner.os = os_name
         self._dispatch()
         self._notify()
@@ -678,11 +692,9 @@ class Emulator:
         if session is None or session.id != session_id:
             raise errors.session_invalid()
         if self.min_runner_version is not None:
-            try:
-                deprecated = parse_runner_version(version or "") < self.min_runner_version
-            except ValueError:
-                deprecated = True  # no version, or not one: it cannot be shown new enough
-            if deprecated:
+            session.version_ok = not self._deprecated(version)
+            if not session.version_ok:
+                self._notify()
                 raise errors.version_too_old(version or "")
         session.polls += 1
         session.last_seen = self._clock()
@@ -698,6 +710,15 @@ class Emulator:
         finally:
             session.polls -= 1
             session.last_seen = self._clock()
+
+    def _deprecated(self, version: str | None) -> bool:
+        """Below ``min_runner_version`` (never without one)."""
+        if self.min_runner_version is None:
+            return False
+        try:
+            return parse_runner_version(version or "") < self.min_runner_version
+        except ValueError:
+            return True  # no version, or not one: it cannot be shown new enough
 
     def report_result(self, secret: str, job_id: int, exit_code: int, log: bytes) -> Job:
         """The runner finished: the job completes, and the JIT runner is removed (§3.2)."""
@@ -737,6 +758,8 @@ class Emulator:
         as on GitHub)."""
         if runner.job_id is not None or runner.ran_job or not self.is_online(runner):
             return False
+        if runner.session is None or not runner.session.version_ok:
+            return False  # not yet shown to meet the version floor (`open_session`)
         if runner.scope.organization is not None and not runner.runner_group.admits(job.repository):
             return False
         if not self.actions.may_take(runner, job):

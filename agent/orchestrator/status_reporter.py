@@ -9,8 +9,10 @@ means the entry is sent again after the restart.
 With a GitHub App each served job gets one check run, created on its first report and then
 updated: its id is kept in the `ReportStore` (written before the entry is acknowledged), and a
 creation whose answer was lost is found again by ``external_id``, so a restart neither loses the
-check run nor creates a second one. With a token, each report is a commit status (context
-``gantryd/<pool>``). Creations are paced within GitHub's content-creation limits
+check run nor creates a second one. With a token, each report is a commit status whose context
+is the job's own (``gantryd: <workflow> / <job> (attempt <n>, job <id>)``: GitHub keeps the
+latest status per commit and context, so a shared one would let jobs overwrite each other's).
+Creations are paced within GitHub's content-creation limits
 (`ContentPacer`). ``reporting`` (all | failures | off) and ``cancel_dead_jobs`` are read from the
 live configuration at every entry.
 

@@ -284,14 +284,44 @@ async def test_token_auth_reports_commit_statuses(
         await queue.finish(job.id, "success")
         await reporter.drain_once(store)
     statuses = emulator.checks.statuses_of("acme/app", job.head_sha)
+    context = f"gantryd: build (attempt 1, job {job.id})"
     assert [(s.context, s.state) for s in statuses] == [
-        ("gantryd/default", "pending"),
-        ("gantryd/default", "pending"),
-        ("gantryd/default", "success"),
+        (context, "pending"),
+        (context, "pending"),
+        (context, "success"),
     ]
     assert statuses[0].description == "Queued in default, position 1"
     assert statuses[-1].target_url == spec.html_url
     assert emulator.checks.runs == {}
+
+
+async def test_two_jobs_of_one_commit_keep_two_statuses(
+    tmp_path: Path,
+    queue: SQLiteQueue,
+    store: ReportStore,
+    emulator: Emulator,
+    api_url: str,
+) -> None:
+    """Token mode: GitHub keeps the latest status per (sha, context); each job has its own
+    context, so one job finishing does not overwrite the other's status on the commit."""
+    token = TokenAuth(Secret(emulator.add_personal_token(INSTALLATION)))
+    build = new_job(emulator)
+    lint = emulator.create_job(
+        "acme/app", ["self-hosted", "linux"], "true", name="lint", run_id=build.run_id
+    )
+    assert lint.head_sha == build.head_sha
+    async with reporter_for(tmp_path, queue, api_url, token) as reporter:
+        for job in (build, lint):
+            await queue.enqueue(replace(spec_of(job), installation_id=None))
+        assert await reporter.drain_once(store) == 2
+        await queue.mark_running(build.id, "r1")
+        await queue.finish(build.id, "failure")
+        assert await reporter.drain_once(store) == 1
+    latest = emulator.checks.latest_statuses("acme/app", build.head_sha)
+    assert sorted((s.context, s.state) for s in latest) == [
+        (f"gantryd: build (attempt 1, job {build.id})", "failure"),
+        (f"gantryd: lint (attempt 1, job {lint.id})", "pending"),
+    ]
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("failures", 1), ("off", 0)])

@@ -53,6 +53,7 @@ class Context:
     peak_memory: int | None = None  # bytes, from the pool's stats of the runner container
     cpu_seconds: float | None = None
     oom_killed: bool = False
+    hold: str | None = None  # why the job's pool takes no job now (an outdated image), if so
 
 
 def check_run_name(entry: OutboxEntry) -> str:
@@ -186,6 +187,17 @@ def build_report(entry: OutboxEntry, ctx: Context) -> Report:
         )
         return Report(
             status="queued", conclusion=None, title="Waiting for approval", summary=summary
+        )
+    if entry.state is JobState.QUEUED and ctx.hold:
+        summary = (
+            f"Held in pool `{pool}` on host `{ctx.instance}`: {ctx.hold}. The job stays "
+            "queued, no attempt is counted, and it starts once the pool serves again."
+        )
+        return Report(
+            status="queued",
+            conclusion=None,
+            title=f"Held: {_one_line(ctx.hold)}"[:255],
+            summary=summary,
         )
     if entry.state is JobState.QUEUED:
         where = f"position {ctx.position}" if ctx.position else "a runner is being started"

@@ -22,6 +22,7 @@ import trio
 
 from agent.container.lifecycle import Outcome, RunnerState
 from agent.container.pool_manager import PoolManager
+from agent.emulator.checks import CheckRun
 from agent.emulator.models import parse_runner_version
 from agent.queue.base import JobQueue, JobState
 from tests.conftest import managed_containers, remove_managed
@@ -86,7 +87,10 @@ async def test_exit_7_holds_the_pool_until_its_image_changes_and_burns_no_attemp
             assert default is not None and pools.free_slots(default) == 0
             assert managed_containers(docker_client, stack.setup.instance) == []
             # The job's check run says why it waits, as it says "Waiting for approval".
-            runs = lambda: emulator.checks.runs_of("octo-org/app", head_sha=job.head_sha)  # noqa: E731
+
+            def runs() -> list[CheckRun]:
+                return emulator.checks.runs_of("octo-org/app", head_sha=job.head_sha)
+
             with trio.fail_after(30):
                 await emulator.checks.wait_until(
                     lambda: any(r.output.get("title") == f"Held: {reason}" for r in runs())

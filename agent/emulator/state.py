@@ -754,14 +754,19 @@ class Emulator:
 
     def _can_take(self, runner: Runner, job: Job) -> bool:
         """Idle, online, labels a superset, scope covering the repository and, for an
-        organization runner, its group admitting the repository (else the job stays queued,
-        as on GitHub)."""
+        organization runner, its group admitting the repository; for a job whose runs-on names
+        a group, a runner of that group (else the job stays queued, as on GitHub)."""
         if runner.job_id is not None or runner.ran_job or not self.is_online(runner):
             return False
         if runner.session is None or not runner.session.version_ok:
             return False  # not yet shown to meet the version floor (`open_session`)
         if runner.scope.organization is not None and not runner.runner_group.admits(job.repository):
             return False
+        if job.runs_on_group is not None and (
+            runner.scope.organization is None
+            or runner.runner_group.name.lower() != job.runs_on_group.lower()
+        ):
+            return False  # runs-on names a group: its runners only (repository ones are in none)
         if not self.actions.may_take(runner, job):
             return False
         have = {label.lower() for label in runner.labels}
@@ -812,8 +817,13 @@ class Emulator:
         installation: int | None = None,
         environment: str | None = None,
         run_id: int | None = None,
+        group: str | None = None,
     ) -> Job:
         """A workflow job is created (as a push would make it) and announced with ``queued``.
+
+        ``group`` is runs-on's runner group (``runs-on: {group: X, labels: [...]}``): only
+        runners of the organization runner group of that name take the job; ``labels`` may then
+        be empty (``runs-on: {group: X}``). The payload carries the labels only (`Job`).
 
         With ``environment`` the job gets a deployment; if that environment has required
         reviewers the job waits (`JobStatus.WAITING`: ``queued`` with status ``waiting``, then
@@ -828,8 +838,10 @@ class Emulator:
             installation = covering[0]
         elif installation not in covering:
             raise GitHubError(422, f"Installation {installation} does not cover {repo.full_name}")
-        if not labels or not all(isinstance(label, str) and label for label in labels):
-            raise GitHubError(422, "A job needs at least one non-empty label (runs-on)")
+        if not all(isinstance(label, str) and label for label in labels):
+            raise GitHubError(422, "Labels (runs-on) must be non-empty strings")
+        if not labels and not group:
+            raise GitHubError(422, "A job needs at least one label or a runner group (runs-on)")
         attempt, head_sha = 1, secrets.token_hex(20)
         if run_id is not None:
             run = [j for j in self.jobs_of(repo.full_name) if j.run_id == run_id]
@@ -849,6 +861,7 @@ class Emulator:
             head_branch=head_branch,
             head_sha=head_sha,
             created_at=self._clock(),
+            runs_on_group=group or None,
         )
         if environment is not None:
             self._deploy(job, environment)
@@ -1003,6 +1016,7 @@ class Emulator:
                 head_branch=old.head_branch,
                 head_sha=old.head_sha,
                 created_at=self._clock(),
+                runs_on_group=old.runs_on_group,
             )
             if old.deployment is not None:
                 self._deploy(job, old.deployment.environment.name)

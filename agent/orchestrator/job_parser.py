@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from agent.config import Config, PoolConfig, PoolSource, PriorityRule
+from agent.config import Config, PoolConfig, PoolSource, PriorityRule, Scope
 from agent.github.paths import InvalidName, check_full_name, check_owner
 from agent.queue.base import JobSpec
 
@@ -192,6 +192,31 @@ def match_pool(labels: tuple[str, ...], pools: tuple[PoolConfig, ...]) -> PoolCo
         if wanted <= have and (best is None or len(have) < len(best_have)):
             best, best_have = pool, have
     return best
+
+
+def group_label_warnings(pools: tuple[PoolConfig, ...]) -> list[str]:
+    """Pools of different runner groups with the same labels: every job fitting them goes to
+    the first, since routing cannot see the group a job asks for (module docstring)."""
+    warnings = []
+    for index, pool in enumerate(pools):
+        have = {label.casefold() for label in pool.labels}
+        for first in pools[:index]:
+            same = {label.casefold() for label in first.labels} == have
+            if same and _group_of(first) != _group_of(pool):
+                warnings.append(
+                    f'pool "{pool.name}" ({_group_of(pool)}) has the labels of pool '
+                    f'"{first.name}" ({_group_of(first)}): gantryd routes by labels only (a '
+                    "queued job's runs-on group is not sent), so its jobs all go to "
+                    f'"{first.name}"; give "{pool.name}" a label of its own'
+                )
+                break
+    return warnings
+
+
+def _group_of(pool: PoolConfig) -> str:
+    if pool.scope is Scope.ORGANIZATION:
+        return f'runner group "{pool.runner_group}"'
+    return "repository scope"
 
 
 def _rule_matches(rule: PriorityRule, event: WorkflowJobEvent) -> bool:

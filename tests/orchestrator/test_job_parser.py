@@ -22,6 +22,7 @@ from agent.config import (
 from agent.orchestrator.job_parser import (
     Action,
     PayloadError,
+    group_label_warnings,
     job_spec,
     match_pool,
     parse_workflow_job,
@@ -172,3 +173,18 @@ def test_a_job_without_labels_is_never_served() -> None:
     payload["workflow_job"]["labels"] = []
     assert job_spec(parse_workflow_job(payload), replace(make_config(), pools=GROUPED)) is None
     assert match_pool((), GROUPED) is None
+
+
+def test_pools_of_two_groups_with_the_same_labels_are_warned_of() -> None:
+    linux = ("self-hosted", "linux")
+    ci = PoolConfig(name="ci", labels=linux, scope=Scope.ORGANIZATION, runner_group="ci")
+    (warning,) = group_label_warnings(
+        (
+            PoolConfig(name="repo", labels=linux),
+            replace(ci, labels=("Self-Hosted", "LINUX")),
+            replace(ci, name="more", labels=(*linux, "big")),  # a label of its own: reachable
+        )
+    )
+    assert warning.startswith('pool "ci" (runner group "ci") has the labels of pool "repo"')
+    same_group = (ci, replace(ci, name="ci2"))  # one group: either runner may take the job
+    assert group_label_warnings(same_group) == []

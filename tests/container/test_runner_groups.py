@@ -118,6 +118,40 @@ async def test_runs_on_group_jobs_are_routed_by_their_labels_to_that_groups_pool
             remove_managed(docker_client, stack.setup.instance)
 
 
+async def test_a_job_of_a_group_no_pool_serves_ends_with_the_group_named(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    """runs-on: {group: elsewhere, labels: [self-hosted, linux]}: the labels fit the "ci"
+    pool, so gantryd starts a runner (it cannot see the group); GitHub never gives it the job,
+    and the reason on the job's check run says which group the pool's runners are in."""
+    async with pool_stack(
+        tmp_path,
+        pool={"scope": "organization", "runner_group": "ci", "bootstrap_timeout": "2s"},
+        github={"organizations": ["octo-org"]},
+        queue={"retry_attempts": 0},
+    ) as stack:
+        try:
+            queue, emulator = stack.daemon.queue, stack.emulator
+            assert queue is not None
+            emulator.add_runner_group("octo-org", "ci")
+            emulator.add_runner_group("octo-org", "elsewhere")
+            job = emulator.create_job("octo-org/app", JOB_LABELS, "echo never", group="elsewhere")
+            with trio.fail_after(60):
+                await wait_entry(queue, job.id, JobState.DEAD)
+            assert emulator.job(job.id).status == "queued"  # no runner of its group exists
+            entry = await queue.get(job.id)
+            assert entry is not None and 'it must be "ci"' in (entry.last_error or "")
+            with trio.fail_after(30):
+                await emulator.checks.wait_until(
+                    lambda: any(
+                        r.status == "completed" and 'it must be "ci"' in str(r.output["summary"])
+                        for r in emulator.checks.runs_of("octo-org/app")
+                    )
+                )
+        finally:
+            remove_managed(docker_client, stack.setup.instance)
+
+
 def test_refusal_follows_githubs_group_policy() -> None:
     default = GroupPolicy(
         organization="acme", name="Default", visibility="all", allows_public_repositories=False

@@ -163,7 +163,7 @@ class StatusReporter:
         """Report the queued jobs of every pool whose hold started, changed or ended since it
         was last reported; return how many GitHub accepted. A pool whose reports fail is tried
         again on the next pass."""
-        sent = 0
+        before = self.delivered
         for pool in self._live.current.pools:
             hold = self._hold(pool.name)
             if self._reported_holds.get(pool.name) == hold:
@@ -176,7 +176,6 @@ class StatusReporter:
                 )
                 try:
                     await self._deliver(store, entry)
-                    sent += 1
                 except (_Dropped, _NotYet):
                     pass
                 except GitHubError as exc:
@@ -185,7 +184,7 @@ class StatusReporter:
                     break
             if complete:
                 self._reported_holds[pool.name] = hold
-        return sent
+        return self.delivered - before
 
     async def _handle(self, store: ReportStore, entry: OutboxEntry) -> bool:
         """Report one entry and acknowledge it; False if it stays for a retry."""

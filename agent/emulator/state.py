@@ -18,7 +18,9 @@ The rules, with their source in docs/github.md (§n.n below):
   the job's and whose scope covers the job's repository — not necessarily the runner made for it
   (§2.1, §10 point 6, docs/design.md §1) — and, for an organization runner, whose runner group
   admits the repository (`RunnerGroup.admits`: no public repositories unless allowed, selected or
-  private visibility); otherwise the job stays queued. A JIT runner runs one job and is then removed
+  private visibility), and, for a job whose runs-on names a group (``create_job(group=...)``),
+  whose group is that one (§3.5: never in the payload, which has the labels only); otherwise the
+  job stays queued. A JIT runner runs one job and is then removed
   (§3.2, §8.2); one that has taken no job is removed ``runner_idle_timeout`` after registration.
 - A job naming an environment with required reviewers waits (``queued`` with status
   ``waiting``, then ``waiting``) until `review_job`; approved, it is ``queued`` again under the

@@ -175,7 +175,8 @@ def parse_rest_job(
 NO_LABELS = (
     "runs-on names no labels, only a runner group, and GitHub does not send a queued job's "
     "group (runner_group_name is null until a runner takes it): gantryd routes by labels; "
-    "list the pool's labels in runs-on (runs-on: {group: ..., labels: [...]})"
+    "if the job is meant for a gantryd pool, list that pool's labels in runs-on "
+    "(runs-on: {group: ..., labels: [...]})"
 )
 
 

@@ -152,6 +152,32 @@ async def test_a_job_of_a_group_no_pool_serves_ends_with_the_group_named(
             remove_managed(docker_client, stack.setup.instance)
 
 
+async def test_a_runner_group_missing_at_github_is_named_in_status(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    async with pool_stack(
+        tmp_path,
+        pool={"scope": "organization", "runner_group": "ci"},
+        github={"organizations": ["octo-org"]},
+    ) as stack:
+        try:
+            pools = stack.daemon.pools
+            assert pools is not None
+            with trio.fail_after(30):
+                await pools.wait_until(lambda: bool(pools.pool_notes("default")))
+            (note,) = pools.pool_notes("default")
+            assert note == (
+                'NO GROUP: organization octo-org has no group "ci" (it has: Default): '
+                "no runner of this pool can register"
+            )
+            stack.emulator.add_runner_group("octo-org", "ci", allows_public_repositories=True)
+            assert stack.daemon.reload()  # checked again, as on every gc_interval
+            with trio.fail_after(30):
+                await pools.wait_until(lambda: pools.pool_notes("default") == ())
+        finally:
+            remove_managed(docker_client, stack.setup.instance)
+
+
 def test_refusal_follows_githubs_group_policy() -> None:
     default = GroupPolicy(
         organization="acme", name="Default", visibility="all", allows_public_repositories=False

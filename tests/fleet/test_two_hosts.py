@@ -6,6 +6,7 @@ stops hands its leases over."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import shutil
 import uuid
@@ -149,7 +150,10 @@ def holders(fleet: FleetStatus) -> dict[str, str]:
     return {lease: h.host for h in fleet.hosts for lease in h.leases}
 
 
-async def test_two_hosts_share_leases_status_and_secrets(fleet_of_two: TwoHosts) -> None:
+async def test_two_hosts_share_leases_status_and_secrets(
+    fleet_of_two: TwoHosts, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     emulator, a, b = fleet_of_two.emulator, fleet_of_two.a, fleet_of_two.b
     with trio.fail_after(60):
         fleet = await wait_fleet(b, lambda f: len(f.hosts) == 2 and set(holders(f)) == set(CHORES))
@@ -173,6 +177,7 @@ async def test_two_hosts_share_leases_status_and_secrets(fleet_of_two: TwoHosts)
     assert (finished.runner_name or "").startswith(f"gantryd-{b.instance}-")
     digest = hashlib.sha256(VALUE.encode()).hexdigest()
     assert f"{digest}  {SECRETS_DIR}/SHARED".encode() in finished.log
+    assert VALUE not in caplog.text  # neither host logged the value it stored or injected
     audit = (await b.call(protocol.secret_audit("SHARED"))).audit
     assert [(e.action.value, e.runner) for e in audit] == [
         ("set", None),

@@ -49,6 +49,9 @@ READ_TIMEOUT = 60.0
 RETRIES = 4  # per command, after the first try; with the backoff below: ~1.5 s at most
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 0.8
+# Error replies meaning "not now" (a replica, loading, a failed save, full, a long script, too
+# few replicas for min-replicas-to-write): Redis is unavailable, not the command wrong.
+REFUSALS = ("READONLY", "LOADING", "MISCONF", "OOM", "BUSY", "NOREPLICAS")
 HEALTH_CHECK_INTERVAL = 15  # seconds idle before a pooled connection is PINGed on checkout
 
 
@@ -233,7 +236,7 @@ class FleetRedis:
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 raise RedisUnavailable(f"Redis unreachable: {exc}") from exc
             except redis.exceptions.ResponseError as exc:
-                if str(exc).startswith(("READONLY", "LOADING", "MISCONF", "OOM", "BUSY")):
+                if str(exc).startswith(REFUSALS):
                     raise RedisUnavailable(f"Redis refused: {exc}") from exc
                 raise
 

@@ -40,6 +40,7 @@ HEARTBEAT_INTERVAL = 5.0
 GONE_AFTER = LEASE_TTL + HEARTBEAT_INTERVAL + 10.0
 DEAD_AFTER = 600.0
 FORGET_AFTER = 7 * 86400.0
+FORGET_EVERY = 720  # heartbeats between two passes dropping forgotten records (an hour)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,10 +152,11 @@ class Hosts:
 
         return await self.fleet.run(forget)
 
-    async def release_gone(self) -> list[str]:
-        """Release the leases of every gone host; returns the hosts that held some."""
+    async def release_gone(self, views: list[HostView] | None = None) -> list[str]:
+        """Release the leases of every gone host (of ``views``, else read now); returns the
+        hosts that held some."""
         released = []
-        for view in await self.views():
+        for view in await self.views() if views is None else views:
             gone = view.gone and view.record.host != self.host
             if gone and await release_host(self.fleet, view.record.host):
                 log.warning(
@@ -176,11 +178,14 @@ class Hosts:
         cancelled. Redis being away is logged once per outage and retried each interval."""
         task_status.started()
         away = False
+        beats = 0
         while True:
             try:
                 await self.publish(snapshot(self._clock()))
-                await self.release_gone()
-                await self.forget_old()
+                await self.release_gone(await self.views())
+                if beats % FORGET_EVERY == 0:
+                    await self.forget_old()
+                beats += 1
                 if away:
                     log.info("fleet: heartbeats resumed")
                 away = False

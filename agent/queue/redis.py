@@ -96,7 +96,7 @@ def _unavailable(exc: Exception) -> Exception:
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         mapped: Exception = QueueUnavailable(f"Redis unreachable: {exc}")
     elif isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
-        ("OOM", "READONLY", "LOADING", "MISCONF", "BUSY")
+        ("OOM", "READONLY", "LOADING", "MISCONF", "BUSY", "NOREPLICAS")
     ):
         mapped = QueueUnavailable(f"Redis refused the write: {exc}")
     else:

@@ -1,18 +1,20 @@
 """End to end: N trivial jobs through the GitHub stand-in and a real ``gantryd serve``, beside a
 docker-py loop running the same containers at the same concurrency, in one run.
 
-    .venv/bin/python bench/e2e.py [--jobs 40] [--runners 4 8]
+    .venv/bin/python bench/e2e.py [--jobs 40] [--runners 4 8] [--profile OUT.txt]
 
 For each runner count R: gantryd (a subprocess, max_runners = concurrency = R) gets N jobs
 (script ``true``) created on the stand-in (in this process), one after the other; timed until
 the last completes. Figures: jobs/min; p50/p95 from the ``queued`` webhook's arrival at gantryd
 (the queue row's ``enqueued_at``, read from its SQLite file afterwards) to the job's start on its
 runner (the stand-in's ``started_at``); gantryd's CPU ms per job (utime+stime of its process from
-/proc over the run); this process's CPU apart (the stand-in plays GitHub, and drives the run: not
-gantryd's cost). Baseline: R threads doing docker-py create + start + wait + remove of the same
-image running ``true``, N containers in all (latency from the loop's start: all N wait at once,
-as the N jobs do). Everything labelled with the run's instance is
-removed at the end and checked: exit status 1, with the list, if anything is left.
+/proc over the run; ``--profile`` adds a py-spy record of it over the same window, summarised by
+bench/pyspy_summary.py); this process's CPU apart (the stand-in plays GitHub, and drives the
+run: not gantryd's cost). Baseline: R threads doing docker-py create + start + wait + remove of
+the same image running ``true``, N containers in all (latency from the loop's start: all N wait
+at once, as the N jobs do), and its CPU per container: docker-py's own cost, a floor for any
+client of the Engine. Everything labelled with the run's instance is removed at the end and
+checked: exit status 1, with the list, if anything is left.
 """
 
 from __future__ import annotations
@@ -81,7 +83,20 @@ def docker_py_loop(jobs: int, runners: int, tag: str) -> tuple[float, list[float
     return time.perf_counter() - t0, latencies
 
 
-async def through_gantryd(jobs: int, runners: int, instance: str) -> dict[str, float]:
+def py_spy_command(pid: int, out: Path) -> list[str]:
+    """py-spy sampling the daemon at 250 Hz into ``out`` (``.json``: speedscope, else raw
+    collapsed stacks), only samples of the thread holding the GIL (``--gil``): py-spy's idle
+    detection counts threads blocked in a lock or a socket read as busy, the GIL holder is the
+    one spending the process's CPU. Needs root or ptrace rights."""
+    fmt = "speedscope" if out.suffix == ".json" else "raw"
+    spy = Path(sys.executable).with_name("py-spy")
+    options = ["--rate", "250", "--gil", "--format", fmt, "--output", str(out)]
+    return [str(spy), "record", "--pid", str(pid), *options]
+
+
+async def through_gantryd(
+    jobs: int, runners: int, instance: str, profile: Path | None = None
+) -> dict[str, float]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     secret = secrets.token_hex(20)
     emulator = demo_emulator(key, DEMO_REPOSITORIES)
@@ -122,6 +137,10 @@ async def through_gantryd(jobs: int, runners: int, instance: str) -> dict[str, f
                             await trio.sleep(0.2)  # start-up poll, bounded by the deadline
                 emulator.add_hook(f"http://127.0.0.1:{port}/webhook", secret)
                 await trio.sleep(2)  # start-up work (GC pass, first samples) out of the window
+                spy = None
+                if profile is not None:
+                    spy = await trio.lowlevel.open_process(py_spy_command(gantryd.pid, profile))
+                    await trio.sleep(1)  # py-spy attaches
                 cpu0, own0, t0 = cpu_seconds(gantryd.pid), cpu_seconds("self"), time.perf_counter()
                 ids = [
                     emulator.create_job(DEMO_REPOSITORIES[0], ["self-hosted"], "true").id
@@ -132,6 +151,10 @@ async def through_gantryd(jobs: int, runners: int, instance: str) -> dict[str, f
                         await emulator.wait_job(job_id, "completed")
                 elapsed = time.perf_counter() - t0
                 cpu, own = cpu_seconds(gantryd.pid) - cpu0, cpu_seconds("self") - own0
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                    with trio.fail_after(30):
+                        await spy.wait()
             finally:
                 gantryd.send_signal(signal.SIGTERM)
                 with trio.move_on_after(30):
@@ -150,7 +173,7 @@ async def through_gantryd(jobs: int, runners: int, instance: str) -> dict[str, f
     }
 
 
-async def measure(jobs: int, runner_counts: list[int]) -> int:
+async def measure(jobs: int, runner_counts: list[int], profile: Path | None) -> int:
     load = os.getloadavg()
     client = docker.from_env()
     tag = f"e2e-{secrets.token_hex(3)}"
@@ -158,8 +181,11 @@ async def measure(jobs: int, runner_counts: list[int]) -> int:
     print(f"e2e benchmark: {jobs} jobs (script `true`), image {RUNNER_IMAGE}")
     for runners in runner_counts:
         instance = f"{tag}-{runners}"
+        own0 = cpu_seconds("self")
         base_s, base_lat = await trio.to_thread.run_sync(docker_py_loop, jobs, runners, tag)
-        ours = await through_gantryd(jobs, runners, instance)
+        base_cpu = cpu_seconds("self") - own0
+        out = None if profile is None else profile.with_stem(f"{profile.stem}-{runners}")
+        ours = await through_gantryd(jobs, runners, instance, out)
         for c in client.containers.list(
             all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"}
         ):
@@ -180,7 +206,8 @@ async def measure(jobs: int, runner_counts: list[int]) -> int:
         print(
             f"  gantryd CPU {ours['gantryd CPU ms/job']:.1f} ms/job (target <= 20); "
             "stand-in + driver (this process) "
-            f"{ours['this process (stand-in) CPU ms/job']:.1f} ms/job"
+            f"{ours['this process (stand-in) CPU ms/job']:.1f} ms/job; docker-py loop "
+            f"{base_cpu / jobs * 1000:.1f} ms/container"
         )
     print(f"\nload average at start {load[0]:.2f}, at end {os.getloadavg()[0]:.2f}")
     if daemon_left:
@@ -199,8 +226,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=40)
     parser.add_argument("--runners", type=int, nargs="+", default=[4, 8])
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the daemon over the timed window into PROFILE-<runners>.txt|.json "
+        "(adds py-spy's own cost to the machine; take figures from runs without it)",
+    )
     args = parser.parse_args()
-    sys.exit(trio.run(measure, args.jobs, args.runners))
+    sys.exit(trio.run(measure, args.jobs, args.runners, args.profile))
 
 
 if __name__ == "__main__":

@@ -41,10 +41,9 @@ import httpx
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from agent.container.docker_api import INSTANCE_LABEL
 from agent.demo import DEMO_REPOSITORIES, RUNNER_IMAGE, demo_emulator, write_demo_config
 from agent.emulator.server import serve_emulator
-from bench.support import BENCH_LABEL, cpu_seconds, free_port, leftovers
+from bench.support import BENCH_LABEL, cpu_seconds, free_port, leftovers, remove_instance
 
 
 def quantile(samples: list[float], q: float) -> float:
@@ -190,11 +189,7 @@ async def measure(jobs: int, runner_counts: list[int], profile: Path | None) -> 
         base_cpu = cpu_seconds("self") - own0
         out = None if profile is None else profile.with_stem(f"{profile.stem}-{runners}")
         ours = await through_gantryd(jobs, runners, instance, out)
-        for c in client.containers.list(
-            all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"}
-        ):
-            daemon_left.append(f"{c.name} ({c.status})")
-            c.remove(force=True)
+        daemon_left += remove_instance(client, instance)
         base_rate = jobs / base_s * 60
         print(f"\n{runners} runners")
         print(

@@ -1,14 +1,15 @@
 """A short text summary of a py-spy raw (collapsed stacks) profile: where the samples went.
 
-    .venv/bin/python bench/pyspy_summary.py PROFILE.txt [--jobs N] [--top 25]
+    .venv/bin/python bench/pyspy_summary.py PROFILE.txt [--jobs N] [--top 25] [--root FRAME]
 
 py-spy's raw format is one line per distinct stack, ``frame;frame;...;leaf COUNT``. Printed:
 the samples (and, with ``--jobs``, samples per job), the share of samples *in* each function
 (inclusive: the function or anything it called; line numbers dropped), the share of samples
 whose *leaf* is in each function (self), the share per library (the deepest frame's
 package: where the CPU itself was spent), and the share per innermost gantryd function (what
-gantryd code each sample was spent for, whatever library it was in). Small enough to commit
-beside the figures.
+gantryd code each sample was spent for, whatever library it was in). ``--root`` keeps the stacks
+whose outermost frame starts with it: ``_run_module_as_main`` is the trio thread,
+``Thread._bootstrap`` the worker threads. Small enough to commit beside the figures.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _outside(frames: list[str]) -> str:
     return f"({_package(frames[-1])}, no gantryd frame)"
 
 
-def summarise(text: str, jobs: int | None, top: int) -> str:
+def summarise(text: str, jobs: int | None, top: int, root: str = "") -> str:
     inclusive: Counter[str] = Counter()
     leaf: Counter[str] = Counter()
     package: Counter[str] = Counter()
@@ -54,6 +55,8 @@ def summarise(text: str, jobs: int | None, top: int) -> str:
             continue
         n = int(count)
         frames = _frames(stack)
+        if not frames[0].startswith(root):
+            continue
         total += n
         for f in set(frames):
             inclusive[f] += n
@@ -85,8 +88,9 @@ def main() -> None:
     parser.add_argument("profile", type=Path)
     parser.add_argument("--jobs", type=int)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--root", default="", help="only stacks whose outermost frame starts so")
     args = parser.parse_args()
-    print(summarise(args.profile.read_text(), args.jobs, args.top))
+    print(summarise(args.profile.read_text(), args.jobs, args.top, args.root))
 
 
 if __name__ == "__main__":

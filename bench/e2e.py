@@ -13,8 +13,11 @@ the same window, summarised by bench/pyspy_summary.py); this process's CPU apart
 plays GitHub, and drives the run: not gantryd's cost). Baseline: R threads doing docker-py
 create + start + wait + remove of the same image running ``true``, N containers in all (latency
 from the loop's start: all N wait at once, as the N jobs do), and its CPU per container:
-docker-py's own cost, a floor for any client of the Engine. Everything labelled with the run's
-instance is removed at the end and checked: exit status 1, with the list, if anything is left.
+docker-py's own cost, a floor for any client of the Engine. Where a job's runner slot goes:
+the slot per job (R x elapsed / N) of each, the runner's own session with the stand-in (job
+started -> completed) and the medians of each container's create -> start -> die -> destroy,
+from Docker's event stream. Everything labelled with the run's instance is removed at the end
+and checked: exit status 1, with the list, if anything is left.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import json
 import os
 import secrets
 import signal
@@ -41,6 +45,7 @@ import httpx
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from agent.container.docker_api import INSTANCE_LABEL
 from agent.demo import DEMO_REPOSITORIES, RUNNER_IMAGE, demo_emulator, write_demo_config
 from agent.emulator.server import serve_emulator
 from bench.support import BENCH_LABEL, cpu_seconds, free_port, leftovers, remove_instance
@@ -80,6 +85,38 @@ def docker_py_loop(jobs: int, runners: int, tag: str) -> tuple[float, list[float
     for t in threads:
         t.join()
     return time.perf_counter() - t0, latencies
+
+
+class Timeline:
+    """Docker's create/start/die/destroy times of the containers labelled ``label`` (key=value),
+    read by a ``docker events`` process running meanwhile (a process of its own, so this one's
+    CPU figures stay clean). ``stop()`` ends it and returns the medians, in seconds, of each
+    step of the containers seen through all four."""
+
+    STEPS = (("create", "start"), ("start", "die"), ("die", "destroy"), ("create", "destroy"))
+
+    def __init__(self, label: str) -> None:
+        filters = ["--filter", "type=container", "--filter", f"label={label}"]
+        self._proc = subprocess.Popen(
+            ["docker", "events", *filters, "--format", "{{json .}}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def stop(self) -> dict[str, float]:
+        time.sleep(1)  # the Engine's last events reach the stream (no event to wait on)
+        self._proc.terminate()
+        out, _ = self._proc.communicate()
+        times: dict[str, dict[str, float]] = {}
+        for line in out.splitlines():
+            event = json.loads(line)
+            action = event["Action"].split(":")[0]
+            times.setdefault(event["Actor"]["ID"], {})[action] = event["timeNano"] / 1e9
+        full = [t for t in times.values() if all(k in t for k in ("create", "die", "destroy"))]
+        return {
+            f"{a}->{b}": statistics.median(t[b] - t[a] for t in full) if full else 0.0
+            for a, b in self.STEPS
+        }
 
 
 def py_spy_command(pid: int, out: Path) -> list[str]:
@@ -166,10 +203,15 @@ async def through_gantryd(
         arrived = dict(db.execute("SELECT job_id, enqueued_at FROM jobs").fetchall())
         db.close()
     latency = [(emulator.job(i).started_at or 0.0) - arrived[i] for i in ids]
+    session = [
+        (emulator.job(i).completed_at or 0.0) - (emulator.job(i).started_at or 0.0) for i in ids
+    ]
     return {
         "jobs/min": jobs / elapsed * 60,
         "p50": quantile(latency, 0.5),
         "p95": quantile(latency, 0.95),
+        "session": statistics.median(session),
+        "slot": runners * elapsed / jobs,
         "gantryd CPU ms/job": cpu / jobs * 1000,
         "of which the trio thread": loop / jobs * 1000,
         "this process (stand-in) CPU ms/job": own / jobs * 1000,
@@ -184,11 +226,15 @@ async def measure(jobs: int, runner_counts: list[int], profile: Path | None) -> 
     print(f"e2e benchmark: {jobs} jobs (script `true`), image {RUNNER_IMAGE}")
     for runners in runner_counts:
         instance = f"{tag}-{runners}"
+        base_steps = Timeline(f"{BENCH_LABEL}={tag}")
         own0 = cpu_seconds("self")
         base_s, base_lat = await trio.to_thread.run_sync(docker_py_loop, jobs, runners, tag)
         base_cpu = cpu_seconds("self") - own0
+        base_lives = await trio.to_thread.run_sync(base_steps.stop)
         out = None if profile is None else profile.with_stem(f"{profile.stem}-{runners}")
+        our_steps = Timeline(f"{INSTANCE_LABEL}={instance}")
         ours = await through_gantryd(jobs, runners, instance, out)
+        our_lives = await trio.to_thread.run_sync(our_steps.stop)
         daemon_left += remove_instance(client, instance)
         base_rate = jobs / base_s * 60
         print(f"\n{runners} runners")
@@ -201,6 +247,18 @@ async def measure(jobs: int, runner_counts: list[int], profile: Path | None) -> 
             f"p95 {ours['p95'] * 1000:.0f} ms; docker-py loop start -> started p50 "
             f"{statistics.median(base_lat) * 1000:.0f} ms, "
             f"p95 {quantile(base_lat, 0.95) * 1000:.0f} ms"
+        )
+        print(
+            f"  a runner slot per job: gantryd {ours['slot'] * 1000:.0f} ms, docker-py loop "
+            f"{runners * base_s / jobs * 1000:.0f} ms; of gantryd's, the runner's own session "
+            f"with the stand-in (job started -> completed) p50 {ours['session'] * 1000:.0f} ms"
+        )
+        print(
+            "  container steps, medians (gantryd / docker-py loop): "
+            + ", ".join(
+                f"{step} {our_lives[step] * 1000:.0f} / {base_lives[step] * 1000:.0f} ms"
+                for step in our_lives
+            )
         )
         print(
             f"  gantryd CPU {ours['gantryd CPU ms/job']:.1f} ms/job (target <= 20; "

@@ -73,6 +73,9 @@ async def watch_disk(
         for runner, pool in watched:
             if pool is None or not _watched(runner, pool) or runner.container_id is None:
                 continue
-            reason = over_limit(usage.get(runner.container_id), pool)
+            used = usage.get(runner.container_id)
+            if used is not None and runner.sidecar_id is not None:  # the inner daemon's data
+                used += usage.get(runner.sidecar_id, 0)
+            reason = over_limit(used, pool)
             if reason is not None:
                 await stop(runner, pool, reason)

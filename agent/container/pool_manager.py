@@ -25,12 +25,12 @@ from collections.abc import Callable, Mapping
 import trio
 
 from agent.config import Config, PoolConfig, Scope
-from agent.container import capacity
+from agent.container import capacity, dind
 from agent.container.adoption import adopt
 from agent.container.assignment import Assignments
 from agent.container.capacity import Placement
 from agent.container.disk import watch_disk
-from agent.container.docker_api import ContainerEvent, DockerAPI, DockerError
+from agent.container.docker_api import RUNNER_LABEL, ContainerEvent, DockerAPI, DockerError
 from agent.container.events import JobEvent
 from agent.container.gc import collect_garbage
 from agent.container.images import Images
@@ -356,6 +356,7 @@ class PoolManager:
     async def _container_event(self, event: ContainerEvent) -> None:
         runner = self._registry.by_container(event.container_id)
         if runner is None:
+            self._sidecar_event(event)
             return
         if event.action == "oom":
             if not runner.oom_killed:
@@ -369,6 +370,18 @@ class PoolManager:
             if event.exit_code is not None:
                 runner.exit_code = event.exit_code
             await self._exited(runner)
+
+    def _sidecar_event(self, event: ContainerEvent) -> None:
+        """A runner's Docker daemon died while the runner lived: its job's Docker steps fail
+        (GitHub reports them); counted, and said in the runner's record."""
+        if event.action != "die" or event.labels.get(dind.ROLE_LABEL) != dind.SIDECAR_ROLE:
+            return
+        runner = self._registry.get(event.labels.get(RUNNER_LABEL, ""))
+        if runner is None or runner.retiring or runner.exited_at is not None:
+            return
+        self.stats.outcomes[Outcome.DIND_FAILED] += 1
+        runner.reason = runner.reason or f"its Docker daemon exited ({event.exit_code})"
+        log.warning("runner %s: its Docker daemon exited (%s)", runner.name, event.exit_code)
 
     async def _exited(self, runner: Runner) -> None:
         if not runner.mark_exited(self._clock()):
@@ -528,15 +541,20 @@ class PoolManager:
             await trio.sleep(STATS_INTERVAL)
             for runner in self._registry:
                 if runner.state is RunnerState.BUSY and runner.container_id is not None:
-                    await self._sample(runner, runner.container_id)
+                    await self._sample(runner, runner.container_id, runner.sidecar_id)
 
-    async def _sample(self, runner: Runner, container_id: str) -> None:
+    async def _sample(self, runner: Runner, container_id: str, sidecar_id: str | None) -> None:
+        """Peaks of the runner, plus its Docker sidecar (and the job's containers in it)."""
         try:
             usage = await self._docker.stats(container_id)
+            extra = await self._docker.stats(sidecar_id) if sidecar_id else None
         except DockerError:
             return  # gone or Docker away: the event stream tells
-        runner.peak_memory = max(runner.peak_memory, usage.peak_memory)
-        runner.cpu_seconds = max(runner.cpu_seconds, usage.cpu_seconds)
+        peak, cpu = usage.peak_memory, usage.cpu_seconds
+        if extra is not None:  # the sum of peaks bounds the pair's peak from above
+            peak, cpu = peak + extra.peak_memory, cpu + extra.cpu_seconds
+        runner.peak_memory = max(runner.peak_memory, peak)
+        runner.cpu_seconds = max(runner.cpu_seconds, cpu)
 
     # -- garbage collection ---------------------------------------------------------------
 

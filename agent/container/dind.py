@@ -72,7 +72,7 @@ UNPRIVILEGED_CAPABILITIES = (
     "SYS_BOOT", "SYS_CHROOT", "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO",
     "SYS_TIME", "SYS_TTY_CONFIG", "WAKE_ALARM",
 )  # fmt: skip
-UNCONFINED = ("seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined")
+UNCONFINED = ("seccomp=unconfined", "apparmor=unconfined")  # and no masked /proc paths
 
 # The sidecar's entrypoint (sh -c SCRIPT sh dockerd ...): hand _work to the runner user (the
 # volume starts root-owned and empty: the official image has no _work), make the cgroup
@@ -124,11 +124,13 @@ def runner_environment() -> dict[str, str]:
 
 
 def daemon_command(pool: PoolConfig) -> tuple[str, ...]:
-    """dockerd's arguments: the shared socket for the runner's group, and no bridge or
-    iptables rules where the runner's namespace is the host's (or has no network)."""
+    """dockerd's arguments: the shared socket for the runner's group (and the usual one in
+    the sidecar, which the official runner mounts into a ``container:`` job's container), and
+    no bridge or iptables rules where the runner's namespace is the host's (or has none)."""
     command = [
         "dockerd",
         f"--host={DOCKER_HOST}",
+        "--host=unix:///var/run/docker.sock",
         f"--group={DOCKER_GID}",
         f"--data-root={DATA_DIR}",
     ]
@@ -167,6 +169,7 @@ def sidecar_spec(
             "config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILES},
         },
         privileged=privileged,
+        unmasked_paths=not privileged,  # --privileged unmasks them itself
     )
     return ContainerSpec(
         name=sidecar_name(runner),

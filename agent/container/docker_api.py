@@ -237,6 +237,8 @@ class DockerAPI:
             init=h.init,
             privileged=h.privileged,
         )
+        if h.unmasked_paths:  # what the CLI's systempaths=unconfined sends (API 1.39+)
+            host_config["MaskedPaths"], host_config["ReadonlyPaths"] = [], []
         created = await self._call(
             self._api.create_container,
             spec.image,
@@ -288,16 +290,23 @@ class DockerAPI:
         def run() -> bool:
             try:
                 stream = self._api.logs(container_id, stream=True, follow=True)
-                pending = b""
+            except _DOCKER_ERRORS as exc:
+                raise _translate(exc) from exc
+            pending = b""
+            try:
                 for chunk in stream:
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
                     if any(needle.encode() in line for line in lines):
-                        stream.close()
                         return True
                 return needle.encode() in pending
             except _DOCKER_ERRORS as exc:
                 raise _translate(exc) from exc
+            finally:  # the stream's socket and its HTTP response, not left to the collector
+                stream.close()
+                response = getattr(stream, "_response", None)
+                if response is not None:
+                    response.close()
 
         return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
 

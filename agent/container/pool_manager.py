@@ -377,7 +377,8 @@ class PoolManager:
         if event.action != "die" or event.labels.get(dind.ROLE_LABEL) != dind.SIDECAR_ROLE:
             return
         runner = self._registry.get(event.labels.get(RUNNER_LABEL, ""))
-        if runner is None or runner.retiring or runner.exited_at is not None:
+        live = (RunnerState.IDLE, RunnerState.BUSY)  # while starting, the provisioner reports
+        if runner is None or runner.state not in live or runner.retiring or runner.exited_at:
             return
         self.stats.outcomes[Outcome.DIND_FAILED] += 1
         runner.reason = runner.reason or f"its Docker daemon exited ({event.exit_code})"

@@ -83,6 +83,8 @@ class HostOptions:
     named_volumes: tuple[NamedMount, ...] = ()
     # Only a pool's Docker sidecar (``docker = "dind"``); a runner container never.
     privileged: bool = False
+    # No masked or read-only /proc paths (``--security-opt systempaths=unconfined``): sidecar only.
+    unmasked_paths: bool = False
     # Bytes the writable layer may hold (``--storage-opt size``); DockerAPI.create drops it
     # where the storage driver cannot enforce it (overlay2 needs xfs with pquota).
     storage_size: int | None = None

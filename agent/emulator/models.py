@@ -210,6 +210,9 @@ class Job:
     head_sha: str
     created_at: float
     run_attempt: int = 1  # 1, then one more for every re-run of the run or of this job
+    # The workflow's `container:` image (the job message's jobContainer): the runner creates a
+    # job container through its Docker daemon and runs the steps in it; None: on the runner.
+    container: str | None = None
     deployment: Deployment | None = None  # when the job names an environment
     status: JobStatus = JobStatus.QUEUED
     conclusion: Conclusion | None = None

@@ -58,8 +58,8 @@ DATA_DIR = "/var/lib/docker"
 WORK_DIR = f"{RUNNER_HOME}/_work"
 EXTERNALS_DIR = f"{RUNNER_HOME}/externals"
 # run-helper.sh polls `docker ps` once a second for this long before starting the Listener.
-RUNNER_WAIT_SECONDS = 60
-READY_TIMEOUT = 60.0  # seconds gantryd waits for the inner daemon's "API listen on"
+RUNNER_WAIT_SECONDS = 120  # as ARC sets it for its dind mode
+READY_TIMEOUT = 120.0  # seconds gantryd waits for the inner daemon's "API listen on"
 READY_LINE = "API listen on"
 LOG_LINES = 15  # of the daemon's log, in the reason of a failed start
 # docker_privileged = false: Docker's capability list without SYS_RESOURCE, the one an Engine

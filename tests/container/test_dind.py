@@ -244,3 +244,128 @@ async def test_a_daemon_that_exits_is_reported_with_its_last_log_lines(
         error = entry.last_error or ""
         assert "the job's Docker daemon (sidecar) exited; its last log lines:" in error, error
         assert "mirror" in error.split("log lines:", 1)[1]
+
+
+WAIT_FOR_RELEASE = "while [ ! -e /home/runner/_work/release ]; do sleep 0.2; done\ndocker version\n"
+
+
+def _release(client: docker.DockerClient, runner: str) -> None:
+    client.containers.get(runner).exec_run(["touch", "/home/runner/_work/release"])
+
+
+async def test_a_reload_switches_the_mode_of_new_runners_only(
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    official_image: str,
+    dind_image: str,
+    cleanup: list[str],
+) -> None:
+    """A dind job runs; the pool is reloaded to docker = "none": the running job keeps its
+    sidecar and finishes, the next job's runner has none (and no Docker)."""
+    async with pool_stack(tmp_path, pool=_pool(official_image, dind_image)) as stack:
+        cleanup.append(stack.setup.instance)
+        pools = stack.daemon.pools
+        assert pools is not None
+        first = stack.emulator.create_job("octo-org/app", JOB_LABELS, WAIT_FOR_RELEASE)
+        with trio.fail_after(120):
+            await stack.emulator.wait_job(first.id, "in_progress")
+        (running,) = pools.runners()
+        assert running.sidecar and running.sidecar_id is not None
+        path = stack.setup.config_path
+        path.write_text(path.read_text().replace('docker = "dind"', 'docker = "none"'))
+        assert stack.daemon.reload()
+        second = stack.emulator.create_job(
+            "octo-org/app", JOB_LABELS, 'test -z "$DOCKER_HOST" && ! docker ps'
+        )
+        with trio.fail_after(120):
+            await stack.emulator.wait_job(second.id, "completed")
+        assert stack.emulator.job(second.id).conclusion == "success"
+        assert docker_client.containers.get(running.sidecar_id).status == "running"
+        _release(docker_client, running.name)
+        with trio.fail_after(120):
+            await stack.emulator.wait_job(first.id, "completed")
+            await pools.wait_no_runners()
+        assert stack.emulator.job(first.id).conclusion == "success"
+        assert _leftovers(docker_client, stack.setup.instance)["volumes"] == []
+
+
+async def test_a_restarted_gantryd_adopts_the_pair_and_removes_it_after_the_job(
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    official_image: str,
+    dind_image: str,
+    cleanup: list[str],
+) -> None:
+    from agent.config import load_config
+    from agent.daemon import Daemon
+    from agent.reload import LiveConfig
+    from agent.systemd import Notifier
+    from tests.container.stack import emulator_setup
+
+    async with emulator_setup(tmp_path, pool=_pool(official_image, dind_image)) as setup:
+        cleanup.append(setup.instance)
+        async with trio.open_nursery() as nursery:
+            first = Daemon(live=LiveConfig(load_config(setup.config_path)), notifier=Notifier({}))
+            intake = await nursery.start(first.run)
+            setup.emulator.add_hook(intake + "/webhook", setup.webhook_secret)
+            job = setup.emulator.create_job("octo-org/app", JOB_LABELS, WAIT_FOR_RELEASE)
+            with trio.fail_after(120):
+                await setup.emulator.wait_job(job.id, "in_progress")
+            assert first.pools is not None
+            (runner,) = first.pools.runners()
+            nursery.cancel_scope.cancel()  # stopped: the pair keeps running
+        async with trio.open_nursery() as nursery:
+            second = Daemon(live=LiveConfig(load_config(setup.config_path)), notifier=Notifier({}))
+            intake = await nursery.start(second.run)
+            setup.emulator.add_hook(intake + "/webhook", setup.webhook_secret)
+            assert second.pools is not None
+            (adopted,) = second.pools.runners()
+            assert adopted.name == runner.name and adopted.sidecar
+            assert adopted.sidecar_id == runner.sidecar_id
+            _release(docker_client, runner.name)
+            with trio.fail_after(120):
+                await setup.emulator.wait_job(job.id, "completed")
+                await second.pools.wait_no_runners()
+            assert setup.emulator.job(job.id).conclusion == "success"
+            assert _leftovers(docker_client, setup.instance) == {
+                "containers": [],
+                "volumes": [],
+                "networks": [],
+            }
+            nursery.cancel_scope.cancel()
+
+
+async def test_gc_removes_an_orphaned_pair_sidecar_and_volumes(
+    docker_client: docker.DockerClient, dind_image: str, cleanup: list[str]
+) -> None:
+    """What a crash between creation and the row's removal leaves: labelled, unknown to the
+    state database, so garbage collection removes it all (containers before volumes)."""
+    from agent.container.dind import create_volumes, sidecar_name
+    from agent.container.docker_api import DockerAPI
+    from agent.container.gc import collect_garbage
+
+    instance = f"test-gc-{ROOT.name}-{id(cleanup)}"
+    cleanup.append(instance)
+    name = f"gantryd-{instance}-orphan"
+    labels = {
+        "io.gantryd.managed": "true",
+        "io.gantryd.instance": instance,
+        "io.gantryd.runner": name,
+        "io.gantryd.expires": "9999999999",
+    }
+    api = DockerAPI()
+    try:
+        await create_volumes(api, name, labels)
+        docker_client.containers.create(
+            dind_image,
+            ["true"],
+            name=sidecar_name(name),
+            labels={**labels, ROLE_LABEL: SIDECAR_ROLE},
+            volumes={v: {"bind": p, "mode": "rw"} for p, v in volume_names(name).items()},
+        )
+        collected = await collect_garbage(api, instance=instance, known=set(), now=0.0)
+    finally:
+        api.close()
+    assert collected.containers == [sidecar_name(name)]
+    assert sorted(collected.volumes) == sorted(volume_names(name).values())
+    assert _leftovers(docker_client, instance) == {"containers": [], "volumes": [], "networks": []}

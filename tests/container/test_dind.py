@@ -196,6 +196,10 @@ echo hi >"$GITHUB_WORKSPACE/out.txt" && cat out.txt
         assert "pid 1: tail -f /dev/null" in log  # the step ran in the job container
         assert "the runner's _work is /__w here" in log and "\nhi\n" in log
         assert pools.stats.outcomes[Outcome.DIND_FAILED] == 0
+        starts = stack.daemon.metrics.registry.get_sample_value(
+            "gantryd_container_start_duration_seconds_count", {"pool": "default", "kind": "dind"}
+        )
+        assert starts == 2  # one sidecar start per job, in the start histogram
         assert _leftovers(docker_client, stack.setup.instance) == {
             "containers": [],
             "volumes": [],

@@ -83,6 +83,14 @@ class ContainerUsage:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DiskUsage:
+    """Bytes on disk: per container id (writable layer + mounted volumes), per volume name."""
+
+    containers: Mapping[str, int]
+    volumes: Mapping[str, int]
+
+
+@dataclass(frozen=True, kw_only=True)
 class ContainerEvent:
     action: str  # start | die | oom | destroy
     container_id: str
@@ -373,16 +381,17 @@ class DockerAPI:
             cpu_seconds=int(cpu.get("total_usage") or 0) / 1e9,
         )
 
-    async def disk_usage(self) -> dict[str, int]:
+    async def disk_usage(self) -> DiskUsage:
         """Bytes each container holds on disk: its writable layer plus the volumes it mounts
-        (by container id). One ``/system/df`` answers for every container at once; the Engine
-        walks each writable layer and volume for it, so callers keep it infrequent."""
+        (by container id), and each volume's own size. One ``/system/df`` answers for every
+        container at once; the Engine walks each writable layer and volume for it, so callers
+        keep it infrequent."""
         raw = await self._call(self._api.df, limiter=self._disk)
         volumes = {
             v.get("Name"): max(0, int((v.get("UsageData") or {}).get("Size") or 0))
             for v in raw.get("Volumes") or []
         }
-        return {
+        containers = {
             c["Id"]: max(0, int(c.get("SizeRw") or 0))
             + sum(
                 volumes.get(m.get("Name"), 0)
@@ -391,6 +400,7 @@ class DockerAPI:
             )
             for c in raw.get("Containers") or []
         }
+        return DiskUsage(containers=containers, volumes=volumes)
 
     async def list_managed(self, **labels: str) -> list[ContainerInfo]:
         filters = [f"{MANAGED_LABEL}=true"] + [f"{LABEL_PREFIX}{k}={v}" for k, v in labels.items()]

@@ -31,7 +31,6 @@ from agent.container.lifecycle import Outcome
 from agent.queue.base import JobState
 from tests.conftest import managed_containers, remove_managed
 from tests.container.stack import ROOT, Stack, pool_stack, wait_state
-from tests.container.test_images import registry  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.docker
 DIND_IMAGE = "gantryd/test-dind:latest"
@@ -46,7 +45,7 @@ def dind_image(docker_client: docker.DockerClient) -> str:
 
 
 @pytest.fixture(scope="module")
-def busybox_image(registry: str, runner_image: str, docker_client: docker.DockerClient) -> str:  # noqa: F811
+def busybox_image(registry: str, runner_image: str, docker_client: docker.DockerClient) -> str:
     """A FROM-scratch static busybox image on the local registry (for the inner daemon)."""
     image = f"{registry}/gantryd/busybox:dind-test"
     docker_client.images.get(runner_image).tag(image)

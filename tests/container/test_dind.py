@@ -393,3 +393,33 @@ async def test_gc_removes_an_orphaned_pair_sidecar_and_volumes(
     assert collected.containers == [sidecar_name(name)]
     assert sorted(collected.volumes) == sorted(volume_names(name).values())
     assert _leftovers(docker_client, instance) == {"containers": [], "volumes": [], "networks": []}
+
+
+async def test_a_jobs_peak_memory_includes_what_its_containers_use_in_the_sidecar(
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    official_image: str,
+    dind_image: str,
+    busybox_image: str,
+    cleanup: list[str],
+) -> None:
+    """The job's container holds 96 MiB for a few seconds (a tmpfs file, charged to its cgroup
+    inside the sidecar's); the runner container is limited to 64 MiB, so a recorded peak of 96
+    MiB or more is the sidecar counted with it."""
+    script = (
+        f"docker run --rm --network none --tmpfs /t:size=128m {busybox_image} /bin/busybox sh -c "
+        "'/bin/busybox head -c 100663296 /dev/zero >/t/x && /bin/busybox sleep 3'\n"
+    )
+    pool = _pool(official_image, dind_image, memory="64MiB")
+    async with pool_stack(tmp_path, pool=pool) as stack:
+        cleanup.append(stack.setup.instance)
+        pools = stack.daemon.pools
+        assert pools is not None
+        job = stack.emulator.create_job("octo-org/app", JOB_LABELS, script)
+        with trio.fail_after(120):
+            await stack.emulator.wait_job(job.id, "completed")
+            await pools.wait_no_runners()
+        assert stack.emulator.job(job.id).conclusion == "success"
+        usage = await pools.usage(job.id)
+        assert usage is not None and usage.peak_memory >= 96 * 1024 * 1024, usage
+        assert _leftovers(docker_client, stack.setup.instance)["volumes"] == []

@@ -423,3 +423,43 @@ async def test_a_jobs_peak_memory_includes_what_its_containers_use_in_the_sideca
         usage = await pools.usage(job.id)
         assert usage is not None and usage.peak_memory >= 96 * 1024 * 1024, usage
         assert _leftovers(docker_client, stack.setup.instance)["volumes"] == []
+
+
+async def test_a_restart_after_a_crash_between_removal_steps_removes_the_rest(
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    official_image: str,
+    dind_image: str,
+    cleanup: list[str],
+) -> None:
+    """gantryd stopped after removing a runner's container but before its sidecar and volumes
+    (the row still names the runner): the next start removes the rest, in order."""
+    from agent.config import load_config
+    from agent.daemon import Daemon
+    from agent.reload import LiveConfig
+    from agent.systemd import Notifier
+    from tests.container.stack import emulator_setup
+
+    async with emulator_setup(tmp_path, pool=_pool(official_image, dind_image)) as setup:
+        cleanup.append(setup.instance)
+        async with trio.open_nursery() as nursery:
+            first = Daemon(live=LiveConfig(load_config(setup.config_path)), notifier=Notifier({}))
+            intake = await nursery.start(first.run)
+            setup.emulator.add_hook(intake + "/webhook", setup.webhook_secret)
+            job = setup.emulator.create_job("octo-org/app", JOB_LABELS, WAIT_FOR_RELEASE)
+            with trio.fail_after(120):
+                await setup.emulator.wait_job(job.id, "in_progress")
+            assert first.pools is not None
+            (runner,) = first.pools.runners()
+            nursery.cancel_scope.cancel()
+        docker_client.containers.get(runner.name).remove(force=True, v=True)  # step 1 only
+        assert docker_client.containers.get(f"{runner.name}-dind").status == "running"
+        async with trio.open_nursery() as nursery:
+            second = Daemon(live=LiveConfig(load_config(setup.config_path)), notifier=Notifier({}))
+            await nursery.start(second.run)
+            assert second.pools is not None
+            assert runner.name not in {r.name for r in second.pools.runners()}
+            owned = {"label": f"io.gantryd.runner={runner.name}"}
+            assert docker_client.containers.list(all=True, filters=owned) == []
+            assert docker_client.volumes.list(filters=owned) == []
+            nursery.cancel_scope.cancel()

@@ -42,13 +42,12 @@ import time
 import docker
 import trio
 
-from agent.container.docker_api import INSTANCE_LABEL
 from agent.container.lifecycle import RunnerState
 from agent.container.pool_manager import PoolManager
 from agent.demo import RUNNER_IMAGE, demo_stack
 from agent.emulator import Emulator
 from agent.queue.base import JobQueue
-from bench.support import BENCH_LABEL, leftovers
+from bench.support import BENCH_LABEL, leftovers, remove_instance
 
 WARM_POOL = 'min_idle = 1\nwarm_repositories = ["octo-org/lib"]\n'
 
@@ -162,10 +161,7 @@ async def measure(runs: int) -> int:
                     )
                     await emulator.wait_job(job.id, "completed")
     # The daemon leaves its warm runner behind on shutdown (issue 16): remove it, then check.
-    daemon_left = []
-    for c in client.containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"}):
-        daemon_left.append(f"{c.name} ({c.status})")
-        c.remove(force=True)
+    daemon_left = remove_instance(client, instance)
     left = leftovers(client, instance, tag)
 
     def show(name: str, key: str) -> float:

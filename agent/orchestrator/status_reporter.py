@@ -40,7 +40,7 @@ import trio
 
 from agent.github.client import GitHubClient, GitHubError, PermissionMissing
 from agent.github.ratelimit import ContentPacer
-from agent.github.report_store import ReportStore, open_report_store
+from agent.github.report_store import Reported, ReportStore, open_report_store
 from agent.github.reports import Context, Report, build_report, check_run_name, wanted
 from agent.queue.base import FINAL_STATES, JobQueue, JobState, OutboxEntry, QueueError
 from agent.reload import LiveConfig
@@ -237,7 +237,7 @@ class StatusReporter:
             or not wanted(config.github.reporting, entry.state)
         ):
             return
-        ctx = await self._context(store, entry)
+        ctx, stored = await self._context(store, entry)
         if entry.state is JobState.DONE and ctx.runner_name is not None and self._usage:
             used = await self._usage(entry.job_id)
             if used is not None:
@@ -252,7 +252,7 @@ class StatusReporter:
         report = build_report(entry, ctx)
         try:
             if self._github.is_app:
-                await self._check_run(store, entry, report, ctx)
+                await self._check_run(store, entry, report, ctx, stored)
             else:
                 await self._pacer.wait()
                 await self._github.create_commit_status(
@@ -267,7 +267,11 @@ class StatusReporter:
             raise
         self.delivered += 1
 
-    async def _context(self, store: ReportStore, entry: OutboxEntry) -> Context:
+    async def _context(
+        self, store: ReportStore, entry: OutboxEntry
+    ) -> tuple[Context, Reported | None]:
+        """The report's context, and the job's stored report: the outbox hands out one entry per
+        job at a time, so nothing else changes that row before ``_check_run`` uses it."""
         job = await self._queue.get(entry.job_id)
         started_at = None
         if entry.state is JobState.RUNNING and job is not None:
@@ -278,7 +282,7 @@ class StatusReporter:
         position = None
         if entry.state is JobState.QUEUED:
             position = await self._queue.position(entry.job_id)
-        return Context(
+        context = Context(
             instance=self._instance,
             pool=self._live.current.pool(entry.spec.pool),
             position=position,
@@ -289,13 +293,18 @@ class StatusReporter:
             runner_name=job.runner_name if job is not None else None,
             hold=self._hold(entry.spec.pool) if entry.state is JobState.QUEUED else None,
         )
+        return context, stored
 
     async def _check_run(
-        self, store: ReportStore, entry: OutboxEntry, report: Report, ctx: Context
+        self,
+        store: ReportStore,
+        entry: OutboxEntry,
+        report: Report,
+        ctx: Context,
+        stored: Reported | None,
     ) -> None:
         spec = entry.spec
         body = report.check_run_body(entry, ctx)
-        stored = await store.get(entry.job_id)
         check_run_id = stored.check_run_id if stored is not None else None
         if check_run_id is None and stored is not None and stored.creating:
             # A creation was sent before a crash and its answer lost: adopt what GitHub made.

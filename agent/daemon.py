@@ -31,7 +31,7 @@ from agent.container.events import JobEvent
 from agent.container.lifecycle import LIVE_STATES
 from agent.container.pool_manager import PoolManager
 from agent.container.store import RunnerStore, open_runner_store
-from agent.fleet.connection import FleetRedis, RedisUnavailable, open_fleet_redis
+from agent.fleet.handle import FleetRedis, RedisUnavailable, open_fleet_redis
 from agent.fleet.hosts import HostRecord, Hosts, PoolLoad
 from agent.fleet.leases import RECONCILER, REGISTRATION_SWEEP, Lease
 from agent.fleet.ratelimits import share_rate_limits

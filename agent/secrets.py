@@ -39,15 +39,18 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
 import sqlite_utils
 import trio
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from agent.db import Database, open_database
-from agent.fleet.connection import FleetRedis
+from agent.fleet.handle import FleetRedis
+
+if TYPE_CHECKING:
+    import redis
+    import redis.client
 
 CREDENTIAL_NAME = "secrets-key"
 MAX_VALUE = 64 * 1024  # bytes
@@ -560,6 +563,8 @@ class RedisSecretStore(SecretStore):
         sees the change."""
         audit = self._audit_fields(name, Action.ROTATE, actor, None, None)
 
+        from redis.exceptions import WatchError  # loaded with the client
+
         def write(client: redis.Redis[str]) -> bool:
             with client.pipeline(transaction=True) as pipe:
                 try:
@@ -572,7 +577,7 @@ class RedisSecretStore(SecretStore):
                     self._add_audit(pipe, audit)
                     pipe.execute()
                     return True
-                except redis.exceptions.WatchError:
+                except WatchError:
                     return False
 
         return await self._fleet.run(write)

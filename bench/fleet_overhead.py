@@ -26,7 +26,8 @@ from typing import Any
 import redis
 import trio
 
-from agent.fleet.connection import FleetRedis, redis_client
+from agent.fleet.connection import redis_client
+from agent.fleet.handle import FleetRedis
 from agent.fleet.hosts import HostRecord, Hosts
 from agent.fleet.leases import CHORES, Lease
 from agent.fleet.ratelimits import share_rate_limits

@@ -15,18 +15,17 @@ logs and messages show of a URL.
 Reconnection: redis-py reconnects a failed connection on its next command; each command is
 retried a few times with short jittered exponential backoff (``RETRY``) so a failover or a Redis
 restart costs the callers a pause, not an error, when it is brief. A longer outage reaches the
-callers as ``ConnectionError`` (the queue maps it to ``QueueUnavailable``): they keep serving
-what does not need Redis and try again on their next pass.
+callers as ``ConnectionError`` (the queue maps it to ``QueueUnavailable``, ``agent.fleet.handle``
+to ``RedisUnavailable``): they keep serving what does not need Redis and try again on their
+next pass. Only the Redis backend imports this module (redis-py is an optional dependency).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 import redis
@@ -34,12 +33,6 @@ import redis.backoff
 import redis.exceptions
 import redis.retry
 import redis.sentinel
-import trio
-
-from agent.config import QueueConfig
-from agent.storage.errors import StorageUnavailable
-
-T = TypeVar("T")
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 CONNECT_TIMEOUT = 5.0  # seconds to open a TCP connection (a dead host answers nothing)
@@ -49,9 +42,6 @@ READ_TIMEOUT = 60.0
 RETRIES = 4  # per command, after the first try; with the backoff below: ~1.5 s at most
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 0.8
-# Error replies meaning "not now" (a replica, loading, a failed save, full, a long script, too
-# few replicas for min-replicas-to-write): Redis is unavailable, not the command wrong.
-REFUSALS = ("READONLY", "LOADING", "MISCONF", "OOM", "BUSY", "NOREPLICAS")
 HEALTH_CHECK_INTERVAL = 15  # seconds idle before a pooled connection is PINGed on checkout
 
 
@@ -205,56 +195,3 @@ def redis_client(
         else:
             options.pop("ssl_ca_certs", None)
     return cast("redis.Redis[str]", redis.Redis(**options))
-
-
-class RedisUnavailable(StorageUnavailable):
-    """Redis did not answer (down, failing over, refusing writes): the fleet chore waits."""
-
-
-class FleetRedis:
-    """The fleet's own client (leases, host records, rate limits, secrets), its calls run on a
-    thread of its own so they never queue behind the job queue's round trips.
-
-    ``prefix`` is the queue's ``redis_prefix``: every key is ``{prefix}:…`` (one hash tag, as
-    the queue's), so one server holds several installations apart.
-    """
-
-    def __init__(self, client: redis.Redis[str], *, prefix: str) -> None:
-        self.client = client
-        self.prefix = prefix
-        self._limiter = trio.CapacityLimiter(1)
-
-    def key(self, *parts: str) -> str:
-        return ":".join((f"{{{self.prefix}}}", *parts))
-
-    async def run(self, fn: Callable[[redis.Redis[str]], T]) -> T:
-        """Run ``fn(client)`` on a thread; connection failures become ``RedisUnavailable``."""
-
-        def call() -> T:
-            try:
-                return fn(self.client)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                raise RedisUnavailable(f"Redis unreachable: {exc}") from exc
-            except redis.exceptions.ResponseError as exc:
-                if str(exc).startswith(REFUSALS):
-                    raise RedisUnavailable(f"Redis refused: {exc}") from exc
-                raise
-
-        return await trio.to_thread.run_sync(call, limiter=self._limiter)
-
-    async def aclose(self) -> None:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self.client.close, limiter=self._limiter)
-
-
-@asynccontextmanager
-async def open_fleet_redis(queue: QueueConfig) -> AsyncIterator[FleetRedis]:
-    """The fleet's client for the queue's server (``[queue] redis_*``), closed on exit."""
-    client = redis_client(
-        queue.redis_url, password_file=queue.redis_password_file, ca_file=queue.redis_ca_file
-    )
-    fleet = FleetRedis(client, prefix=queue.redis_prefix)
-    try:
-        yield fleet
-    finally:
-        await fleet.aclose()

@@ -23,13 +23,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
 import trio
 
-from agent.fleet.connection import FleetRedis, RedisUnavailable
+from agent.fleet.handle import FleetRedis, RedisUnavailable
 from agent.fleet.leases import LEASE_TTL, release_host
+
+if TYPE_CHECKING:
+    import redis
+    import redis.client
 
 log = logging.getLogger(__name__)
 

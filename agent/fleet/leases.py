@@ -25,12 +25,15 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
 import trio
 
-from agent.fleet.connection import FleetRedis, RedisUnavailable
+from agent.fleet.handle import FleetRedis, RedisUnavailable
+
+if TYPE_CHECKING:
+    import redis
+    import redis.client
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis
 import trio
 
-from agent.fleet.connection import FleetRedis, RedisUnavailable
+from agent.fleet.handle import FleetRedis, RedisUnavailable
+
+if TYPE_CHECKING:
+    import redis
+    import redis.client
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from agent.config import ConfigError, QueueConfig, load_config, runtime_dir_of
-from agent.fleet.connection import open_fleet_redis
+from agent.fleet.handle import open_fleet_redis
 from agent.ops import protocol
 from agent.ops.admin_client import AdminClient, ControlError, NotRunning
 from agent.ops.protocol import JOBS_SHOWN, A, AdminError, Request, SecretsAnswer, socket_path

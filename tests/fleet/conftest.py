@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from agent.fleet.connection import FleetRedis, redis_client
+from agent.fleet.connection import redis_client
+from agent.fleet.handle import FleetRedis
 from tests.queue.queue_support import RedisServer, start_redis
 
 

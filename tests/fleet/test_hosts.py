@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.fleet.connection import FleetRedis
+from agent.fleet.handle import FleetRedis
 from agent.fleet.hosts import GONE_AFTER, HostRecord, Hosts, PoolLoad
 from agent.fleet.leases import RECONCILER, Lease, holders
 from tests.queue.queue_support import FakeClock

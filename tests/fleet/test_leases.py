@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from agent.fleet.connection import FleetRedis
+from agent.fleet.handle import FleetRedis
 from agent.fleet.leases import RECONCILER, REGISTRATION_SWEEP, Lease, holders, release_host
 
 pytestmark = pytest.mark.redis

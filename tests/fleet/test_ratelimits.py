@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.emulator import Emulator, serve_emulator
 from agent.emulator.ratelimit import RateLimitPolicy
-from agent.fleet.connection import FleetRedis
+from agent.fleet.handle import FleetRedis
 from agent.fleet.ratelimits import sync_rate_limits
 from agent.github.auth import Secret, TokenAuth
 from agent.github.client import GitHubClient, RunnerTarget

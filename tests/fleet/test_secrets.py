@@ -11,7 +11,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from agent.config import QueueConfig
-from agent.fleet.connection import FleetRedis
+from agent.fleet.handle import FleetRedis
 from agent.ops import protocol
 from agent.ops.commands import local_secrets
 from agent.secrets import Action, SecretsError, open_secret_store

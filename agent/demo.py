@@ -67,8 +67,9 @@ def write_demo_config(
 ) -> Path:
     """A complete config.toml for the stand-in stack; credentials files beside it, mode 0600.
 
-    ``scale_set_pool``: the name of a second pool, a scale-set one with the labels
-    ``self-hosted`` and that name, beside the ``default`` pool (a benchmark compares the two)."""
+    ``scale_set_pool``: the name of a second pool, a scale-set one whose only label is that name,
+    beside the ``default`` pool (a benchmark compares the two). Not ``self-hosted``: the scale
+    set would then be offered the webhook pool's jobs too (its labels cover theirs)."""
     _write_private(
         workdir / "app.pem",
         key.private_bytes(
@@ -136,7 +137,7 @@ def _scale_set_pool(name: str, image: str) -> str:
     return f"""\
 [[pool]]
 name = "{name}"
-labels = ["self-hosted", "{name}"]
+labels = ["{name}"]
 source = "scale-set"
 scope = "organization"
 image = "{image}"

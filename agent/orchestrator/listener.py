@@ -275,7 +275,8 @@ class Listener:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled; started() at once (GitHub may be unreachable for a while)."""
         task_status.started()
-        async with self._job_events:
+        async with self._job_events, trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_config)  # catches its failures: never raises
             await self._listen()
 
     async def _listen(self) -> None:
@@ -334,18 +335,16 @@ class Listener:
             )
             self._scale(session.statistics)
             last = self.status.last_message_id = await self._cursors.get(self._key)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._follow_config)
-                while True:
-                    message = await self.client.get_message(session, last, self._capacity())
-                    if message is None:
-                        continue
-                    await self._handle(session, message)
-                    await self.client.delete_message(session, message.id)
-                    last = self.status.last_message_id = message.id
-                    await self._cursors.set(self._key, last)
-                    self._handled.set()
-                    self._handled = trio.Event()
+            while True:
+                message = await self.client.get_message(session, last, self._capacity())
+                if message is None:
+                    continue
+                await self._handle(session, message)
+                await self.client.delete_message(session, message.id)
+                last = self.status.last_message_id = message.id
+                await self._cursors.set(self._key, last)
+                self._handled.set()
+                self._handled = trio.Event()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(SESSION_CLOSE_DEADLINE):
                 try:
@@ -381,8 +380,10 @@ class Listener:
         return session
 
     async def _follow_config(self) -> None:
-        """Apply each reload to the scale set while the session is open. A failed update is
-        logged and in ``status.scale_set_error``; the next reload or session tries again."""
+        """Apply each reload to the scale set once it is found, the session left open. A failed
+        update is logged and in ``status.scale_set_error``; the next reload or session tries
+        again."""
+        await self._found.wait()
         while True:
             await self._reconfigure.wait()
             self._reconfigure = trio.Event()

@@ -281,3 +281,21 @@ async def test_a_reload_updates_the_scale_sets_labels_and_group_but_not_its_name
         await stack.emulator.wait_job(job.id, "completed")
     await assert_ran_once(stack, [job.id])
     assert listener.status.state is ListenerState.LISTENING
+
+
+async def test_a_session_the_service_evicted_is_opened_again(stack: Stack) -> None:
+    """The service forgets the session (scaleset PR #123): the poll in flight is refused, the
+    refresh answers 404, and the listener opens a new session and serves on, no crash."""
+    listener = listener_of(stack)
+    with trio.fail_after(30):
+        await listener.wait_state(ListenerState.LISTENING)
+    (scale_set,) = stack.emulator.actions.scale_sets()
+    assert scale_set.session is not None
+    evicted = scale_set.session.id
+    stack.emulator.actions.evict_sessions()
+    job = stack.emulator.create_job("octo-org/app", LABELS, "echo ok", name="after-eviction")
+    with trio.fail_after(120):
+        await stack.emulator.wait_job(job.id, "completed")
+    await assert_ran_once(stack, [job.id])
+    assert listener.status.state is ListenerState.LISTENING
+    assert scale_set.session is not None and scale_set.session.id != evicted

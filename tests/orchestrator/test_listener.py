@@ -14,6 +14,7 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from agent.config.schema import Reload, reload_schema
 from agent.container.events import JobEvent
 from agent.demo import Stack, demo_emulator, demo_stack
 from agent.emulator.models import RunnerScope
@@ -252,6 +253,9 @@ async def test_a_reload_updates_the_scale_sets_labels_and_group_but_not_its_name
     """labels and runner_group are live: SIGHUP PATCHes the scale set (found by id, so a new
     group moves it); scale_set_name is a restart key (docs/configuration.md, schema): the
     reload names it for a restart and the scale set keeps its name."""
+    schema = reload_schema()  # what docs/configuration.md's reload column says (test_schema.py)
+    assert schema["pool.labels"] is schema["pool.runner_group"] is Reload.LIVE
+    assert schema["pool.scale_set_name"] is Reload.RESTART
     listener = listener_of(stack)
     with trio.fail_after(30):
         await listener.wait_state(ListenerState.LISTENING)

@@ -229,6 +229,7 @@ class Listener:
         self._handled = trio.Event()  # set and replaced whenever a message is acknowledged
         self._changed = trio.Event()  # set and replaced on every change of status.state
         self._reconfigure = trio.Event()  # set by config_changed (a reload)
+        self._reconfigured = trio.Event()  # set and replaced after each update attempt
         # (workflow run, job name) -> REST job id, for JobStarted/JobCompleted
         self._job_ids: dict[tuple[int, str], int] = {}
 
@@ -246,6 +247,10 @@ class Listener:
     async def wait_handled(self) -> None:
         """Until the listener next acknowledges a message (its effects committed)."""
         await self._handled.wait()
+
+    async def wait_reconfigured(self) -> None:
+        """Until the listener next tried to bring the scale set to a reloaded configuration."""
+        await self._reconfigured.wait()
 
     async def wait_state(self, state: ListenerState) -> None:
         """Until ``status.state`` is ``state``."""
@@ -397,6 +402,8 @@ class Listener:
                     self._key,
                     exc,
                 )
+            self._reconfigured.set()
+            self._reconfigured = trio.Event()
 
     async def _update_scale_set(self) -> None:
         """``PATCH`` the scale set (found by id: a changed runner group moves it rather than

@@ -286,6 +286,15 @@ async def test_a_reload_updates_the_scale_sets_labels_and_group_but_not_its_name
     await assert_ran_once(stack, [job.id])
     assert listener.status.state is ListenerState.LISTENING
 
+    # A group GitHub does not have: the update fails, is reported, and the session serves on.
+    stack.config_path.write_text(text.replace('"builders"', '"no-such-group"'))
+    assert stack.daemon.reload()
+    with trio.fail_after(30):
+        await listener.wait_reconfigured()
+    assert 'no single runner group "no-such-group"' in listener.status.scale_set_error
+    assert scale_set.group.name == "builders"
+    assert listener.status.state is ListenerState.LISTENING
+
 
 async def test_a_session_the_service_evicted_is_opened_again(stack: Stack) -> None:
     """The service forgets the session (scaleset PR #123): the poll in flight is refused, the

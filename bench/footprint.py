@@ -33,6 +33,7 @@ import collections
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import signal
 import subprocess
@@ -73,11 +74,13 @@ class Counted:
     def __init__(self, emulator: Emulator) -> None:
         self._app = build_app(emulator)
         self.counts: collections.Counter[str] = collections.Counter()
+        self.paths: collections.Counter[str] = collections.Counter()  # "GET /path/{n}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            actions = str(scope["path"]).startswith("/_actions/")
-            self.counts["actions" if actions else "rest"] += 1
+            path = str(scope["path"])
+            self.counts["actions" if path.startswith("/_actions/") else "rest"] += 1
+            self.paths[f"{scope['method']} {re.sub(r'[0-9][0-9a-f-]*', '{n}', path)}"] += 1
         await self._app(scope, receive, send)
 
 
@@ -248,12 +251,15 @@ async def measure(jobs: int, runners: int, idle_window: float) -> None:
                 idle_rss, ss_rss = rss_mib(gantryd.pid)[0], rss_mib(with_ss.pid)[0]
                 base_rss, _ = rss_mib(baseline.pid)
                 before = counted.counts.copy(), counted_beside.counts.copy()
+                paths_before = counted.paths.copy(), counted_beside.paths.copy()
                 idle = await _shares([gantryd.pid, with_ss.pid, baseline.pid], idle_window)
                 idle_cpu, ss_cpu, base_cpu = idle
                 per_minute = [
                     {k: (c[k] - b[k]) * 60 / idle_window for k in ("rest", "actions")}
                     for c, b in zip((counted.counts, counted_beside.counts), before, strict=True)
                 ]
+                both = (counted.paths, counted_beside.paths)
+                window_paths = [c - b for c, b in zip(both, paths_before, strict=True)]
                 await stop(with_ss)
                 started = time.monotonic()
                 await post_jobs(f"http://127.0.0.1:{port}/webhook", secret, jobs)
@@ -283,6 +289,9 @@ async def measure(jobs: int, runners: int, idle_window: float) -> None:
         ("gantryd idle, webhook + idle scale-set pool", ss_rss, ss_cpu, per_minute[1]),
     ):
         print(f"{name:48} {rss:9.1f} {cpu * 100:16.2f} {rate['rest']:9.1f} {rate['actions']:12.1f}")
+    for name, paths in zip(("webhook only", "with the scale-set pool"), window_paths, strict=True):
+        listed = ", ".join(f"{p} x{n}" for p, n in sorted(paths.items())) or "none"
+        print(f"  requests in the idle window, {name}: {listed}")
     print(
         f"{f'gantryd, {runners} runners + {jobs - runners} queued':48} "
         f"{loaded_rss:9.1f} {busy_cpu * 100:16.2f}"

@@ -32,9 +32,57 @@ def _check_config(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     _check_engine_nofile(config)
+    from agent.orchestrator.job_parser import group_label_warnings
+
+    for warning in group_label_warnings(config.pools):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: OK")
     print(describe(config))
+    _check_runner_groups(config)
     return 0
+
+
+GROUP_CHECK_SECONDS = 30.0  # how long check-config waits for GitHub's answers on runner groups
+
+
+def _check_runner_groups(config: Config) -> None:
+    """Ask GitHub whether each organization pool's runner group exists and which repositories
+    it admits; say plainly when that could not be checked (no credentials, GitHub unreachable).
+    Informational: the exit status stays that of the file's validation."""
+    from agent.config import Scope
+    from agent.github.auth import CredentialsError
+    from agent.github.client import GitHubClient, GitHubError
+    from agent.github.credentials import load_credentials
+    from agent.github.runners import GroupFinding, group_report
+
+    pools = [(p.name, p.runner_group) for p in config.pools if p.scope is Scope.ORGANIZATION]
+    if not pools:
+        return
+    github = config.github
+    try:
+        auth = load_credentials(github).auth
+    except CredentialsError as exc:
+        print(f"runner groups not checked: cannot read the GitHub credentials: {exc}")
+        return
+
+    async def ask() -> list[GroupFinding] | str:
+        with trio.move_on_after(GROUP_CHECK_SECONDS):
+            try:
+                async with GitHubClient(
+                    github.api_url, auth, timeout=min(github.request_timeout, 10.0)
+                ) as client:
+                    return await group_report(client, pools, github.organizations)
+            except GitHubError as exc:  # no HTTP answer: nothing was checked
+                return f"GitHub at {github.api_url} is unreachable: {exc}"
+        return f"GitHub at {github.api_url} did not answer within {GROUP_CHECK_SECONDS:g}s"
+
+    found = trio.run(ask)
+    if isinstance(found, str):
+        print(f"runner groups not checked: {found}")
+        return
+    print(f"runner groups (asked {github.api_url}):")
+    for finding in found:
+        print(f'  pool "{finding.pool}": {finding.text}')
 
 
 def _check_engine_nofile(config: Config) -> None:

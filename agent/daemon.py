@@ -227,6 +227,7 @@ class Daemon:
                     live=self.live,
                     instance=instance_name(config),
                     usage=store.usage,
+                    holds=self.pools.hold_reason,
                 ).run
             )
             await nursery.start(self.reconciler.run)

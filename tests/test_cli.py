@@ -13,8 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from agent.emulator import Emulator, serve_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 GANTRYD = [sys.executable, "-m", "agent"]
@@ -98,6 +101,91 @@ def test_invalid_config_exits_78_naming_file_and_key(
     assert result.returncode == EX_CONFIG
     assert str(path) in result.stderr and key in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def org_pools_config(credentials: Path, api_url: str) -> Path:
+    """The example with its pool at organization scope in group "ci" and a second pool in a
+    group octo-org does not have."""
+    path = example_config(
+        credentials,
+        **{
+            'api_url = "https://api.github.com"': f'api_url = "{api_url}"',
+            'app_id = "123456"': f'app_id = "{CLI_APP_ID}"',
+            "organizations = []": 'organizations = ["octo-org"]',
+            'scope = "repository"': 'scope = "organization"\nrunner_group = "ci"',
+        },
+    )
+    gpu = {"name": '"gpu"', "labels": '["self-hosted", "gpu"]', "scope": '"organization"'}
+    lines = [f"{key} = {value}" for key, value in gpu.items()] + ['runner_group = "GPU"']
+    path.write_text(path.read_text() + "\n[[pool]]\n" + "\n".join(lines) + "\n")
+    return path
+
+
+CLI_APP_ID = 5151
+
+
+async def test_check_config_asks_github_about_each_pools_runner_group(
+    credentials: Path, nursery: trio.Nursery
+) -> None:
+    key = serialization.load_pem_private_key((credentials / "app.pem").read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    emulator = Emulator(
+        app_id=CLI_APP_ID,
+        app_public_key=key.public_key(),
+        installations={1: ["octo-org/app", "octo-org/web"]},
+        public_repositories=["octo-org/web"],
+    )
+    api_url = await nursery.start(serve_emulator, emulator)
+    emulator.add_runner_group("octo-org", "ci", allows_public_repositories=True)
+    result = await trio.run_process(
+        [*GANTRYD, "check-config", "--config", str(org_pools_config(credentials, api_url))],
+        capture_stdout=True,
+        capture_stderr=True,
+        cwd=ROOT,
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr
+    assert f"runner groups (asked {api_url}):" in out
+    assert (
+        'pool "default": runner group "ci" of octo-org (visibility all, '
+        "allows_public_repositories true) serves every repository of octo-org gantryd reaches"
+    ) in out
+    assert (
+        'pool "gpu": organization octo-org has no runner group "GPU" (it has: Default, ci)' in out
+    )
+    # The admin limits "ci" to private repositories: the public one is named with the reason.
+    (ci,) = [g for g in emulator.runner_groups("octo-org") if g.name == "ci"]
+    emulator.set_runner_group_policy("octo-org", ci.id, visibility="private")
+    again = await trio.run_process(
+        [*GANTRYD, "check-config", "--config", str(org_pools_config(credentials, api_url))],
+        capture_stdout=True,
+        capture_stderr=True,
+        cwd=ROOT,
+    )
+    assert 'never serves octo-org/web (runner group "ci" of octo-org is limited to private' in (
+        again.stdout.decode()
+    )
+
+
+def test_check_config_offline_says_runner_groups_were_not_checked(credentials: Path) -> None:
+    """Unreachable GitHub: nothing claimed about the groups. What the file alone shows is still
+    said: two pools of different groups with the same labels (routing cannot tell them apart)."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    path = org_pools_config(credentials, f"http://127.0.0.1:{port}")  # nothing listens
+    text = path.read_text().replace('["self-hosted", "gpu"]', '["self-hosted", "linux", "x64"]')
+    path.write_text(text)
+    result = check_config(path)
+    assert result.returncode == 0, result.stderr
+    assert f"runner groups not checked: GitHub at http://127.0.0.1:{port} is unreachable" in (
+        result.stdout
+    )
+    assert "runner groups (asked" not in result.stdout
+    assert (
+        'warning: pool "gpu" (runner group "GPU") has the labels of pool "default" (runner '
+        'group "ci")'
+    ) in result.stderr
 
 
 def test_missing_file_exits_78(tmp_path: Path) -> None:

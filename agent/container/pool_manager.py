@@ -190,9 +190,12 @@ class PoolManager:
     def pool_notes(self, pool: str) -> tuple[str, ...]:
         """What a person must know of a pool (status): why it is held, what it never serves."""
         held = self.hold_reason(pool)
+        missing = self._groups.missing.get(pool)
         never = self.unreachable.get(pool, {})
-        return ((f"HELD: {held}",) if held else ()) + tuple(
-            f"never serves {repo}: {reason}" for repo, reason in sorted(never.items())
+        return (
+            ((f"HELD: {held}",) if held else ())
+            + ((f"NO GROUP: {missing}",) if missing else ())
+            + tuple(f"never serves {repo}: {reason}" for repo, reason in sorted(never.items()))
         )
 
     def hold_reason(self, pool: str) -> str | None:

@@ -7,7 +7,8 @@ SessionConflict, §8.3), long-polls for a job message, runs it, and reports the 
 trivially parseable for a busybox shell: every answer is one line of compact JSON and the job's
 script travels base64-encoded.
 
-    POST /_runner/sessions                   -> 201 {"sessionId": ...}  | 401 | 409
+    POST /_runner/sessions {os, agent: {name, version}?}
+                                             -> 201 {"sessionId": ...}  | 401 | 409
     GET  /_runner/sessions/{sid}/message[?runnerVersion=2.336.0]
                                              -> 200 {"job_id": N, "script": b64} | 204 after
                                                 POLL_SECONDS | 404 runner removed or session
@@ -49,7 +50,13 @@ def build_routes(emulator: Emulator) -> list[Route]:
     async def open_session(request: Request) -> Response:
         body = request.json()
         os_name = body.get("os", "Linux") if isinstance(body, dict) else "Linux"
-        session = emulator.open_session(_secret(request), os_name=str(os_name))
+        agent = body.get("agent") if isinstance(body, dict) else None
+        version = agent.get("version") if isinstance(agent, dict) else None
+        session = emulator.open_session(
+            _secret(request),
+            os_name=str(os_name),
+            version=version if isinstance(version, str) else None,
+        )
         return Response.json(201, {"sessionId": session.id})
 
     async def message(request: Request, session_id: str) -> Response:

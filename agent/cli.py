@@ -32,6 +32,7 @@ def _check_config(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     _check_engine_nofile(config)
+    _check_engine_privileged(config)
     from agent.orchestrator.job_parser import group_label_warnings
 
     for warning in group_label_warnings(config.pools):
@@ -102,6 +103,23 @@ def _check_engine_nofile(config: Config) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
+def _check_engine_privileged(config: Config) -> None:
+    """Say plainly, per pool, when its privileged Docker sidecar cannot run on the local
+    Engine (the other pools are unaffected); a note when the Engine's set cannot be read."""
+    from agent.config import DockerMode
+    from agent.container.engine_limits import engine_missing_capabilities, privileged_warnings
+
+    pools = [p.name for p in config.pools if p.docker is DockerMode.DIND and p.docker_privileged]
+    if not pools:
+        return
+    missing = engine_missing_capabilities()
+    if isinstance(missing, str):
+        print(f"note: whether the Engine can run privileged sidecars: {missing}", file=sys.stderr)
+        return
+    for warning in privileged_warnings(pools, missing):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from agent.daemon import Daemon, serve_until_signalled
     from agent.logs import setup_logging
@@ -117,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(config.server.log_level, config.server.log_format)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    _check_engine_privileged(config)
     # DOCKER_HOST as the docker CLI reads it (e.g. a unit's Environment=); unset: the socket.
     docker_url = os.environ.get("DOCKER_HOST") or None
     daemon = Daemon(live=LiveConfig(config), notifier=Notifier(), docker_url=docker_url)

@@ -320,3 +320,44 @@ def test_engine_limit_unreadable_is_a_note(tmp_path: Path) -> None:
     limit = engine_nofile_limit(tmp_path, tmp_path / "docker.pid")
     assert limit == EngineLimit(hard=None, source=tmp_path / "77" / "limits")
     assert nofile_warnings({"default": 10**6}, limit) == []
+
+
+def test_check_config_says_plainly_when_the_engine_cannot_run_a_privileged_sidecar(
+    credentials: Path,
+) -> None:
+    """Issue 14: a pool whose sidecar needs --privileged on an Engine that cannot grant it
+    (dockerd's bounding set lacks a capability) is named; other pools are not."""
+    from agent.container.engine_limits import engine_missing_capabilities
+
+    missing = engine_missing_capabilities()
+    if isinstance(missing, str):
+        pytest.skip(f"dockerd's capabilities are not readable here: {missing}")
+    dind = 'docker = "dind"\nallow_privileged_sidecar = true'
+    result = check_config(example_config(credentials, **{'docker = "none"': dind}))
+    assert result.returncode == 0, result.stderr
+    assert "PRIVILEGED sidecar" in result.stdout
+    warned = [x for x in result.stderr.splitlines() if "privileged containers" in x]
+    if missing:
+        assert len(warned) == 1 and warned[0].startswith('warning: pool "default"')
+        assert f"CAP_{missing[0]}" in warned[0] and "docker_privileged = false" in warned[0]
+    else:
+        assert warned == []
+    unprivileged = dind + "\ndocker_privileged = false"
+    result = check_config(example_config(credentials, **{'docker = "none"': unprivileged}))
+    assert "privileged containers" not in result.stderr
+
+
+def test_engine_capabilities_from_proc(tmp_path: Path) -> None:
+    from agent.container.engine_limits import engine_missing_capabilities, privileged_warnings
+
+    (tmp_path / "sys/kernel").mkdir(parents=True)
+    (tmp_path / "sys/kernel/cap_last_cap").write_text("40\n")
+    (tmp_path / "77").mkdir()
+    (tmp_path / "77" / "comm").write_text("dockerd\n")
+    (tmp_path / "77" / "status").write_text("Name:\tdockerd\nCapBnd:\t000001fffeffffff\n")
+    missing = engine_missing_capabilities(tmp_path, tmp_path / "docker.pid")
+    assert missing == ["SYS_RESOURCE"]
+    (tmp_path / "77" / "status").write_text("CapBnd:\t000001ffffffffff\n")
+    assert engine_missing_capabilities(tmp_path, tmp_path / "docker.pid") == []
+    assert privileged_warnings(["gpu"], []) == []
+    assert "no dockerd" in str(engine_missing_capabilities(tmp_path / "x", tmp_path / "y"))

@@ -10,7 +10,8 @@ script travels base64-encoded.
     POST /_runner/sessions {os, agent: {name, version}?}
                                              -> 201 {"sessionId": ...}  | 401 | 409
     GET  /_runner/sessions/{sid}/message[?runnerVersion=2.336.0]
-                                             -> 200 {"job_id": N, "script": b64} | 204 after
+                                             -> 200 {"job_id": N, "script": b64[,
+                                                "container": {"image": ...}]} | 204 after
                                                 POLL_SECONDS | 404 runner removed or session
                                                 gone | 403 version below the floor
     POST /_runner/sessions/{sid}/close       -> 204
@@ -85,7 +86,10 @@ def build_routes(emulator: Emulator) -> list[Route]:
         if outcome is None:
             return Response(status=204)
         script = base64.b64encode(outcome.script.encode()).decode()
-        return Response.json(200, {"job_id": outcome.id, "script": script})
+        message: dict[str, object] = {"job_id": outcome.id, "script": script}
+        if outcome.container is not None:  # the real message's jobContainer
+            message["container"] = {"image": outcome.container}
+        return Response.json(200, message)
 
     async def close_session(request: Request, session_id: str) -> Response:
         emulator.close_session(_secret(request), session_id)

@@ -5,7 +5,7 @@ reading logs — and what a test needs to steer it (faults). Not part of GitHub'
 
     POST  /_emulator/jobs            {repository, labels, script, name?, workflow_name?,
                                       head_branch?, installation?, environment?, run_id?,
-                                      group?}
+                                      group?, container?}
                                                                            -> 201 job
     GET   /_emulator/jobs/{id}[?wait_status=completed&timeout=30]
                                                               -> 200 job (+ exit_code, log)
@@ -93,6 +93,7 @@ def build_routes(emulator: Emulator) -> list[Route]:
             installation=installation,
             environment=_optional(body, "environment", str),
             run_id=_optional(body, "run_id", int),
+            container=_optional(body, "container", str),
             group=_optional(body, "group", str),
         )
         return Response.json(201, view(job))

@@ -214,6 +214,9 @@ class Job:
     head_sha: str
     created_at: float
     run_attempt: int = 1  # 1, then one more for every re-run of the run or of this job
+    # The workflow's `container:` image (the job message's jobContainer): the runner creates a
+    # job container through its Docker daemon and runs the steps in it; None: on the runner.
+    container: str | None = None
     # runs-on's ``group`` (``runs-on: {group: X, labels: [...]}``): only runners of that
     # organization runner group may take the job. Never in a payload: GitHub's workflow_job
     # carries ``labels`` alone and ``runner_group_name`` is null until a runner has the job.

@@ -819,6 +819,7 @@ class Emulator:
         installation: int | None = None,
         environment: str | None = None,
         run_id: int | None = None,
+        container: str | None = None,
         group: str | None = None,
     ) -> Job:
         """A workflow job is created (as a push would make it) and announced with ``queued``.
@@ -831,6 +832,7 @@ class Emulator:
         reviewers the job waits (`JobStatus.WAITING`: ``queued`` with status ``waiting``, then
         ``waiting``) until `review_job` approves it. ``run_id`` adds the job to an existing run
         of the repository (its latest attempt); otherwise the job starts a run of its own.
+        ``container`` is the workflow's ``container:`` image (``jobs.<id>.container``).
         """
         repo = self._repos.get(repository.lower())
         if repo is None:
@@ -863,6 +865,7 @@ class Emulator:
             head_branch=head_branch,
             head_sha=head_sha,
             created_at=self._clock(),
+            container=container,
             runs_on_group=group or None,
         )
         if environment is not None:
@@ -1013,6 +1016,7 @@ class Emulator:
                 installation_id=old.installation_id,
                 labels=old.labels,
                 script=old.script,
+                container=old.container,
                 name=old.name,
                 workflow_name=old.workflow_name,
                 head_branch=old.head_branch,

@@ -105,6 +105,12 @@ def _limits(pool: PoolConfig | None) -> str:
     return (
         f"{_size(pool.memory)} memory, {pool.cpus:g} CPU, {pool.pids_limit} processes, "
         f'security profile "{pool.security.value}"'
+        + (
+            f"; Docker sidecar (privileged) {_size(pool.docker_memory)} memory, "
+            f"{pool.docker_cpus:g} CPU"
+            if pool.job_memory != pool.memory
+            else ""
+        )
     )
 
 
@@ -115,7 +121,7 @@ def _usage(ctx: Context) -> list[str]:
     if ctx.started_at is not None and ctx.finished_at is not None:
         lines.append(f"- duration: {_duration(ctx.finished_at - ctx.started_at)}")
     if ctx.peak_memory:
-        limit = f" of {_size(ctx.pool.memory)}" if ctx.pool is not None else ""
+        limit = f" of {_size(ctx.pool.job_memory)}" if ctx.pool is not None else ""
         lines.append(f"- peak memory: {_size(ctx.peak_memory)}{limit}")
     if ctx.cpu_seconds:  # 0: never sampled (the job ended before the first stats sample)
         lines.append(f"- CPU time: {ctx.cpu_seconds:.1f}s")

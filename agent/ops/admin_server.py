@@ -358,6 +358,8 @@ def _listener_text(status: ListenerStatus | None) -> str | None:
     text = f"{text}: {status.reason}" if status.reason else text
     if status.scale_set_error:
         text += f"; updating the scale set failed: {status.scale_set_error}"
+    if status.takeover:
+        text += f"; took the scale set over: {status.takeover}"
     return text
 
 

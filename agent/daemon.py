@@ -14,8 +14,10 @@ import math
 import re
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import hypercorn.config
 import hypercorn.trio
@@ -49,6 +51,9 @@ from agent.secrets import SecretStore, open_secret_store
 from agent.startup import StartupError, check_directories, connect_docker, opened
 from agent.systemd import Notifier
 
+if TYPE_CHECKING:  # annotations only: a single host never imports the fleet (nor redis-py)
+    from agent.fleet import Fleet
+
 log = logging.getLogger(__name__)
 
 JOB_EVENTS_BUFFER = 256
@@ -60,6 +65,18 @@ def instance_name(config: Config) -> str:
     """This host's name in runner names and container labels (DNS-label safe)."""
     raw = config.server.instance or socket.gethostname()
     return re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")[:32] or "host"
+
+
+@asynccontextmanager
+async def open_fleet_if_shared(config: Config) -> AsyncIterator[Fleet | None]:
+    """This host's part in a fleet with the Redis backend (``agent.fleet``); None with SQLite."""
+    if config.queue.backend != "redis":
+        yield None
+        return
+    from agent.fleet import open_fleet
+
+    async with open_fleet(config, instance_name(config)) as fleet:
+        yield fleet
 
 
 async def serve_http(
@@ -111,6 +128,7 @@ class Daemon:
     github: GitHubClient | None = None
     credentials: Credentials | None = None  # in force; a reload replaces them
     listeners: list[Listener] = field(default_factory=list)  # one per scale-set pool
+    fleet: Fleet | None = None  # with the Redis backend
     _intake_stop: trio.Event = field(default_factory=trio.Event)
     _intake_done: trio.Event = field(default_factory=trio.Event)
 
@@ -126,7 +144,14 @@ class Daemon:
         try:
             async with (
                 opened("the queue", open_queue(config)) as queue,
-                opened("the runner store", open_runner_store(config.server.state_dir)) as store,
+                opened("the fleet state", open_fleet_if_shared(config)) as self.fleet,
+                opened(
+                    "the runner store",
+                    open_runner_store(
+                        config.server.state_dir,
+                        store=self.fleet.runner_store if self.fleet is not None else None,
+                    ),
+                ) as store,
                 opened(
                     "the secrets store", open_secret_store(config.server.state_dir)
                 ) as self.secret_store,
@@ -157,6 +182,11 @@ class Daemon:
         self.queue = q
         wakeup = Wakeup()
         send_events, receive_events = trio.open_memory_channel[JobEvent](JOB_EVENTS_BUFFER)
+        fleet = self.fleet
+        if fleet is not None:  # intake's events go through Redis to the runner's own host
+            produced, to_route = trio.open_memory_channel[JobEvent](JOB_EVENTS_BUFFER)
+        else:
+            produced = send_events
         self.listeners = [
             Listener(
                 pool,
@@ -164,7 +194,7 @@ class Daemon:
                 queue=q,
                 github=github,
                 cursors=cursors,
-                job_events=send_events.clone(),
+                job_events=produced.clone(),
                 on_enqueue=wakeup.set,
                 owner=instance_name(config),
             )
@@ -203,7 +233,7 @@ class Daemon:
             live=self.live,
             queue=q,
             secrets=self._webhook_secrets,
-            job_events=send_events,
+            job_events=produced,
             on_enqueue=wakeup.set,
             readiness={
                 "database": queue_writable(q),
@@ -217,8 +247,11 @@ class Daemon:
             on_repository=seen.add,
         )
         self.metrics.watch_webhooks(lambda: app.stats.received)
-        async with send_events, trio.open_nursery() as nursery:
+        async with produced, trio.open_nursery() as nursery:
             await nursery.start(self.pools.run, receive_events, self.scheduler.job_taken)
+            if fleet is not None:
+                await nursery.start(fleet.events.follow, send_events)
+                nursery.start_soon(fleet.events.forward, to_route)
             await nursery.start(self.scheduler.run)
             await nursery.start(
                 StatusReporter(
@@ -227,6 +260,7 @@ class Daemon:
                     live=self.live,
                     instance=instance_name(config),
                     usage=store.usage,
+                    shared=fleet.reports if fleet is not None else None,
                 ).run
             )
             await nursery.start(self.reconciler.run)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -32,7 +33,7 @@ import trio
 
 from agent.github.client import GitHubClient, GitHubError, PermissionMissing
 from agent.github.ratelimit import ContentPacer
-from agent.github.report_store import ReportStore, open_report_store
+from agent.github.report_store import Reported, open_report_store
 from agent.github.reports import Context, Report, build_report, check_run_name, wanted
 from agent.queue.base import FINAL_STATES, JobQueue, JobState, OutboxEntry, QueueError
 from agent.reload import LiveConfig
@@ -63,6 +64,31 @@ class Usage(Protocol):
 UsageLookup = Callable[[int], Awaitable[Usage | None]]
 
 
+class CheckRunStore(Protocol):
+    """Which check run belongs to which job (``agent.github.report_store``; a fleet's is in
+    Redis, ``agent.fleet.reporting``)."""
+
+    async def get(self, job_id: int) -> Reported | None: ...
+    async def mark_creating(self, job_id: int) -> None: ...
+    async def set_check_run(self, job_id: int, check_run_id: int) -> None: ...
+    async def set_started(self, job_id: int, started_at: float) -> None: ...
+    async def forget(self, job_id: int) -> None: ...
+
+
+class SharedReports(CheckRunStore, Protocol):
+    """Several hosts draining one outbox: a job is reported by one host at a time, never with
+    an older state after a newer one (``agent.fleet.reporting``)."""
+
+    async def take(self, entry: OutboxEntry) -> tuple[str, str]:
+        """(verdict, token): "mine" (report it, then ``give_back`` the token), "busy" (another
+        host is reporting the job) or "done" (this or a newer state was delivered)."""
+
+    async def reported(self, entry: OutboxEntry) -> None:
+        """The entry was delivered: written before it is acknowledged."""
+
+    async def give_back(self, job_id: int, token: str) -> None: ...
+
+
 class _Dropped(Exception):
     """GitHub refused the report for good (a validation error): acknowledge it anyway."""
 
@@ -89,8 +115,10 @@ class StatusReporter:
         usage: UsageLookup | None = None,
         pacer: ContentPacer | None = None,
         clock: Callable[[], float] = time.time,
+        shared: SharedReports | None = None,
     ) -> None:
         self._queue = queue
+        self._shared = shared  # a fleet's: check-run records in Redis, one host at a time
         self._github = github
         self._live = live
         self._instance = instance
@@ -105,7 +133,7 @@ class StatusReporter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Drain the outbox until cancelled; queue errors are logged and retried."""
         path = self._store_path or self._live.current.server.state_dir / STORE_FILE
-        async with open_report_store(path) as store:
+        async with self._open_store(path) as store:
             task_status.started()
             while True:
                 try:
@@ -116,7 +144,12 @@ class StatusReporter:
                 if handled == 0:
                     await trio.sleep(IDLE_INTERVAL)
 
-    async def drain_once(self, store: ReportStore) -> int:
+    def _open_store(self, path: Path) -> AbstractAsyncContextManager[CheckRunStore]:
+        if self._shared is not None:
+            return _opened(self._shared)
+        return open_report_store(path)
+
+    async def drain_once(self, store: CheckRunStore) -> int:
         """Report every due entry of one batch; return how many were acknowledged."""
         entries = await self._queue.outbox(BATCH)
         now = trio.current_time()
@@ -142,8 +175,23 @@ class StatusReporter:
                 nursery.start_soon(one, entry)
         return acked
 
-    async def _handle(self, store: ReportStore, entry: OutboxEntry) -> bool:
+    async def _handle(self, store: CheckRunStore, entry: OutboxEntry) -> bool:
         """Report one entry and acknowledge it; False if it stays for a retry."""
+        if self._shared is None:
+            return await self._report(store, entry)
+        verdict, token = await self._shared.take(entry)
+        if verdict == "busy":
+            return False  # another host is reporting this job; the entry stays
+        if verdict == "done":  # delivered by another host: only our copy is left
+            await self._queue.ack_outbox(entry.job_id, entry.seq)
+            return True
+        try:
+            return await self._report(store, entry)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._shared.give_back(entry.job_id, token)
+
+    async def _report(self, store: CheckRunStore, entry: OutboxEntry) -> bool:
         try:
             await self._deliver(store, entry)
         except _NotYet:
@@ -155,6 +203,8 @@ class StatusReporter:
         except GitHubError as exc:
             self._retry_later(entry, exc)
             return False
+        if self._shared is not None:
+            await self._shared.reported(entry)  # before the ack: a stale copy finds it
         await self._queue.ack_outbox(entry.job_id, entry.seq)
         self._backoff.pop(entry.job_id, None)
         if entry.state in FINAL_STATES:
@@ -182,7 +232,7 @@ class StatusReporter:
             message,
         )
 
-    async def _deliver(self, store: ReportStore, entry: OutboxEntry) -> None:
+    async def _deliver(self, store: CheckRunStore, entry: OutboxEntry) -> None:
         config = self._live.current
         spec = entry.spec
         if entry.state is JobState.DEAD and config.github.cancel_dead_jobs and spec.run_id:
@@ -223,7 +273,7 @@ class StatusReporter:
             raise
         self.delivered += 1
 
-    async def _context(self, store: ReportStore, entry: OutboxEntry) -> Context:
+    async def _context(self, store: CheckRunStore, entry: OutboxEntry) -> Context:
         job = await self._queue.get(entry.job_id)
         started_at = None
         if entry.state is JobState.RUNNING and job is not None:
@@ -246,7 +296,7 @@ class StatusReporter:
         )
 
     async def _check_run(
-        self, store: ReportStore, entry: OutboxEntry, report: Report, ctx: Context
+        self, store: CheckRunStore, entry: OutboxEntry, report: Report, ctx: Context
     ) -> None:
         spec = entry.spec
         body = report.check_run_body(entry, ctx)
@@ -301,3 +351,8 @@ class StatusReporter:
             return
         if cancelled:
             log.info("cancelled workflow run %s of dead job %s", spec.run_id, spec.job_id)
+
+
+@asynccontextmanager
+async def _opened(store: CheckRunStore) -> AsyncIterator[CheckRunStore]:
+    yield store  # the fleet owns its connection

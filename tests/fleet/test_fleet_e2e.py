@@ -142,6 +142,19 @@ async def test_two_hosts_serve_60_jobs_of_3_repositories_exactly_once(
         assert forwarded_deliveries(stack) > 0
         assert_streams_acknowledged(stack)
         assert_no_tracebacks(stack)
+        # No runner failed to come up: one deleted by the other host's registration sweep while
+        # it was being provisioned would have cost its job an attempt.
+        assert attempts(stack, job_ids) == {j: 0 for j in job_ids}
+
+
+def attempts(stack: Fleet, job_ids: list[int]) -> dict[int, int]:
+    client = stack.redis.client()
+    try:
+        return {
+            j: int(client.hget(f"{{{stack.prefix}}}:job:{j}", "attempts") or 0) for j in job_ids
+        }
+    finally:
+        client.close()
 
 
 def completed(stack: Fleet, job_ids: list[int]) -> int:

@@ -155,6 +155,12 @@ class FleetEvents:
                     while True:
                         await self._drain(send, ">")
                         delay = RETRY_BASE
+                except redis.exceptions.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    # The server lost the group (a restart without its append-only file, a
+                    # failover to a replica that lacked it): made again at the next pass.
+                    log.warning("fleet: event stream %s lost its group: %s", self.stream, exc)
                 except FleetUnavailable as exc:
                     log.warning("fleet: event stream %s unreadable: %s", self.stream, exc)
                     if not started:

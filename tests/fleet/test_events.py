@@ -118,3 +118,23 @@ async def test_a_released_runner_no_longer_routes_but_its_job_still_reaches_its_
     await owner.release("runner-a-1")
     assert await owner.owner("runner-a-1") is None
     assert await FleetEvents(fleet_redis, "b").publish(completed(1, "runner-a-1")) == ["a"]
+
+
+async def test_a_follower_whose_group_the_server_lost_makes_it_again(
+    fleet_redis: FleetRedis,
+) -> None:
+    """A restart without the append-only file, or a failover to a replica that lacked it."""
+    await Ownership(fleet_redis, "a").claim("runner-a-1", 1)
+    host_a = FleetEvents(fleet_redis, "a")
+    sender = FleetEvents(fleet_redis, "b")
+    async with trio.open_nursery() as nursery:
+        received = await collect(host_a, 2, nursery=nursery)
+        await sender.publish(running(1, "runner-a-1"))
+        with trio.fail_after(10):
+            assert await received.receive() == running(1, "runner-a-1")
+        stream = host_a.stream
+        await fleet_redis.run(lambda c: c.delete(stream))
+        await sender.publish(completed(1, "runner-a-1"))
+        with trio.fail_after(10):
+            assert await received.receive() == completed(1, "runner-a-1")
+        nursery.cancel_scope.cancel()

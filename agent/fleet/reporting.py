@@ -18,9 +18,12 @@ The record ``fleet:checkrun:<id>`` (hash: ``check_run_id``, ``creating``, ``star
 check run up by ``external_id``). Once the final state is delivered (``forget``) the record is
 kept for ``KEEP_FINAL`` so that a stale entry still finds its ``seq``.
 
-A turn lasts ``TURN_TTL``: longer than one report with the GitHub client's retries. A host
-that dies holding it blocks the job's reports for at most that long; a host stalled past it
-could report alongside the next one (its create would then race the other's lookup).
+A turn lasts ``TURN_TTL`` and the holder renews it every third of that while its report is
+under way (a slow GitHub with the client's retries keeps it); a holder that cannot renew it
+abandons the report. A host that dies holding a turn delays that job's report by at most
+``TURN_TTL``. A host stalled (not dead) past the turn, in the middle of sending a creation, could
+still send it after the next holder's lookup found nothing: the one case left where two check
+runs could be made.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from agent.fleet._redis import FleetRedis
 from agent.github.report_store import Reported
 from agent.queue.base import OutboxEntry
 
-TURN_TTL = 120.0  # seconds
+TURN_TTL = 15.0  # seconds a turn lasts unless renewed
 KEEP_FINAL = 24 * 3600  # seconds a delivered final record is kept
 
 # KEYS[1] = "{prefix}:"; ARGV: job id, entry seq, token, TTL ms.
@@ -51,6 +54,13 @@ return 'busy'
 _GIVE_BACK = """
 local turn = KEYS[1] .. 'fleet:report-turn:' .. ARGV[1]
 if redis.call('GET', turn) == ARGV[2] then redis.call('DEL', turn) end
+return 0
+"""
+
+# KEYS[1] = "{prefix}:"; ARGV: job id, token, TTL ms. Returns 1 if renewed.
+_KEEP = """
+local turn = KEYS[1] .. 'fleet:report-turn:' .. ARGV[1]
+if redis.call('GET', turn) == ARGV[2] then redis.call('PEXPIRE', turn, ARGV[3]); return 1 end
 return 0
 """
 
@@ -75,6 +85,8 @@ class FleetReports:
     def __init__(self, redis_: FleetRedis, *, turn_ttl: float = TURN_TTL) -> None:
         self._redis = redis_
         self._turn_ms = int(turn_ttl * 1000)
+        self.renew_every = turn_ttl / 3
+        self._keep = redis_.client.register_script(_KEEP)
         self._take = redis_.client.register_script(_TAKE)
         self._give_back = redis_.client.register_script(_GIVE_BACK)
         self._reported = redis_.client.register_script(_REPORTED)
@@ -97,6 +109,14 @@ class FleetReports:
         """The entry was delivered to GitHub: no host sends it (or an older one) again."""
         args = (entry.job_id, entry.seq)
         await self._redis.run(lambda c: self._reported(keys=self._redis.keys, args=args, client=c))
+
+    async def keep(self, job_id: int, token: str) -> bool:
+        """Extend the turn by ``turn_ttl``; False when it is not this holder's any more."""
+        args = (job_id, token, self._turn_ms)
+        kept = await self._redis.run(
+            lambda c: self._keep(keys=self._redis.keys, args=args, client=c)
+        )
+        return bool(kept)
 
     async def give_back(self, job_id: int, token: str) -> None:
         args = (job_id, token)

@@ -86,7 +86,14 @@ class SharedReports(CheckRunStore, Protocol):
     async def reported(self, entry: OutboxEntry) -> None:
         """The entry was delivered: written before it is acknowledged."""
 
+    async def keep(self, job_id: int, token: str) -> bool:
+        """Extend the turn; False when it is no longer this holder's (it expired)."""
+
     async def give_back(self, job_id: int, token: str) -> None: ...
+
+    @property
+    def renew_every(self) -> float:
+        """Seconds between ``keep`` calls while a report is under way."""
 
 
 class _Dropped(Exception):
@@ -185,11 +192,35 @@ class StatusReporter:
         if verdict == "done":  # delivered by another host: only our copy is left
             await self._queue.ack_outbox(entry.job_id, entry.seq)
             return True
+        reported = False
         try:
-            return await self._report(store, entry)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._keep_turn, self._shared, entry.job_id, token, nursery)
+                reported = await self._report(store, entry)
+                nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await self._shared.give_back(entry.job_id, token)
+        return reported
+
+    async def _keep_turn(
+        self, shared: SharedReports, job_id: int, token: str, report: trio.Nursery
+    ) -> None:
+        """Renew the job's turn while its report is under way; a turn that could not be
+        renewed may be another host's by now, so the report is abandoned (the entry stays,
+        and whoever holds the turn next sends it: updates are idempotent, and a creation is
+        found again through the shared ``creating`` mark)."""
+        while True:
+            await trio.sleep(shared.renew_every)
+            try:
+                kept = await shared.keep(job_id, token)
+            except QueueError as exc:
+                log.warning("reporter: cannot renew the turn of job %s: %s", job_id, exc)
+                kept = False
+            if not kept:
+                log.warning("reporter: lost the turn of job %s; another host reports it", job_id)
+                report.cancel_scope.cancel()
+                return
 
     async def _report(self, store: CheckRunStore, entry: OutboxEntry) -> bool:
         try:

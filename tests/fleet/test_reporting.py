@@ -173,7 +173,10 @@ async def test_one_host_at_a_time_holds_a_jobs_turn(
         assert (await b.take(entry))[0] is Verdict.BUSY
         await b.give_back(entry.job_id, "not-the-token")  # a wrong token frees nothing
         assert (await b.take(entry))[0] is Verdict.BUSY
+        assert await a.keep(entry.job_id, token)
+        assert not await b.keep(entry.job_id, "not-the-token")
         await a.give_back(entry.job_id, token)
+        assert not await a.keep(entry.job_id, token)  # given back: nothing to renew
         assert (await b.take(entry))[0] is Verdict.MINE
     finally:
         await r_a.aclose()
@@ -205,3 +208,61 @@ async def test_check_run_records_are_shared_and_a_final_one_outlives_forget(
     finally:
         await r.aclose()
         await r_other.aclose()
+
+
+async def test_a_slow_report_keeps_its_turn_and_one_that_lost_it_is_abandoned(
+    tmp_path: Path,
+    queue: JobQueue,
+    emulator: Emulator,
+    api_url: str,
+    app_key: rsa.RSAPrivateKey,
+    redis_server: RedisServer,
+    prefix: str,
+) -> None:
+    job = new_job(emulator)
+    await queue.enqueue(spec_of(job))
+    await queue.mark_running(job.id, "runner-1")
+    await queue.finish(job.id, "success")
+    (entry,) = await queue.outbox(10)
+    never = trio.Event()
+
+    async def stuck_usage(job_id: int) -> None:
+        await never.wait()  # a report that takes as long as the test wants
+
+    r_a, r_b = (
+        FleetRedis(redis_server.url, prefix=prefix),
+        FleetRedis(redis_server.url, prefix=prefix),
+    )
+    shared_a, shared_b = FleetReports(r_a, turn_ttl=0.3), FleetReports(r_b, turn_ttl=0.3)
+    try:
+        async with GitHubClient(api_url, AppAuth(app_id=str(APP_ID), key=app_key)) as client:
+            reporter = StatusReporter(
+                queue=queue,
+                github=client,
+                live=make_live(tmp_path, api_url),
+                instance="a",
+                usage=stuck_usage,
+                shared=shared_a,
+            )
+            acked: list[int] = []
+            drained = trio.Event()
+
+            async def drain() -> None:
+                acked.append(await reporter.drain_once(shared_a))
+                drained.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain)
+                await trio.sleep(1.0)  # over three turn lengths: only renewals kept it
+                assert (await shared_b.take(entry))[0] is Verdict.BUSY
+                turn = r_b.key("report-turn", job.id)
+                await r_b.run(lambda c: c.delete(turn))  # expired while its holder stalled
+                assert (await shared_b.take(entry))[0] is Verdict.MINE
+                with trio.fail_after(10):
+                    await drained.wait()
+        assert acked == [0]  # abandoned: nothing acknowledged, nothing sent
+        assert runs_for(emulator, job) == []
+        assert [e.seq for e in await queue.outbox(10)] == [entry.seq]
+    finally:
+        await r_a.aclose()
+        await r_b.aclose()

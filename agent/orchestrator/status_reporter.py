@@ -192,15 +192,20 @@ class StatusReporter:
         if verdict == "done":  # delivered by another host: only our copy is left
             await self._queue.ack_outbox(entry.job_id, entry.seq)
             return True
-        reported = False
+        reported, failed = False, None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keep_turn, self._shared, entry.job_id, token, nursery)
-                reported = await self._report(store, entry)
+                try:
+                    reported = await self._report(store, entry)
+                except QueueError as exc:  # raised from here, not grouped by the nursery
+                    failed = exc
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await self._shared.give_back(entry.job_id, token)
+        if failed is not None:
+            raise failed
         return reported
 
     async def _keep_turn(

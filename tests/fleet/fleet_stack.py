@@ -222,9 +222,10 @@ class Fleet:
         self.emulator.reap()
         return [r.name for r in self.emulator._runners.values()]
 
-    def create_jobs(self, count: int) -> list[int]:
+    def create_jobs(self, count: int, script: Callable[[int], str] = lambda i: "true") -> list[int]:
+        """``count`` jobs spread over the repositories; job ``i`` runs ``script(i)``."""
         return [
-            self.emulator.create_job(REPOSITORIES[i % len(REPOSITORIES)], LABELS, "true").id
+            self.emulator.create_job(REPOSITORIES[i % len(REPOSITORIES)], LABELS, script(i)).id
             for i in range(count)
         ]
 

@@ -18,7 +18,7 @@ from agent.github.auth import AppAuth
 from agent.github.client import GitHubClient
 from agent.github.ratelimit import ContentPacer
 from agent.orchestrator.status_reporter import StatusReporter
-from agent.queue.base import JobQueue, JobState, RetryPolicy
+from agent.queue.base import JobQueue, JobState, QueueUnavailable, RetryPolicy
 from agent.queue.redis import open_redis_queue
 from tests.orchestrator.test_status_reporter import (
     APP_ID,
@@ -266,3 +266,35 @@ async def test_a_slow_report_keeps_its_turn_and_one_that_lost_it_is_abandoned(
     finally:
         await r_a.aclose()
         await r_b.aclose()
+
+
+async def test_a_queue_error_while_holding_a_turn_leaves_the_entry_for_a_retry(
+    tmp_path: Path,
+    queue: JobQueue,
+    emulator: Emulator,
+    api_url: str,
+    app_key: rsa.RSAPrivateKey,
+    redis_server: RedisServer,
+    prefix: str,
+) -> None:
+    """Redis gone between the report and its acknowledgement: the reporter logs and retries
+    (the error must not escape grouped by the turn's nursery, which would stop the daemon)."""
+    job = new_job(emulator)
+    await queue.enqueue(spec_of(job))
+    failing = True
+    real_ack = queue.ack_outbox
+
+    async def ack_outbox(job_id: int, seq: int) -> None:
+        if failing:
+            raise QueueUnavailable("Redis unreachable: Connection closed by server.")
+        await real_ack(job_id, seq)
+
+    queue.ack_outbox = ack_outbox  # type: ignore[method-assign]
+    args = (queue, api_url, app_key, redis_server.url, prefix)
+    async with host("a", tmp_path, *args) as (reporter, shared):
+        assert await reporter.drain_once(shared) == 0
+        failing = False
+        assert await reporter.drain_once(shared) == 1
+    (run,) = runs_for(emulator, job)
+    assert run.status == "queued"
+    assert await queue.outbox(10) == []

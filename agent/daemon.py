@@ -68,14 +68,14 @@ def instance_name(config: Config) -> str:
 
 
 @asynccontextmanager
-async def open_fleet_if_shared(config: Config) -> AsyncIterator[Fleet | None]:
+async def open_fleet_if_shared(config: Config, queue: JobQueue) -> AsyncIterator[Fleet | None]:
     """This host's part in a fleet with the Redis backend (``agent.fleet``); None with SQLite."""
     if config.queue.backend != "redis":
         yield None
         return
     from agent.fleet import open_fleet
 
-    async with open_fleet(config, instance_name(config)) as fleet:
+    async with open_fleet(config, instance_name(config), queue) as fleet:
         yield fleet
 
 
@@ -144,7 +144,7 @@ class Daemon:
         try:
             async with (
                 opened("the queue", open_queue(config)) as queue,
-                opened("the fleet state", open_fleet_if_shared(config)) as self.fleet,
+                opened("the fleet state", open_fleet_if_shared(config, queue)) as self.fleet,
                 opened(
                     "the runner store",
                     open_runner_store(

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from agent.config import Config
 from agent.container.store import RunnerStore
@@ -24,6 +25,7 @@ from agent.fleet.events import FleetEvents as FleetEvents
 from agent.fleet.ownership import OwnedRunnerStore as OwnedRunnerStore
 from agent.fleet.ownership import Ownership as Ownership
 from agent.fleet.reporting import FleetReports as FleetReports
+from agent.queue.base import JobQueue
 
 
 @dataclass
@@ -40,14 +42,15 @@ class Fleet:
 
 
 @asynccontextmanager
-async def open_fleet(config: Config, host: str) -> AsyncIterator[Fleet]:
+async def open_fleet(config: Config, host: str, queue: JobQueue) -> AsyncIterator[Fleet]:
     """Connect to the queue's Redis; closed when the block exits."""
     redis_ = FleetRedis(config.queue.redis_url, prefix=config.queue.redis_prefix)
+    events = FleetEvents(redis_, host)
     try:
         yield Fleet(
             host=host,
-            ownership=Ownership(redis_, host),
-            events=FleetEvents(redis_, host),
+            ownership=Ownership(redis_, host, staked=partial(events.catch_up, queue)),
+            events=events,
             reports=FleetReports(redis_),
         )
     finally:

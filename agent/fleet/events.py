@@ -34,6 +34,7 @@ import trio
 from agent.container.events import JobEvent
 from agent.fleet._redis import BLOCK_MS, FleetRedis, FleetUnavailable
 from agent.fleet.ownership import JOB_TTL
+from agent.queue.base import JobQueue, JobState
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,38 @@ class FleetEvents:
         )
         self.forwarded += sum(1 for h in hosts if h != self.host)
         return hosts
+
+    async def deliver_here(self, event: JobEvent) -> None:
+        """Put ``event`` in this host's own stream only (``catch_up``)."""
+        body = encode(event)
+        await self._redis.run(
+            lambda client: client.xadd(
+                self.stream, {"e": body}, maxlen=STREAM_MAX, approximate=True
+            )
+        )
+
+    async def catch_up(self, queue: JobQueue, job_id: int) -> None:
+        """This host just recorded a runner made for ``job_id``: hear what happened to the job
+        before that record existed. Intake commits a job's change to the queue before routing
+        its event, so an event routed before the record is already visible in the queue; an
+        event routed after it reaches this host's stream anyway (then it comes twice, which the
+        pool manager takes as the duplicate it is)."""
+        entry = await queue.get(job_id)
+        if entry is None:
+            return
+        if entry.state is JobState.RUNNING and entry.runner_name:
+            await self.deliver_here(
+                JobEvent(job_id=job_id, action="in_progress", runner_name=entry.runner_name)
+            )
+        elif entry.state is JobState.DONE:
+            await self.deliver_here(
+                JobEvent(
+                    job_id=job_id,
+                    action="completed",
+                    runner_name=entry.runner_name,
+                    conclusion=entry.conclusion,
+                )
+            )
 
     async def forward(self, events: trio.MemoryReceiveChannel[JobEvent]) -> None:
         """Publish every event intake sends until the channel closes; while Redis is away an

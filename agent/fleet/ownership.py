@@ -12,7 +12,7 @@ Keys (under the queue's hash tag): ``fleet:runners`` hash runner name -> host;
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import redis
 
@@ -27,9 +27,16 @@ JOB_TTL = 7 * 24 * 3600  # seconds a job's host set is kept after its last write
 class Ownership:
     """Writes this host's claims on runners and jobs."""
 
-    def __init__(self, redis_: FleetRedis, host: str) -> None:
+    def __init__(
+        self,
+        redis_: FleetRedis,
+        host: str,
+        *,
+        staked: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
         self._redis = redis_
         self.host = host
+        self._staked = staked  # hears of each job this host newly has a runner made for
         self._written: dict[str, int | None] = {}  # runner -> made_for already written
 
     async def claim(self, name: str, made_for: int | None) -> None:
@@ -50,6 +57,8 @@ class Ownership:
 
         await self._redis.run(write)
         self._written[name] = made_for
+        if made_for is not None and self._staked is not None:
+            await self._staked(made_for)
 
     async def release(self, name: str) -> None:
         """The runner is gone (no container, no registration): drop its owner."""

@@ -218,6 +218,12 @@ class Fleet:
         )
         return [c.id for c in found]
 
+    def container_states(self, host: Host) -> list[str]:
+        found = self.docker.containers.list(
+            all=True, filters={"label": f"{INSTANCE_LABEL}={host.instance}"}
+        )
+        return [f"{c.name} {c.status}" for c in found]
+
     def registered_runners(self) -> list[str]:
         self.emulator.reap()
         return [r.name for r in self.emulator._runners.values()]

@@ -3,12 +3,16 @@ the receiving host being down or crashing before it acknowledged what it read.""
 
 from __future__ import annotations
 
+from functools import partial
+
 import trio
 
 from agent.container.events import JobEvent
 from agent.fleet._redis import FleetRedis
 from agent.fleet.events import GROUP, FleetEvents
 from agent.fleet.ownership import Ownership
+from agent.queue.redis import open_redis_queue
+from tests.queue.queue_support import RedisServer, spec
 
 
 def running(job_id: int, runner: str | None) -> JobEvent:
@@ -138,3 +142,30 @@ async def test_a_follower_whose_group_the_server_lost_makes_it_again(
         with trio.fail_after(10):
             assert await received.receive() == completed(1, "runner-a-1")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_job_that_ended_before_this_host_recorded_its_stake_is_still_heard_of(
+    fleet_redis: FleetRedis, redis_server: RedisServer, prefix: str
+) -> None:
+    """Host a claimed job 2 and is making a runner for it, but the job ran and completed on
+    another host's runner before a's stake was written: its events went elsewhere. Writing the
+    stake looks at the queue and puts what a missed in its own stream."""
+    async with open_redis_queue(redis_server.url, prefix=prefix) as queue:
+        await queue.enqueue(spec(2))
+        await queue.enqueue(spec(3))
+        await queue.mark_running(2, "runner-b-1")
+        await queue.finish(2, "success")
+        host_a = FleetEvents(fleet_redis, "a")
+        owner = Ownership(fleet_redis, "a", staked=partial(host_a.catch_up, queue))
+        await owner.claim("runner-a-1", 2)
+        await owner.claim("runner-a-2", 3)  # still queued: nothing to catch up on
+        await owner.claim("runner-a-2", 3)  # unchanged: not even looked at again
+        assert await stream_length(fleet_redis, "a") == 1
+        async with trio.open_nursery() as nursery:
+            received = await collect(host_a, 1, nursery=nursery)
+            with trio.fail_after(10):
+                event = await received.receive()
+            nursery.cancel_scope.cancel()
+    assert event == JobEvent(
+        job_id=2, action="completed", runner_name="runner-b-1", conclusion="success"
+    )

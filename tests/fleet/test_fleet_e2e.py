@@ -65,6 +65,7 @@ async def settle(stack: Fleet, job_ids: list[int]) -> None:
         lambda: not any(stack.containers(h) for h in stack.hosts),
         "no runner container left",
         deadline=90,
+        left=lambda: {h.instance: stack.container_states(h) for h in stack.hosts},
     )
     await until(lambda: not stack.registered_runners(), "no runner registered", deadline=60)
 

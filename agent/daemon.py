@@ -260,6 +260,7 @@ class Daemon:
                     live=self.live,
                     instance=instance_name(config),
                     usage=store.usage,
+                    holds=self.pools.hold_reason,
                     shared=fleet.reports if fleet is not None else None,
                 ).run
             )

@@ -342,6 +342,8 @@ class Daemon:
                 )
             if self.pools is not None:
                 self.pools.set_provisioning_limit(config.scheduler.concurrency)
+            for listener in self.listeners:
+                listener.config_changed()  # labels, runner group: PATCH the scale set
 
         return apply
 

@@ -365,6 +365,7 @@ class PoolManager:
             self._container_event,
             health=self.health,
             on_connected=self._resync,
+            instance=self._instance,
             task_status=task_status,
         )
 

@@ -323,7 +323,7 @@ class StatusReporter:
             or not wanted(config.github.reporting, entry.state)
         ):
             return
-        ctx = await self._context(store, entry)
+        ctx, stored = await self._context(store, entry)
         if entry.state is JobState.DONE and ctx.runner_name is not None and self._usage:
             used = await self._usage(entry.job_id)
             if used is not None:
@@ -338,7 +338,7 @@ class StatusReporter:
         report = build_report(entry, ctx)
         try:
             if self._github.is_app:
-                await self._check_run(store, entry, report, ctx)
+                await self._check_run(store, entry, report, ctx, stored)
             else:
                 await self._pacer.wait()
                 await self._github.create_commit_status(
@@ -353,7 +353,11 @@ class StatusReporter:
             raise
         self.delivered += 1
 
-    async def _context(self, store: CheckRunStore, entry: OutboxEntry) -> Context:
+    async def _context(
+        self, store: CheckRunStore, entry: OutboxEntry
+    ) -> tuple[Context, Reported | None]:
+        """The report's context, and the job's stored report: the outbox hands out one entry per
+        job at a time, so nothing else changes that row before ``_check_run`` uses it."""
         job = await self._queue.get(entry.job_id)
         started_at = None
         if entry.state is JobState.RUNNING and job is not None:
@@ -364,7 +368,7 @@ class StatusReporter:
         position = None
         if entry.state is JobState.QUEUED:
             position = await self._queue.position(entry.job_id)
-        return Context(
+        context = Context(
             instance=self._instance,
             pool=self._live.current.pool(entry.spec.pool),
             position=position,
@@ -375,13 +379,18 @@ class StatusReporter:
             runner_name=job.runner_name if job is not None else None,
             hold=self._hold(entry.spec.pool) if entry.state is JobState.QUEUED else None,
         )
+        return context, stored
 
     async def _check_run(
-        self, store: CheckRunStore, entry: OutboxEntry, report: Report, ctx: Context
+        self,
+        store: CheckRunStore,
+        entry: OutboxEntry,
+        report: Report,
+        ctx: Context,
+        stored: Reported | None,
     ) -> None:
         spec = entry.spec
         body = report.check_run_body(entry, ctx)
-        stored = await store.get(entry.job_id)
         check_run_id = stored.check_run_id if stored is not None else None
         if check_run_id is None and stored is not None and stored.creating:
             # A creation was sent before a crash and its answer lost: adopt what GitHub made.

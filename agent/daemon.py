@@ -16,9 +16,10 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import hypercorn.config
 import hypercorn.trio
@@ -31,9 +32,7 @@ from agent.container.events import JobEvent
 from agent.container.lifecycle import LIVE_STATES
 from agent.container.pool_manager import PoolManager
 from agent.container.store import RunnerStore, open_runner_store
-from agent.fleet.handle import FleetRedis, RedisUnavailable, open_fleet_redis
-from agent.fleet.hosts import HostRecord, Hosts, PoolLoad
-from agent.fleet.leases import RECONCILER, REGISTRATION_SWEEP, Lease
+from agent.fleet.hosts import HostRecord, PoolLoad
 from agent.fleet.ratelimits import share_rate_limits
 from agent.github.auth import CredentialsError, Secret
 from agent.github.client import GitHubClient
@@ -58,6 +57,9 @@ from agent.secrets import SecretStore, open_secret_store
 from agent.startup import StartupError, check_directories, connect_docker, opened
 from agent.systemd import Notifier
 
+if TYPE_CHECKING:  # annotations only: a single host never imports the fleet's streams (redis-py)
+    from agent.fleet.membership import Fleet
+
 log = logging.getLogger(__name__)
 
 JOB_EVENTS_BUFFER = 256
@@ -65,40 +67,17 @@ DRAIN_FILE = "drained"  # in state_dir while drained: survives restarts and cras
 HTTP_GRACEFUL_TIMEOUT = 3.0
 
 
-@dataclass
-class Fleet:
-    """This host's part in a fleet sharing one Redis: its chores' leases and host record."""
-
-    redis: FleetRedis
-    hosts: Hosts
-    reconciler: Lease
-    sweep: Lease
-
-    async def sweep_turn(self) -> Collection[str] | None:
-        """The dead hosts' instances if this host holds the sweep lease now, else None."""
-        if not self.sweep.held:
-            return None
-        try:
-            return await self.hosts.dead_instances()
-        except RedisUnavailable:
-            return None
-
-
 @asynccontextmanager
-async def open_fleet(config: Config) -> AsyncIterator[Fleet | None]:
-    """The fleet's Redis handle, leases and host records; None with the SQLite backend (a
-    single host: nothing of this is opened, no task runs)."""
+async def open_fleet_if_shared(config: Config, queue: JobQueue) -> AsyncIterator[Fleet | None]:
+    """This host's part in a fleet with the Redis backend (``agent.fleet``); None with SQLite
+    (a single host: nothing of it is opened or imported, no task runs)."""
     if config.queue.backend != "redis":
         yield None
         return
-    host = instance_name(config)
-    async with open_fleet_redis(config.queue) as redis:
-        yield Fleet(
-            redis=redis,
-            hosts=Hosts(redis, host=host),
-            reconciler=Lease(redis, RECONCILER, host=host),
-            sweep=Lease(redis, REGISTRATION_SWEEP, host=host),
-        )
+    from agent.fleet.membership import open_fleet
+
+    async with open_fleet(config, instance_name(config), queue) as fleet:
+        yield fleet
 
 
 def instance_name(config: Config) -> str:
@@ -173,8 +152,14 @@ class Daemon:
         try:
             async with (
                 opened("the queue", open_queue(config)) as queue,
-                opened("the runner store", open_runner_store(config.server.state_dir)) as store,
-                opened("the fleet state", open_fleet(config)) as self.fleet,
+                opened("the fleet state", open_fleet_if_shared(config, queue)) as self.fleet,
+                opened(
+                    "the runner store",
+                    open_runner_store(
+                        config.server.state_dir,
+                        store=self.fleet.runner_store if self.fleet is not None else None,
+                    ),
+                ) as store,
                 opened(
                     "the secrets store",
                     open_secret_store(
@@ -210,6 +195,11 @@ class Daemon:
         self.queue = q
         wakeup = Wakeup()
         send_events, receive_events = trio.open_memory_channel[JobEvent](JOB_EVENTS_BUFFER)
+        fleet = self.fleet
+        if fleet is not None:  # intake's events go through Redis to the runner's own host
+            produced, to_route = trio.open_memory_channel[JobEvent](JOB_EVENTS_BUFFER)
+        else:
+            produced = send_events
         self.listeners = [
             Listener(
                 pool,
@@ -217,7 +207,7 @@ class Daemon:
                 queue=q,
                 github=github,
                 cursors=cursors,
-                job_events=send_events.clone(),
+                job_events=produced.clone(),
                 on_enqueue=wakeup.set,
                 owner=instance_name(config),
             )
@@ -250,7 +240,6 @@ class Daemon:
         if self.scheduler.paused:
             log.warning("drained (%s exists): taking no jobs until `gantryd resume`", drain_file)
         seen = SeenRepositories()
-        fleet = self.fleet
         self.reconciler = Reconciler(
             live=self.live,
             queue=q,
@@ -263,7 +252,7 @@ class Daemon:
             live=self.live,
             queue=q,
             secrets=self._webhook_secrets,
-            job_events=send_events,
+            job_events=produced,
             on_enqueue=wakeup.set,
             readiness={
                 ("redis" if fleet is not None else "database"): queue_writable(q),
@@ -277,13 +266,16 @@ class Daemon:
             on_repository=seen.add,
         )
         self.metrics.watch_webhooks(lambda: app.stats.received)
-        async with send_events, trio.open_nursery() as nursery:
+        async with produced, trio.open_nursery() as nursery:
             if fleet is not None:  # before the services whose chores the leases gate
                 await nursery.start(fleet.reconciler.hold)
                 await nursery.start(fleet.sweep.hold)
                 await nursery.start(fleet.hosts.beat, self._host_record)
                 await nursery.start(share_rate_limits, fleet.redis, lambda: github.shared_gates)
             await nursery.start(self.pools.run, receive_events, self.scheduler.job_taken)
+            if fleet is not None:
+                await nursery.start(fleet.events.follow, send_events)
+                nursery.start_soon(fleet.events.forward, to_route)
             await nursery.start(self.scheduler.run)
             await nursery.start(
                 StatusReporter(
@@ -293,6 +285,7 @@ class Daemon:
                     instance=instance_name(config),
                     usage=store.usage,
                     holds=self.pools.hold_reason,
+                    shared=fleet.reports if fleet is not None else None,
                 ).run
             )
             await nursery.start(self.reconciler.run)

@@ -46,7 +46,7 @@ import trio
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from agent.db import Database, open_database
-from agent.fleet.handle import FleetRedis
+from agent.storage.redis_handle import FleetRedis
 
 if TYPE_CHECKING:
     import redis

@@ -26,12 +26,12 @@ from typing import Any
 import redis
 import trio
 
-from agent.fleet.connection import redis_client
-from agent.fleet.handle import FleetRedis
 from agent.fleet.hosts import HostRecord, Hosts
 from agent.fleet.leases import CHORES, Lease
 from agent.fleet.ratelimits import share_rate_limits
 from agent.github.ratelimit import RateLimitGate
+from agent.storage.redis_connection import redis_client
+from agent.storage.redis_handle import FleetRedis
 from bench.support import free_port
 
 

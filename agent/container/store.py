@@ -263,8 +263,12 @@ class RunnerStore:
 
 @asynccontextmanager
 async def open_runner_store(
-    state_dir: Path, *, clock: Callable[[], float] = time.time
+    state_dir: Path,
+    *,
+    clock: Callable[[], float] = time.time,
+    store: Callable[[Database], RunnerStore] | None = None,
 ) -> AsyncIterator[RunnerStore]:
-    """Open (creating) ``<state_dir>/runners.db``; closed when the block exits."""
+    """Open (creating) ``<state_dir>/runners.db``; closed when the block exits. ``store`` makes
+    the store over the database (a fleet host's also writes runner owners to Redis)."""
     async with open_database(Path(state_dir) / STATE_FILE, migrations=MIGRATIONS) as db:
-        yield RunnerStore(db, clock=clock)
+        yield store(db) if store is not None else RunnerStore(db, clock=clock)

@@ -1089,11 +1089,14 @@ class Emulator:
         content_type: str = "json",
         repository: str | None = None,
         org: str | None = None,
+        backends: Sequence[str] = (),
     ) -> Hook:
         """Register a webhook (the App's, or with ``repository``/``org`` one of those) and send
-        it a ``ping`` (§1.5)."""
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"webhook URL must be http(s), got {url!r}")
+        it a ``ping`` (§1.5). ``backends``: ``url`` is a load balancer in front of these, and
+        each delivery goes to one of them chosen at random (``Sender._post``)."""
+        for where in (url, *backends):
+            if not where.startswith(("http://", "https://")):
+                raise ValueError(f"webhook URL must be http(s), got {where!r}")
         if content_type not in ("json", "form"):
             raise ValueError(f"content_type must be 'json' or 'form', got {content_type!r}")
         repo = self._repos[repository.lower()] if repository is not None else None
@@ -1115,6 +1118,7 @@ class Emulator:
             target_name=target[2],
             outbox_send=send,
             outbox_receive=receive,
+            backends=tuple(backends),
         )
         self._hooks.append(hook)
         payload: dict[str, Any] = {

@@ -93,6 +93,7 @@ class Delivery:
     delivered_at: float  # epoch seconds
     redelivery: bool = False
     duration: float | None = None
+    url: str = ""  # where it was posted: one of the hook's ``backends`` behind a balancer
     status: str = "pending"  # "OK" for a 2xx, otherwise GitHub's failure text
     status_code: int = 0  # 0 when no HTTP answer came back
 
@@ -114,6 +115,9 @@ class Hook:
     target_name: str | None  # repository full name or organization login
     outbox_send: trio.MemorySendChannel[Outgoing] = field(repr=False)
     outbox_receive: trio.MemoryReceiveChannel[Outgoing] = field(repr=False)
+    # A load balancer in front of several gantryd hosts, as GitHub sees it: one URL (``url``),
+    # and behind it these backends, one chosen at random per delivery. Empty: ``url`` itself.
+    backends: tuple[str, ...] = ()
 
     def hook_json(self, app_id: int) -> dict[str, Any]:
         """The ``hook`` object of the ``ping`` payload (§1.5)."""
@@ -222,18 +226,35 @@ class Sender:
         self._on_recorded()
 
     async def _post(self, hook: Hook, delivery: Delivery) -> None:
-        try:
-            response = await self._client.post(
-                hook.url,
-                content=delivery.outgoing.body,
-                headers=delivery.outgoing.headers,
-                timeout=DELIVERY_TIMEOUT,
-            )
-        except httpx.TimeoutException:
-            delivery.status = "timed out"
-        except httpx.HTTPError:
-            delivery.status = "failed to connect to host"
+        """POST to the hook's URL, or behind a balancer to a backend chosen at random; a
+        backend that refuses the connection is passed over for the next one, as a balancer's
+        redispatch does (no request reached it, so none is duplicated). GitHub itself never
+        retries: when no backend takes the connection the delivery fails."""
+        targets = [hook.url]
+        if hook.backends:
+            targets = list(hook.backends)
+            self._rng.shuffle(targets)
+        for url in targets:
+            delivery.url = url
+            try:
+                response = await self._client.post(
+                    url,
+                    content=delivery.outgoing.body,
+                    headers=delivery.outgoing.headers,
+                    timeout=DELIVERY_TIMEOUT,
+                )
+            except httpx.ConnectError:
+                delivery.status = "failed to connect to host"
+                continue
+            except httpx.TimeoutException:
+                delivery.status = "timed out"
+                return
+            except httpx.HTTPError:
+                delivery.status = "failed to connect to host"
+                return
+            break
         else:
-            delivery.status_code = response.status_code
-            ok = 200 <= response.status_code < 300
-            delivery.status = "OK" if ok else f"Invalid HTTP Response: {response.status_code}"
+            return
+        delivery.status_code = response.status_code
+        ok = 200 <= response.status_code < 300
+        delivery.status = "OK" if ok else f"Invalid HTTP Response: {response.status_code}"

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from agent.fleet.handle import FleetRedis, RedisUnavailable
 from agent.fleet.leases import LEASE_TTL, release_host
+from agent.storage.redis_handle import FleetRedis, RedisUnavailable
 
 if TYPE_CHECKING:
     import redis

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from agent.fleet.handle import FleetRedis, RedisUnavailable
+from agent.storage.redis_handle import FleetRedis, RedisUnavailable
 
 if TYPE_CHECKING:
     import redis

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from agent.fleet.handle import FleetRedis, RedisUnavailable
+from agent.storage.redis_handle import FleetRedis, RedisUnavailable
 
 if TYPE_CHECKING:
     import redis

@@ -16,7 +16,6 @@ from typing import Any
 import trio
 
 from agent.config import ConfigError, QueueConfig, load_config, runtime_dir_of
-from agent.fleet.handle import open_fleet_redis
 from agent.ops import protocol
 from agent.ops.admin_client import AdminClient, ControlError, NotRunning
 from agent.ops.protocol import JOBS_SHOWN, A, AdminError, Request, SecretsAnswer, socket_path
@@ -33,6 +32,7 @@ from agent.ops.tables import (
 from agent.queue.base import JobState
 from agent.secrets import SecretsError, open_secret_store
 from agent.storage.errors import StorageUnavailable
+from agent.storage.redis_handle import open_fleet_redis
 
 DRAIN_POLL = 1.0
 

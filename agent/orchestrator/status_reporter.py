@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -40,7 +41,7 @@ import trio
 
 from agent.github.client import GitHubClient, GitHubError, PermissionMissing
 from agent.github.ratelimit import ContentPacer
-from agent.github.report_store import Reported, ReportStore, open_report_store
+from agent.github.report_store import Reported, open_report_store
 from agent.github.reports import Context, Report, build_report, check_run_name, wanted
 from agent.queue.base import FINAL_STATES, JobQueue, JobState, OutboxEntry, QueueError
 from agent.reload import LiveConfig
@@ -73,6 +74,38 @@ HoldLookup = Callable[[str], str | None]  # pool -> why it takes no job now, or 
 HELD_JOBS = 1000  # queued jobs of a pool re-reported when its hold starts or ends
 
 
+class CheckRunStore(Protocol):
+    """Which check run belongs to which job (``agent.github.report_store``; a fleet's is in
+    Redis, ``agent.fleet.reporting``)."""
+
+    async def get(self, job_id: int) -> Reported | None: ...
+    async def mark_creating(self, job_id: int) -> None: ...
+    async def set_check_run(self, job_id: int, check_run_id: int) -> None: ...
+    async def set_started(self, job_id: int, started_at: float) -> None: ...
+    async def forget(self, job_id: int) -> None: ...
+
+
+class SharedReports(CheckRunStore, Protocol):
+    """Several hosts draining one outbox: a job is reported by one host at a time, never with
+    an older state after a newer one (``agent.fleet.reporting``)."""
+
+    async def take(self, entry: OutboxEntry) -> tuple[str, str]:
+        """(verdict, token): "mine" (report it, then ``give_back`` the token), "busy" (another
+        host is reporting the job) or "done" (this or a newer state was delivered)."""
+
+    async def reported(self, entry: OutboxEntry) -> None:
+        """The entry was delivered: written before it is acknowledged."""
+
+    async def keep(self, job_id: int, token: str) -> bool:
+        """Extend the turn; False when it is no longer this holder's (it expired)."""
+
+    async def give_back(self, job_id: int, token: str) -> None: ...
+
+    @property
+    def renew_every(self) -> float:
+        """Seconds between ``keep`` calls while a report is under way."""
+
+
 class _Dropped(Exception):
     """GitHub refused the report for good (a validation error): acknowledge it anyway."""
 
@@ -100,8 +133,10 @@ class StatusReporter:
         holds: HoldLookup | None = None,
         pacer: ContentPacer | None = None,
         clock: Callable[[], float] = time.time,
+        shared: SharedReports | None = None,
     ) -> None:
         self._queue = queue
+        self._shared = shared  # a fleet's: check-run records in Redis, one host at a time
         self._github = github
         self._live = live
         self._instance = instance
@@ -118,7 +153,7 @@ class StatusReporter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Drain the outbox until cancelled; queue errors are logged and retried."""
         path = self._store_path or self._live.current.server.state_dir / STORE_FILE
-        async with open_report_store(path) as store:
+        async with self._open_store(path) as store:
             task_status.started()
             while True:
                 try:
@@ -130,7 +165,12 @@ class StatusReporter:
                 if handled == 0:
                     await trio.sleep(IDLE_INTERVAL)
 
-    async def drain_once(self, store: ReportStore) -> int:
+    def _open_store(self, path: Path) -> AbstractAsyncContextManager[CheckRunStore]:
+        if self._shared is not None:
+            return _opened(self._shared)
+        return open_report_store(path)
+
+    async def drain_once(self, store: CheckRunStore) -> int:
         """Report every due entry of one batch; return how many were acknowledged."""
         entries = await self._queue.outbox(BATCH)
         now = trio.current_time()
@@ -159,7 +199,7 @@ class StatusReporter:
     def _hold(self, pool: str) -> str | None:
         return self._holds(pool) if self._holds is not None else None
 
-    async def sync_holds(self, store: ReportStore) -> int:
+    async def sync_holds(self, store: CheckRunStore) -> int:
         """Report the queued jobs of every pool whose hold started, changed or ended since it
         was last reported; return how many GitHub accepted. A pool whose reports fail is tried
         again on the next pass."""
@@ -186,8 +226,52 @@ class StatusReporter:
                 self._reported_holds[pool.name] = hold
         return self.delivered - before
 
-    async def _handle(self, store: ReportStore, entry: OutboxEntry) -> bool:
+    async def _handle(self, store: CheckRunStore, entry: OutboxEntry) -> bool:
         """Report one entry and acknowledge it; False if it stays for a retry."""
+        if self._shared is None:
+            return await self._report(store, entry)
+        verdict, token = await self._shared.take(entry)
+        if verdict == "busy":
+            return False  # another host is reporting this job; the entry stays
+        if verdict == "done":  # delivered by another host: only our copy is left
+            await self._queue.ack_outbox(entry.job_id, entry.seq)
+            return True
+        reported, failed = False, None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._keep_turn, self._shared, entry.job_id, token, nursery)
+                try:
+                    reported = await self._report(store, entry)
+                except QueueError as exc:  # raised from here, not grouped by the nursery
+                    failed = exc
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._shared.give_back(entry.job_id, token)
+        if failed is not None:
+            raise failed
+        return reported
+
+    async def _keep_turn(
+        self, shared: SharedReports, job_id: int, token: str, report: trio.Nursery
+    ) -> None:
+        """Renew the job's turn while its report is under way; a turn that could not be
+        renewed may be another host's by now, so the report is abandoned (the entry stays,
+        and whoever holds the turn next sends it: updates are idempotent, and a creation is
+        found again through the shared ``creating`` mark)."""
+        while True:
+            await trio.sleep(shared.renew_every)
+            try:
+                kept = await shared.keep(job_id, token)
+            except QueueError as exc:
+                log.warning("reporter: cannot renew the turn of job %s: %s", job_id, exc)
+                kept = False
+            if not kept:
+                log.warning("reporter: lost the turn of job %s; another host reports it", job_id)
+                report.cancel_scope.cancel()
+                return
+
+    async def _report(self, store: CheckRunStore, entry: OutboxEntry) -> bool:
         try:
             await self._deliver(store, entry)
         except _NotYet:
@@ -199,6 +283,8 @@ class StatusReporter:
         except GitHubError as exc:
             self._retry_later(entry, exc)
             return False
+        if self._shared is not None:
+            await self._shared.reported(entry)  # before the ack: a stale copy finds it
         await self._queue.ack_outbox(entry.job_id, entry.seq)
         self._backoff.pop(entry.job_id, None)
         if entry.state in FINAL_STATES:
@@ -226,7 +312,7 @@ class StatusReporter:
             message,
         )
 
-    async def _deliver(self, store: ReportStore, entry: OutboxEntry) -> None:
+    async def _deliver(self, store: CheckRunStore, entry: OutboxEntry) -> None:
         config = self._live.current
         spec = entry.spec
         if entry.state is JobState.DEAD and config.github.cancel_dead_jobs and spec.run_id:
@@ -268,7 +354,7 @@ class StatusReporter:
         self.delivered += 1
 
     async def _context(
-        self, store: ReportStore, entry: OutboxEntry
+        self, store: CheckRunStore, entry: OutboxEntry
     ) -> tuple[Context, Reported | None]:
         """The report's context, and the job's stored report: the outbox hands out one entry per
         job at a time, so nothing else changes that row before ``_check_run`` uses it."""
@@ -297,7 +383,7 @@ class StatusReporter:
 
     async def _check_run(
         self,
-        store: ReportStore,
+        store: CheckRunStore,
         entry: OutboxEntry,
         report: Report,
         ctx: Context,
@@ -355,3 +441,8 @@ class StatusReporter:
             return
         if cancelled:
             log.info("cancelled workflow run %s of dead job %s", spec.run_id, spec.job_id)
+
+
+@asynccontextmanager
+async def _opened(store: CheckRunStore) -> AsyncIterator[CheckRunStore]:
+    yield store  # the fleet owns its connection

@@ -36,7 +36,6 @@ import redis
 import redis.exceptions
 import trio
 
-from agent.fleet.connection import RedisUrlError, redis_client
 from agent.queue._codec import dump_spec, load_spec, tombstone_spec
 from agent.queue.base import (
     Counts,
@@ -53,6 +52,7 @@ from agent.queue.base import (
 )
 from agent.queue.redis_scripts import FIELDS, SCRIPTS, SHAS
 from agent.storage.group_commit import Entry, GroupCommit
+from agent.storage.redis_connection import RedisUrlError, redis_client
 from agent.storage.worker_thread import WorkerThread
 
 T = TypeVar("T")
@@ -455,8 +455,8 @@ async def open_redis_queue(
     password_file: Path | None = None,
     ca_file: Path | None = None,
 ) -> AsyncIterator[RedisQueue]:
-    """Connect to ``url`` (any form of ``agent.fleet.connection``), refuse a server that evicts
-    keys, and close the pool on exit."""
+    """Connect to ``url`` (any form ``agent.storage.redis_connection`` takes), refuse a server
+    that evicts keys, and close the pool on exit."""
     try:
         client = redis_client(url, password_file=password_file, ca_file=ca_file)
     except RedisUrlError as exc:

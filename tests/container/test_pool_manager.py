@@ -353,3 +353,32 @@ async def test_registration_sweep_never_deletes_a_runner_registered_during_its_l
             await stack.emulator.wait_job(job.id, "completed")
         assert stack.emulator.job(job.id).conclusion == "success"
         assert pools.stats.outcomes[Outcome.PROVISION_FAILED] == 0
+
+
+async def test_a_runner_still_coming_up_whose_job_completed_elsewhere_turns_warm(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    """With one runner provisioned at a time, the runner made for the second job waits in
+    CREATING; that job is cancelled on GitHub meanwhile (another host's runner, in a fleet, or
+    an operator). A runner that is not up yet cannot be removed: it becomes a warm runner,
+    and the pool supervisor carries on (it used to fail on CREATING -> REMOVED)."""
+    async with stack_of(
+        tmp_path, docker_client, scheduler={"concurrency": 1, "max_runners": 2}
+    ) as stack:
+        pools, _ = parts(stack)
+        emulator = stack.emulator
+        first = emulator.create_job("octo-org/app", JOB_LABELS, "true")
+        second = emulator.create_job("octo-org/app", JOB_LABELS, "true")
+
+        def waiting_for_second() -> list[Runner]:
+            return [r for r in pools.runners() if r.made_for == second.id]
+
+        with trio.fail_after(30):
+            await pools.wait_until(lambda: bool(waiting_for_second()))
+        (runner,) = waiting_for_second()
+        assert runner.state in (RunnerState.CREATING, RunnerState.STARTING)
+        emulator.cancel_job(second.id)
+        with trio.fail_after(60):
+            await pools.wait_until(lambda: runner.made_for is None or runner not in pools.runners())
+            await emulator.wait_job(first.id, "completed")
+        assert emulator.job(first.id).conclusion == "success"

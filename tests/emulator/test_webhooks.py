@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import trio
 
@@ -132,3 +133,45 @@ async def test_one_event_has_one_guid_for_all_its_hooks(
     assert all(len(guids) == 1 for guids in by_action.values())  # shared by the three hooks
     assert by_action["queued"] != by_action["completed"]
     assert targets["queued"] == {"integration", "repository", "organization"}
+
+
+async def test_behind_a_balancer_each_delivery_goes_to_one_backend_chosen_at_random(
+    emulator: Emulator, base_url: str, receiver: Receiver
+) -> None:
+    backends = (f"{receiver.url}?backend=1", f"{receiver.url}?backend=2")
+    hook = emulator.add_hook("https://balancer.example/hook", SECRET, backends=backends)
+    assert hook.hook_json(emulator.app_id)["config"]["url"] == "https://balancer.example/hook"
+    for _ in range(10):
+        emulator.create_job("acme/app", ["gantryd"], "true")
+    with trio.fail_after(10):
+        deliveries = await emulator.wait_deliveries(11)  # the ping and ten queued
+    assert [d.status for d in deliveries] == ["OK"] * 11
+    assert {d.url for d in deliveries} == set(backends)  # both chosen (seeded emulator)
+    assert len(receiver.received) == 11  # each delivery reached one backend, once
+
+
+async def test_a_backend_refusing_connections_is_passed_over_and_none_is_doubled(
+    emulator: Emulator, base_url: str, receiver: Receiver
+) -> None:
+    with socket.socket() as s:  # a loopback port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/hook"
+    emulator.add_hook(receiver.url, SECRET, backends=(dead, receiver.url))
+    for _ in range(6):
+        emulator.create_job("acme/app", ["gantryd"], "true")
+    with trio.fail_after(10):
+        deliveries = await emulator.wait_deliveries(7)
+    assert [(d.status, d.url) for d in deliveries] == [("OK", receiver.url)] * 7
+    assert len(receiver.received) == 7
+
+
+async def test_no_backend_taking_the_connection_fails_the_delivery(
+    emulator: Emulator, base_url: str
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/hook"
+    emulator.add_hook("https://balancer.example/hook", SECRET, backends=(dead,))
+    with trio.fail_after(10):
+        (ping,) = await emulator.wait_deliveries(1)
+    assert (ping.status, ping.status_code) == ("failed to connect to host", 0)

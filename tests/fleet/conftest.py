@@ -1,4 +1,5 @@
-"""Fixtures: one real redis-server per session, and a ``FleetRedis`` with a fresh prefix."""
+"""Fixtures: one real redis-server per session, a ``FleetRedis`` (leases, hosts, rate limits,
+secrets) and a ``StreamRedis`` (event streams, check-run records) with a fresh prefix each."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from agent.fleet.connection import redis_client
-from agent.fleet.handle import FleetRedis
+from agent.fleet.stream_redis import StreamRedis
+from agent.storage.redis_connection import redis_client
+from agent.storage.redis_handle import FleetRedis
 from tests.queue.queue_support import RedisServer, start_redis
 
 
@@ -25,3 +27,15 @@ async def fleet(redis_server: RedisServer) -> AsyncIterator[FleetRedis]:
     handle = FleetRedis(redis_client(redis_server.url), prefix=f"f{uuid.uuid4().hex[:10]}")
     yield handle
     await handle.aclose()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def fleet_redis(redis_server: RedisServer, prefix: str) -> AsyncIterator[StreamRedis]:
+    r = StreamRedis(redis_server.url, prefix=prefix)
+    yield r
+    await r.aclose()

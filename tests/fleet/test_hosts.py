@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.fleet.handle import FleetRedis
 from agent.fleet.hosts import GONE_AFTER, HostRecord, Hosts, PoolLoad
 from agent.fleet.leases import RECONCILER, Lease, holders
+from agent.storage.redis_handle import FleetRedis
 from tests.queue.queue_support import FakeClock
 
 pytestmark = pytest.mark.redis

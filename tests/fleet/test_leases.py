@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from agent.fleet.handle import FleetRedis
 from agent.fleet.leases import RECONCILER, REGISTRATION_SWEEP, Lease, holders, release_host
+from agent.storage.redis_handle import FleetRedis
 
 pytestmark = pytest.mark.redis
 

@@ -8,11 +8,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.emulator import Emulator, serve_emulator
 from agent.emulator.ratelimit import RateLimitPolicy
-from agent.fleet.handle import FleetRedis
 from agent.fleet.ratelimits import sync_rate_limits
 from agent.github.auth import Secret, TokenAuth
 from agent.github.client import GitHubClient, RunnerTarget
 from agent.github.ratelimit import Quota, RateLimitGate
+from agent.storage.redis_handle import FleetRedis
 from tests.queue.queue_support import FakeClock
 
 pytestmark = pytest.mark.redis

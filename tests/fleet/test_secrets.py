@@ -11,10 +11,10 @@ import pytest
 from cryptography.fernet import Fernet
 
 from agent.config import QueueConfig
-from agent.fleet.handle import FleetRedis
 from agent.ops import protocol
 from agent.ops.commands import local_secrets
 from agent.secrets import Action, SecretsError, open_secret_store
+from agent.storage.redis_handle import FleetRedis
 from tests.queue.queue_support import RedisServer
 
 pytestmark = pytest.mark.redis

@@ -15,9 +15,10 @@ logs and messages show of a URL.
 Reconnection: redis-py reconnects a failed connection on its next command; each command is
 retried a few times with short jittered exponential backoff (``RETRY``) so a failover or a Redis
 restart costs the callers a pause, not an error, when it is brief. A longer outage reaches the
-callers as ``ConnectionError`` (the queue maps it to ``QueueUnavailable``, ``agent.fleet.handle``
-to ``RedisUnavailable``): they keep serving what does not need Redis and try again on their
-next pass. Only the Redis backend imports this module (redis-py is an optional dependency).
+callers as ``ConnectionError`` (the queue maps it to ``QueueUnavailable``,
+``agent.storage.redis_handle`` to ``RedisUnavailable``): they keep serving what does not need
+Redis and try again on their next pass. Only the Redis backend imports this module (redis-py is
+an optional dependency).
 """
 
 from __future__ import annotations
@@ -106,11 +107,13 @@ def read_password(path: Path) -> str:
     return lines[0].strip() if lines else ""
 
 
-def _common(parts: SplitResult, password_file: Path | None, ca_file: Path | None) -> dict[str, Any]:
+def _common(
+    parts: SplitResult, password_file: Path | None, ca_file: Path | None, socket_timeout: float
+) -> dict[str, Any]:
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_connect_timeout": CONNECT_TIMEOUT,
-        "socket_timeout": READ_TIMEOUT,
+        "socket_timeout": socket_timeout,
         "socket_keepalive": True,
         "health_check_interval": HEALTH_CHECK_INTERVAL,
         "retry": redis.retry.Retry(
@@ -136,7 +139,7 @@ class _SentinelConnection(redis.sentinel.SentinelManagedConnection):
     redis-py 8.1's ``send_packed_command`` reconnects through ``connect_check_health``, which
     skips ``SentinelManagedConnection.connect`` (the Sentinel lookup): after a failover every
     retry went back to the demoted primary ("The previous master is now a slave"). Connecting
-    here first takes the lookup path again (tests/fleet/test_connection.py, the failover test).
+    here first takes the lookup path again (tests/storage/test_redis_connection.py, failover).
     """
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
@@ -146,7 +149,11 @@ class _SentinelConnection(redis.sentinel.SentinelManagedConnection):
 
 
 def redis_client(
-    url: str, *, password_file: Path | None = None, ca_file: Path | None = None
+    url: str,
+    *,
+    password_file: Path | None = None,
+    ca_file: Path | None = None,
+    socket_timeout: float = READ_TIMEOUT,
 ) -> redis.Redis[str]:
     """A blocking client for ``url`` (no I/O yet: the first command connects).
 
@@ -155,7 +162,7 @@ def redis_client(
     """
     check_url(url)
     parts = urlsplit(url)
-    options = _common(parts, password_file, ca_file)
+    options = _common(parts, password_file, ca_file, socket_timeout)
     if parts.scheme == "redis+sentinel":
         sentinels = parse_sentinel_url(url)
         options.pop("ssl_ca_certs", None)  # TLS to Sentinel-managed servers: not supported

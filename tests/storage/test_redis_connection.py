@@ -1,4 +1,5 @@
-"""agent.fleet.connection against real redis-server processes: TLS, AUTH, Sentinel failover."""
+"""agent.storage.redis_connection against real redis-server processes: TLS, AUTH, Sentinel
+failover."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from agent.fleet.connection import RedisUrlError, check_url, redact, redis_client
 from agent.queue.base import QueueUnavailable
 from agent.queue.redis import open_redis_queue
+from agent.storage.redis_connection import RedisUrlError, check_url, redact, redis_client
 from tests.fleet.servers import (
     Server,
     make_pki,

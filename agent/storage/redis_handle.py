@@ -1,6 +1,6 @@
 """The fleet's Redis handle, importable without redis-py (an optional dependency): the daemon,
 the admin server and the secrets module name it whatever the backend, and only a Redis backend
-opens one (``open_fleet_redis`` imports ``agent.fleet.connection``, which needs redis-py).
+opens one (``open_fleet_redis`` imports ``agent.storage.redis_connection``, which needs redis-py).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class FleetRedis:
 @asynccontextmanager
 async def open_fleet_redis(queue: QueueConfig) -> AsyncIterator[FleetRedis]:
     """The fleet's client for the queue's server (``[queue] redis_*``), closed on exit."""
-    from agent.fleet.connection import redis_client
+    from agent.storage.redis_connection import redis_client
 
     client = redis_client(
         queue.redis_url, password_file=queue.redis_password_file, ca_file=queue.redis_ca_file

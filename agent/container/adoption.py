@@ -1,12 +1,22 @@
 """Taking over what a previous run of gantryd left (containers outlive it: docs/design.md §2).
 
 Every runner has a row in the state database before GitHub hears of it. At start each row is
-matched with this instance's containers: a running container keeps its runner and its job; a
-row without one (or whose container never started) is an orphan, so its registration is deleted
-at GitHub, its container removed and its lease released. A runner whose container stopped
-meanwhile is marked exited at the time Docker says it finished (not at adoption: a restart must
-not restart the ``exit_settle`` wait of runners long dead, which hold capacity until it ends)
-and, unless it still waited for a job, retired at once.
+matched with this instance's containers: a container that was started keeps its runner and its
+job; a row without one, or whose container was never started, is an orphan, so its
+registration is deleted at GitHub, its container removed and its lease released.
+
+"Started" is Docker's word, not the row's: the row says ``creating`` until the start has
+returned, so a gantryd killed or cancelled in between leaves a started container under a
+``creating`` row. Its runner has its JIT config (written to stdin right after the start) and
+may already have taken a job, which GitHub would lose with the container (a busy runner cannot
+even be deregistered: 422). So it is adopted as what the interrupted provisioning would have
+recorded next, ``idle`` (bootstrap_timeout and exit_settle then apply as to any runner). Only a
+container Docker still calls ``created`` provably never got its config (its stdin closed with
+the process that would have written it), and only that one is removed.
+
+A runner whose container stopped meanwhile is marked exited at the time Docker says it
+finished (not at adoption: a restart must not restart the ``exit_settle`` wait of runners long
+dead, which hold capacity until it ends) and, unless it still waited for a job, retired at once.
 """
 
 from __future__ import annotations
@@ -55,16 +65,16 @@ async def adopt(
         runner = record.runner
         container = containers.get(runner.name)
         runner.lease = await _stored_lease(queue, record)
-        if (
-            container is None
-            or container.state == "created"
-            or runner.state in (RunnerState.REMOVED, RunnerState.CREATING)
-        ):
+        if container is None or container.state == "created" or runner.state is RunnerState.REMOVED:
             await _drop_orphan(
                 runner, container.id if container else None, github, docker, removal, store, stats
             )
             continue
         runner.container_id = container.id
+        if runner.state is RunnerState.CREATING:  # stopped between the start and its record
+            runner.move(RunnerState.STARTING, now=now)
+            runner.move(RunnerState.IDLE, now=now)
+            await store.save(runner)
         registry.add(runner)
         stats.outcomes[Outcome.ADOPTED] += 1
         if runner.state is RunnerState.BUSY and runner.running_job is not None:

@@ -1,0 +1,185 @@
+"""Chaos at the daemon level (issue 13; issue 15's "SIGKILL of gantryd mid-stream"): a burst
+of jobs through the GitHub stand-in, a real ``gantryd serve`` SIGKILLed at random points and
+started again, round after round, for a webhook pool and for a scale-set pool.
+
+At the end every job completed once with success on a runner of its own, its queue entry is
+done, and nothing is left: no container, no volume, no registration at GitHub. Each restart's
+time to the first new runner (a runner registered after the restart, online at GitHub) is
+printed with min/p50/max over the rounds (``pytest -s`` shows it).
+
+Kills per source: 3, or ``GANTRYD_CHAOS_KILLS`` (``make chaos`` runs 10).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+import trio
+
+from agent.config import load_config
+from agent.emulator.state import Emulator
+from agent.queue import open_queue
+from agent.queue.base import JobState
+from tests.conftest import remove_managed
+from tests.container.stack import REPOSITORIES, ServeProcess, emulator_setup, free_port
+
+pytestmark = pytest.mark.docker
+
+KILLS = int(os.environ.get("GANTRYD_CHAOS_KILLS", "3"))
+BURST = 8  # jobs created before the first start
+PER_ROUND = 3  # jobs created once each restarted gantryd is ready
+LABELS = ["self-hosted", "linux"]
+SOURCES: Mapping[str, Mapping[str, Any]] = {
+    "webhook": {},
+    "scale-set": {
+        "pool": {"source": "scale-set", "scope": "organization"},
+        "github": {"organizations": ["octo-org"]},
+    },
+}
+
+
+def registrations(emulator: Emulator) -> list[str]:
+    """Names of every runner registered at the stand-in, in each scope gantryd may use."""
+    scopes = [emulator.scope_for(repository=r) for r in REPOSITORIES]
+    scopes.append(emulator.scope_for(org="octo-org"))
+    return [runner.name for scope in scopes for runner in emulator.runners(scope)]
+
+
+def new_runner_online(emulator: Emulator, known: set[str]) -> Callable[[], bool]:
+    """Whether a runner not in ``known`` is registered and online (its container runs and it
+    connected): a runner the restarted gantryd started."""
+    scopes = [emulator.scope_for(repository=r) for r in REPOSITORIES]
+    scopes.append(emulator.scope_for(org="octo-org"))
+
+    def reached() -> bool:
+        return any(
+            runner.name not in known and emulator.is_online(runner)
+            for scope in scopes
+            for runner in emulator.runners(scope)
+        )
+
+    return reached
+
+
+def containers_of(client: docker.DockerClient, instance: str) -> list[str]:
+    """Ids of the instance's containers; sparse: no inspect, which races gantryd's removals."""
+    found = client.containers.list(
+        all=True,
+        sparse=True,
+        filters={"label": ["io.gantryd.managed=true", f"io.gantryd.instance={instance}"]},
+    )
+    return [c.id for c in found]
+
+
+def wait_gone(client: docker.DockerClient, instance: str) -> None:
+    """Block until the instance has no container (each waited for by Docker, not polled)."""
+    while ids := containers_of(client, instance):
+        for container_id in ids:
+            try:
+                client.api.wait(container_id, condition="removed", timeout=120)
+            except docker.errors.NotFound:
+                continue
+
+
+def volumes_of(client: docker.DockerClient, instance: str) -> list[str]:
+    found = client.volumes.list(
+        filters={"label": ["io.gantryd.managed=true", f"io.gantryd.instance={instance}"]}
+    )
+    return [v.name for v in found]
+
+
+def summary(samples: list[float]) -> str:
+    if not samples:
+        return "no sample"
+    return (
+        f"min {min(samples):.2f} s, p50 {statistics.median(samples):.2f} s, "
+        f"max {max(samples):.2f} s over {len(samples)} restart(s)"
+    )
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+async def test_sigkill_at_random_points_loses_no_job_and_runs_none_twice(
+    source: str, tmp_path: Path, docker_client: docker.DockerClient, runner_image: str
+) -> None:
+    port = free_port()
+    settings = SOURCES[source]
+    async with emulator_setup(
+        tmp_path,
+        listen=f"127.0.0.1:{port}",
+        pool=settings.get("pool"),
+        github=settings.get("github"),
+        # A claim cut by a kill before any runner row recorded it comes back after this.
+        queue={"lease": "10s"},
+    ) as setup:
+        emulator = setup.emulator
+        serve = ServeProcess(setup.config_path, tmp_path)
+        if source == "webhook":
+            emulator.add_hook(f"http://127.0.0.1:{port}/webhook", setup.webhook_secret)
+        jobs: list[int] = []
+
+        def create(count: int) -> None:
+            for _ in range(count):
+                repository = random.choice(REPOSITORIES[:2])
+                jobs.append(emulator.create_job(repository, LABELS, "sleep 1; echo ok").id)
+
+        to_first_runner: list[float] = []
+        try:
+            if source == "scale-set":
+                create(BURST)  # messages wait at the Actions service for the listener
+            for round_ in range(KILLS + 1):
+                known = set(registrations(emulator))
+                started = time.monotonic()
+                await serve.start()
+                with trio.fail_after(60):
+                    await serve.wait_ready()
+                if round_ == 0 and source == "webhook":
+                    create(BURST)
+                create(PER_ROUND)  # so each restart has a new runner to start
+                if round_ == KILLS:
+                    break
+                if random.random() < 0.25:  # now and then, kill it during its first starts
+                    await trio.sleep(random.uniform(0.0, 1.0))
+                else:
+                    with trio.fail_after(120):
+                        await emulator.wait_until(new_runner_online(emulator, known))
+                    to_first_runner.append(time.monotonic() - started)
+                    await trio.sleep(random.uniform(0.0, 3.0))  # the random point of the kill
+                await serve.kill()
+            print(
+                f"\nchaos ({source}, {KILLS} kills, {len(jobs)} jobs): restart -> first new "
+                f"runner online: {summary(to_first_runner)}"
+            )
+
+            with trio.fail_after(300):
+                for job_id in jobs:
+                    await emulator.wait_job(job_id, "completed")
+                await trio.to_thread.run_sync(wait_gone, docker_client, setup.instance)
+                await emulator.wait_until(lambda: not registrations(emulator))
+            await serve.stop()
+            assert serve.process is not None and serve.process.returncode == 0
+        finally:
+            await serve.aclose()
+            left = containers_of(docker_client, setup.instance)
+            remove_managed(docker_client, setup.instance)
+        assert left == []
+        assert volumes_of(docker_client, setup.instance) == []
+        conclusions = Counter(str(emulator.job(j).conclusion) for j in jobs)
+        assert conclusions == {"success": len(jobs)}
+        runners = Counter(emulator.job(j).runner_name for j in jobs)
+        assert max(runners.values()) == 1  # one job per single-use runner: none ran twice
+        async with open_queue(load_config(setup.config_path)) as queue:
+            for job_id in jobs:
+                entry = await queue.get(job_id)
+                assert entry is not None and entry.state is JobState.DONE, (job_id, entry)
+                assert entry.conclusion == "success"
+        assert "Traceback" not in serve.log.read_text()

@@ -413,7 +413,11 @@ class ScaleSetClient:
 
     async def delete_session(self, session: MessageSession) -> None:
         """Close the session; one GitHub already dropped (400 "not valid", 404) counts as closed."""
-        path = f"{SCALE_SETS}/{session.scale_set_id}/sessions/{session.id}"
+        await self.delete_session_id(session.scale_set_id, session.id)
+
+    async def delete_session_id(self, scale_set_id: int, session_id: str) -> None:
+        """`delete_session` by id: also the session a killed run of gantryd left open."""
+        path = f"{SCALE_SETS}/{scale_set_id}/sessions/{session_id}"
         response = await self._actions("DELETE", path, expected=(204, 400, 404))
         if response.status_code == 204:
             return

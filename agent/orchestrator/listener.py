@@ -11,12 +11,13 @@ no public endpoint. Per message, in this order (GARM's, so nothing is lost to a 
 2. only then delete (acknowledge) the message: a crash before it gets the message again;
 3. then persist ``lastMessageId`` (``listener.db`` in ``state_dir``) so a restart resumes.
 
-Sessions are never handed over: a 409 (a crashed predecessor, another host) is waited out with
-backoff (GitHub frees an abandoned session after ~90 s), its reason in ``status`` for ``/readyz``
-and ``gantryd status``; every other failure is retried likewise, never a crash loop. A 401 in the
-middle of a poll is the client's: it refreshes the session token and retries once. The pool's
-runners get their JIT configs from the scale set (`generate_jit_config`), so only its jobs
-reach them.
+Sessions are never handed over: the id of each session opened is recorded in ``listener.db``,
+so the session a killed run of this host left is closed at the next start (else GitHub refuses
+a new one for ~90 s); any other 409 (another host, or a session of ours whose close failed) is
+waited out with backoff, its reason in ``status`` for ``/readyz`` and ``gantryd status``; every
+other failure is retried likewise, never a crash loop. A 401 in the middle of a poll is the
+client's: it refreshes the session token and retries once. The pool's runners get their JIT
+configs from the scale set (`generate_jit_config`), so only its jobs reach them.
 """
 
 from __future__ import annotations
@@ -83,8 +84,13 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
     db.table("cursors").create({"scale_set": str, "last_message_id": int}, pk="scale_set")
 
 
+def _schema_v2(db: sqlite_utils.Database) -> None:
+    db.table("sessions").create({"scale_set": str, "session_id": str}, pk="scale_set")
+
+
 class CursorStore:
-    """Each scale set's last acknowledged message id (key: ``target/name``)."""
+    """Each scale set's last acknowledged message id and the id of the session this host has
+    open on it, if any (key: ``target/name``)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -107,10 +113,31 @@ class CursorStore:
             )
         )
 
+    async def session(self, key: str) -> str | None:
+        def q(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT session_id FROM sessions WHERE scale_set = ?", (key,)
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        return await self._db.read(q)
+
+    async def set_session(self, key: str, session_id: str | None) -> None:
+        args: tuple[str, ...]
+        if session_id is None:
+            sql, args = "DELETE FROM sessions WHERE scale_set = ?", (key,)
+        else:
+            sql = (
+                "INSERT INTO sessions (scale_set, session_id) VALUES (?, ?) ON CONFLICT "
+                "(scale_set) DO UPDATE SET session_id = excluded.session_id"
+            )
+            args = (key, session_id)
+        await self._db.write(lambda conn: conn.execute(sql, args))
+
 
 @asynccontextmanager
 async def open_cursor_store(state_dir: Path) -> AsyncIterator[CursorStore]:
-    async with open_database(state_dir / CURSOR_FILE, migrations=(_schema_v1,)) as db:
+    async with open_database(state_dir / CURSOR_FILE, migrations=(_schema_v1, _schema_v2)) as db:
         yield CursorStore(db)
 
 
@@ -276,8 +303,10 @@ class Listener:
             self._scale_set = await self.client.ensure_scale_set(spec)
             self.status.scale_set_id = self._scale_set.id
             self._found.set()
+        await self._close_stale_session(self._scale_set.id)
         session = await self.client.create_session(self._scale_set.id, self._owner)
         try:
+            await self._cursors.set_session(self._key, session.id)
             self._set(ListenerState.LISTENING)
             log.info(
                 "listener pool=%s session open on scale set %s (id %d)",
@@ -301,8 +330,30 @@ class Listener:
             with trio.CancelScope(shield=True), trio.move_on_after(SESSION_CLOSE_DEADLINE):
                 try:
                     await self.client.delete_session(session)
-                except GitHubError as exc:
+                    await self._cursors.set_session(self._key, None)
+                except (GitHubError, QueueError) as exc:
                     log.warning("listener pool=%s closing session: %s", self.pool_name, exc)
+
+    async def _close_stale_session(self, scale_set_id: int) -> None:
+        """Close the session a killed run of this host left open (its id is recorded when it
+        opens): otherwise GitHub refuses a new one for ~90 s and no job is learned meanwhile.
+        Only this host's own recorded session is closed, never another's."""
+        stale = await self._cursors.session(self._key)
+        if stale is None:
+            return
+        try:
+            await self.client.delete_session_id(scale_set_id, stale)  # already gone counts
+        except GitHubError as exc:  # then it is waited out, as any conflict
+            log.warning(
+                "listener pool=%s closing the previous run's session: %s", self.pool_name, exc
+            )
+        else:
+            log.info(
+                "listener pool=%s closed the session a previous run left on scale set %s",
+                self.pool_name,
+                self._key,
+            )
+        await self._cursors.set_session(self._key, None)
 
     def _capacity(self) -> int:
         """``X-ScaleSetMaxCapacity``: the pool's cap under the host's."""

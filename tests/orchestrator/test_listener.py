@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from agent.container.events import JobEvent
 from agent.demo import Stack, demo_emulator, demo_stack
 from agent.emulator.server import serve_emulator
+from agent.github.scaleset import ScaleSetClient
+from agent.github.scaleset_types import MessageSession
 from agent.orchestrator.listener import Listener, ListenerState, open_cursor_store
 from agent.queue.base import JobState
 from tests.conftest import managed_containers, remove_managed
@@ -197,3 +199,49 @@ async def test_queue_token_expiry_mid_poll_recovers(stack: Stack) -> None:
         done.append(job.id)
     await assert_ran_once(stack, done)
     assert listener.status.state is ListenerState.LISTENING
+
+
+async def test_the_session_a_killed_gantryd_left_is_closed_at_the_next_start(
+    tmp_path: Path,
+    runner_image: str,
+    docker_client: docker.DockerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SIGKILL closes nothing: the first gantryd here leaves its session open (its close
+    never gets an answer, and is given up after SESSION_CLOSE_DEADLINE). GitHub would refuse a
+    new session for ~90 s; the next start closes the recorded one and listens at once, well
+    within this test's deadline, and learns new jobs."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    emulator = demo_emulator(key)
+    instance = "demo-stale"
+
+    def stack_again() -> AbstractAsyncContextManager[Stack]:
+        return demo_stack(
+            tmp_path, source="scale-set", emulator=emulator, key=key, instance=instance
+        )
+
+    async def left_open(self: ScaleSetClient, session: MessageSession) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_emulator, emulator)
+        try:
+            with monkeypatch.context() as patched:
+                patched.setattr(ScaleSetClient, "delete_session", left_open)
+                async with stack_again() as stack:
+                    with trio.fail_after(30):
+                        await listener_of(stack).wait_state(ListenerState.LISTENING)
+            async with stack_again() as stack:
+                listener = listener_of(stack)
+                with trio.fail_after(30):  # < the ~90 s an abandoned session holds
+                    await listener.wait_state(ListenerState.LISTENING)
+                job = emulator.create_job("octo-org/app", LABELS, "echo ok")
+                with trio.fail_after(120):
+                    await emulator.wait_job(job.id, "completed")
+                await assert_ran_once(stack, [job.id])
+                assert stack.daemon.pools is not None
+                with trio.fail_after(60):
+                    await stack.daemon.pools.wait_no_runners()
+        finally:
+            remove_managed(docker_client, instance)
+            nursery.cancel_scope.cancel()

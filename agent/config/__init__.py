@@ -5,8 +5,9 @@ builds a new one from the file; ``restart_required`` names what a running proces
 
 Layout (each module imports only those before it): ``schema`` (the dataclasses, and per key
 whether a reload applies it), ``values`` (durations, sizes, addresses), ``_table`` (typed
-getters naming the dotted key), ``loader`` (one validator per TOML table, ``load_config``),
-``summary`` (``describe``). Import from here: this is the package's public face.
+getters naming the dotted key), ``pools`` (the ``[[pool]]`` tables and their budget),
+``loader`` (one validator per other TOML table, ``load_config``), ``summary`` (``describe``).
+Import from here: this is the package's public face.
 """
 
 from agent.config.loader import load_config as load_config

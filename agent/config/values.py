@@ -1,10 +1,12 @@
-"""Value formats of the file: durations, sizes and listen addresses, both ways.
+"""Value formats of the file: durations, sizes and listen addresses, both ways; name forms.
 
 Durations are strings such as ``"30s"``, ``"5m"``, ``"1h30m"``, ``"7d"`` (or a bare number of
 seconds); sizes are strings such as ``"512MiB"``, ``"2GiB"``, ``"1GB"`` (or a bare number of
 bytes); ``"GiB"`` is 1024-based and ``"GB"`` 1000-based. Parsed values are seconds (float) and
 bytes (int); the ``format_*`` twins write a value back so that parsing it gives it exactly.
-Every parser raises ValueError with a message that shows the forms it accepts.
+Every parser raises ValueError with a message that shows the forms it accepts. ``NAME`` (pools,
+prefixes, the instance), ``REPOSITORY`` and ``ORGANIZATION`` are the name forms the validators
+of several tables check against.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ import math
 import re
 from decimal import Decimal
 from fractions import Fraction
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+NAME_RULE = "use 1-32 letters, digits, '_', '.' or '-', starting with a letter or digit"
+REPOSITORY = re.compile(r"[A-Za-z0-9-]{1,39}/[A-Za-z0-9_.-]{1,100}")
+ORGANIZATION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})")
 
 _DURATION_UNITS = {
     "d": Fraction(86400),

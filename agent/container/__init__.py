@@ -3,7 +3,9 @@
 Layering (a module imports only modules of later lines):
 
 - ``pool_manager`` — the supervisor: places claimed jobs, keeps the warm pool, handles Docker's
-  events and the maintenance pass, and wires the helpers below.
+  events, and wires the helpers below.
+- ``maintenance`` (the one-second pass: heartbeats, timeouts, image holds, refill; usage
+  samples) -> ``runner_groups`` (repositories an organization pool never serves).
 - ``adoption`` (what a previous run left) -> ``assignment`` (intake's job events) ->
   ``provisioning`` (bring a runner up, with ``images``) -> ``removal`` (scale-down, failure,
   retirement) -> ``registry`` (the one map of runners, and their rows).

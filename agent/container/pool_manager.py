@@ -3,9 +3,10 @@
 It owns the ``Registry`` of every ``Runner`` of this host and wires the helpers that act on
 them: ``provisioning`` (bring one up), ``assignment`` (job events from intake), ``removal``
 (scale-down, failure, retirement), ``adoption`` (what a previous run left) and ``gc``. It
-handles Docker's events itself (a container died, was OOM-killed) and runs a one-second
-maintenance pass: lease heartbeats, the timeouts ``policy`` decides, and warm-pool refill;
-``disk`` stops runners past their pool's ``disk_limit``.
+handles Docker's events itself (a container died, was OOM-killed); ``maintenance`` runs the
+one-second pass (lease heartbeats, the timeouts ``policy`` decides, warm-pool refill) and stops
+runners ``disk`` finds past their pool's ``disk_limit``; ``runner_groups`` knows which
+repositories an organization pool can never serve.
 
 Demand (docs/design.md §1): a JIT runner takes any queued job its labels cover within its
 registration scope. So a claimed job offered by the scheduler (``place``) first goes to a
@@ -24,7 +25,7 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from agent.config import Config, PoolConfig, Scope
+from agent.config import PoolConfig, Scope
 from agent.container import capacity
 from agent.container.adoption import adopt
 from agent.container.assignment import Assignments
@@ -34,36 +35,30 @@ from agent.container.docker_api import ContainerEvent, DockerAPI, DockerError
 from agent.container.events import JobEvent
 from agent.container.gc import collect_garbage
 from agent.container.images import Images
-from agent.container.leases import keep_alive
 from agent.container.lifecycle import (
     NullObserver,
     Outcome,
-    OutdatedImage,
     PoolObserver,
     PoolStats,
     Runner,
     RunnerState,
     StartKind,
 )
+from agent.container.maintenance import Maintenance
 from agent.container.monitoring import DockerHealth, watch_events
-from agent.container.policy import Verdict, decide
 from agent.container.provisioning import JitSource, Provisioner
 from agent.container.registry import Registry
 from agent.container.removal import Removal
+from agent.container.runner_groups import RunnerGroups
 from agent.container.runner_spec import new_runner
 from agent.container.store import JobUsage, RunnerStore
-from agent.github.client import GitHubClient, GitHubError, RunnerTarget
-from agent.github.runners import sweep_offline_runners, unreachable_repositories
-from agent.queue.base import JobQueue, JobSpec, Lease, QueueError
+from agent.github.client import GitHubClient, RunnerTarget
+from agent.github.runners import sweep_offline_runners
+from agent.queue.base import JobQueue, JobSpec, Lease
 from agent.reload import LiveConfig
 from agent.secrets import SecretStore
 
 log = logging.getLogger(__name__)
-
-TIMED_OUT = "timed_out"  # the conclusion recorded (and reported) for a job stopped at job_timeout
-MAINTENANCE_INTERVAL = 1.0  # seconds between heartbeat/timeout/refill passes
-OUTDATED_PULL_INTERVAL = 60.0  # seconds between pulls of an image GitHub refused (exit 7)
-STATS_INTERVAL = 2.0  # seconds between usage samples of busy runners
 
 
 def covers(runner: Runner, spec: JobSpec) -> bool:
@@ -107,7 +102,6 @@ class PoolManager:
         self._store = store
         self._instance = instance
         self._on_capacity = on_capacity
-        self._exit_settle = exit_settle  # how long a runner that exited idle waits for a webhook
         self._clock = clock
         self._host_memory = capacity.host_memory() if host_memory is None else host_memory
         self._observer = observer or NullObserver()
@@ -117,10 +111,7 @@ class PoolManager:
         self.provisioning = trio.CapacityLimiter(live.current.scheduler.concurrency)
         self._registry = Registry(store, self.stats)
         self._images = Images(docker, self.stats, clock)
-        self._refreshed: dict[str, float] = {}  # pool -> when its outdated image was last pulled
-        # Organization pools: repositories their runner group never admits -> why (§3.5)
-        self.unreachable: dict[str, dict[str, str]] = {}
-        self._groups_checked: Config | None = None  # the config they were checked for
+        self._groups = RunnerGroups(live=live, github=github, registry=self._registry)
         self._removal = Removal(
             registry=self._registry,
             queue=queue,
@@ -155,12 +146,33 @@ class PoolManager:
             clock=clock,
             refill=self._ensure_min_idle,
         )
+        self._maintenance = Maintenance(
+            live=live,
+            queue=queue,
+            docker=docker,
+            registry=self._registry,
+            removal=self._removal,
+            assignments=self._assignments,
+            images=self._images,
+            groups=self._groups,
+            stats=self.stats,
+            health=self.health,
+            clock=clock,
+            exit_settle=exit_settle,
+            on_capacity=on_capacity,
+            refill=self._ensure_min_idle,
+        )
 
     def set_provisioning_limit(self, total: int) -> None:
         """Runners provisioned in parallel (``scheduler.concurrency``); a reload calls it."""
         self.provisioning.total_tokens = total
 
     # -- queries --------------------------------------------------------------------------
+
+    @property
+    def unreachable(self) -> dict[str, dict[str, str]]:
+        """Organization pools: repositories their runner group never admits -> why (§3.5)."""
+        return self._groups.unreachable
 
     def runners(self) -> list[Runner]:
         return list(self._registry)
@@ -250,10 +262,10 @@ class PoolManager:
             )
             await self.collect_garbage()
             nursery.start_soon(self._assignments.consume, job_events, on_job_taken)
-            nursery.start_soon(self._maintain)
-            nursery.start_soon(self._sample_usage)
+            nursery.start_soon(self._maintenance.run)
+            nursery.start_soon(self._maintenance.sample_usage)
             nursery.start_soon(
-                watch_disk, self._docker, self.runners, self._pool, self._stop_over_disk
+                watch_disk, self._docker, self.runners, self._pool, self._maintenance.stop_over_disk
             )
             nursery.start_soon(self._gc_loop)
             task_status.started()
@@ -396,147 +408,8 @@ class PoolManager:
             if runner.state in settled and runner.container_id not in running:
                 await self._exited(runner)
 
-    # -- maintenance ----------------------------------------------------------------------
-
-    async def _maintain(self) -> None:
-        while True:
-            await trio.sleep(MAINTENANCE_INTERVAL)
-            now = self._clock()
-            for runner in self._registry:
-                if runner in self._registry:
-                    try:
-                        await self._check(runner, now)
-                    except (QueueError, GitHubError, DockerError) as exc:
-                        log.warning(
-                            "runner %s: check failed, next pass retries: %s", runner.name, exc
-                        )
-            self._assignments.forget_unfinished(now)
-            await self._refresh_outdated(now)
-            if self._groups_checked is not self._live.current:  # started, or reloaded
-                await self.check_runner_groups()
-            for pool in self._live.current.pools:
-                if pool.min_idle and self.health.available:
-                    self._ensure_min_idle(pool)
-
-    async def _check(self, runner: Runner, now: float) -> None:
-        """Keep the runner's lease alive, then do what ``policy.decide`` says."""
-        if runner.lease is not None:
-            runner.lease = await keep_alive(
-                self._queue,
-                runner.lease,
-                lease_seconds=self._live.current.queue.lease,
-                now=self._clock(),
-            )
-        pool = self._live.current.pool(runner.pool)
-        decision = decide(runner, pool, now=now, exit_settle=self._exit_settle)
-        if decision.outcome is not None and decision.verdict in (Verdict.FAIL, Verdict.STOP):
-            self.stats.outcomes[decision.outcome] += 1
-        if decision.verdict is Verdict.FAIL:
-            await self._removal.fail(runner, decision.reason)
-        elif decision.verdict is Verdict.SCALE_DOWN:
-            assert decision.outcome is not None
-            await self._removal.scale_down(
-                runner, reason=decision.reason, failure=decision.failure, outcome=decision.outcome
-            )
-        elif decision.verdict is Verdict.ENDED:
-            await self._removal.exited_waiting(runner, decision.reason)
-        elif decision.verdict is Verdict.OUTDATED:
-            if pool is not None and pool.name not in self.stats.outdated:
-                self.stats.outdated[pool.name] = OutdatedImage(
-                    image=pool.image, digest=runner.image_digest, since=now
-                )
-                log.error("pool %s: %s", pool.name, decision.reason)
-            await self._removal.end(runner, decision.reason, Outcome.IMAGE_OUTDATED)
-        elif decision.verdict is Verdict.STOP:
-            assert pool is not None and runner.container_id is not None
-            await self._stop_timed_out(runner, pool, decision.reason)
-
-    async def check_runner_groups(self) -> None:
-        """For each organization pool, which repositories its runner group never admits
-        (docs/github.md §3.5): logged as a warning naming the pool, shown by status, and their
-        jobs refused at once with that reason. A GitHub error keeps the last answer."""
-        config = self._live.current
-        self._groups_checked = config
-        found: dict[str, dict[str, str]] = {}
-        for pool in config.pools:
-            if pool.scope is not Scope.ORGANIZATION:
-                continue
-            found[pool.name] = {}
-            for org in config.github.organizations:
-                try:
-                    refused = await unreachable_repositories(self._github, org, pool.runner_group)
-                except GitHubError as exc:
-                    log.warning("pool %s: cannot read runner group of %s: %s", pool.name, org, exc)
-                    refused = self.unreachable.get(pool.name, {})
-                found[pool.name].update(refused)
-            for repo, reason in sorted(found[pool.name].items()):
-                log.warning("pool %s can never serve %s: %s", pool.name, repo, reason)
-        self.unreachable = found
-        self._registry.notify()
-
-    async def _refresh_outdated(self, now: float) -> None:
-        """End a pool's hold once its image changed: a reload gave it another image, or the
-        image now present (pulled at most every OUTDATED_PULL_INTERVAL, looked at every pass)
-        has another id than the one GitHub refused."""
-        for name, outdated in list(self.stats.outdated.items()):
-            pool = self._live.current.pool(name)
-            if pool is not None and pool.image == outdated.image:
-                if now - self._refreshed.get(name, 0.0) >= OUTDATED_PULL_INTERVAL:
-                    self._refreshed[name] = now
-                    digest = await self._images.refresh(pool)
-                else:
-                    digest = await self._docker.image_digest(pool.image)
-                if digest is None or digest == outdated.digest:
-                    continue  # still the refused image
-            del self.stats.outdated[name]
-            self._refreshed.pop(name, None)
-            log.info("pool %s: image refreshed, taking jobs again", name)
-            self._registry.notify()
-            self._on_capacity()
-
-    async def _stop_timed_out(self, runner: Runner, pool: PoolConfig, reason: str) -> None:
-        log.warning("job_timeout reached runner=%s job=%s", runner.name, runner.running_job)
-        if runner.running_job is not None:
-            # Recorded first (a QueueError retries the whole stop next pass): a stopped runner
-            # may never tell GitHub, so the job stayed `running` here, unreported (issue 13 §4).
-            await self._queue.finish(runner.running_job, TIMED_OUT)
-        runner.reason, runner.timed_out = reason, True
-        await self._registry.save(runner)
-        assert runner.container_id is not None
-        try:
-            await self._docker.stop(runner.container_id, grace=pool.stop_grace)
-        except DockerError as exc:
-            log.warning("stopping runner=%s failed: %s", runner.name, exc)
-
     def _pool(self, name: str) -> PoolConfig | None:
         return self._live.current.pool(name)  # read at each use: a reload applies at once
-
-    async def _stop_over_disk(self, runner: Runner, pool: PoolConfig, reason: str) -> None:
-        log.warning("runner %s job %s: %s", runner.name, runner.running_job, reason)
-        runner.reason, runner.disk_exceeded = reason, True
-        self.stats.outcomes[Outcome.DISK_LIMIT] += 1
-        await self._registry.save(runner)
-        assert runner.container_id is not None
-        try:
-            await self._docker.stop(runner.container_id, grace=pool.stop_grace)
-        except DockerError as exc:
-            log.warning("stopping runner=%s failed: %s", runner.name, exc)
-
-    async def _sample_usage(self) -> None:
-        """Sample memory and CPU of busy runners; peaks are kept per job."""
-        while True:
-            await trio.sleep(STATS_INTERVAL)
-            for runner in self._registry:
-                if runner.state is RunnerState.BUSY and runner.container_id is not None:
-                    await self._sample(runner, runner.container_id)
-
-    async def _sample(self, runner: Runner, container_id: str) -> None:
-        try:
-            usage = await self._docker.stats(container_id)
-        except DockerError:
-            return  # gone or Docker away: the event stream tells
-        runner.peak_memory = max(runner.peak_memory, usage.peak_memory)
-        runner.cpu_seconds = max(runner.cpu_seconds, usage.cpu_seconds)
 
     # -- garbage collection ---------------------------------------------------------------
 
@@ -546,7 +419,7 @@ class PoolManager:
         while True:
             await self.sweep_registrations()
             await trio.sleep(self._live.current.scheduler.gc_interval)
-            await self.check_runner_groups()  # a group changed at GitHub, or an error before
+            await self._groups.check()  # a group changed at GitHub, or an error before
             try:
                 await self.collect_garbage()
             except DockerError as exc:

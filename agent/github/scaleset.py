@@ -10,9 +10,8 @@ call made once more when the queue answers 401.
 Every request goes through `GitHubClient.send`: the same timeouts, 5xx and connection retries
 with backoff, rate-limit pacing and concurrency cap as the REST client (a long-poll does not hold
 a concurrency place). Answers may start with a UTF-8 BOM, which parsing skips.
-Refusals become typed exceptions (`SessionConflict`, `SessionGone`, `ScaleSetNotFound`,
-`RunnerExists`, `RunnerNotFound`, `JobStillRunning`, `TokenRefused`), all `ActionsServiceError`
-and so `GitHubError`, naming the ``ActivityId`` / ``X-GitHub-Request-Id`` to quote to GitHub.
+Refusals become the typed exceptions of ``scaleset_answers`` (all `ActionsServiceError` and so
+`GitHubError`).
 """
 
 from __future__ import annotations
@@ -35,7 +34,16 @@ from agent.github.client import (
     GitHubError,
     JitConfig,
     RunnerTarget,
-    backoff_delay,
+)
+from agent.github.scaleset_answers import (
+    JobStillRunning,
+    RunnerNotFound,
+    ScaleSetNotFound,
+    SessionGone,
+    json_body,
+    parse_body,
+    service_error,
+    value_items,
 )
 from agent.github.scaleset_types import (
     MessageSession,
@@ -46,6 +54,7 @@ from agent.github.scaleset_types import (
     ScaleSetMessage,
     ScaleSetSpec,
 )
+from agent.github.transport import backoff_delay
 
 API_VERSION = "6.0-preview"
 ADMIN_REFRESH_MARGIN = 60.0  # seconds before the admin token's exp (actions/scaleset client.go)
@@ -53,107 +62,6 @@ REGISTRATION_ATTEMPTS = 3  # runner-registration is retried on 401/403 (a new to
 LONG_POLL_TIMEOUT = 90.0  # seconds; GitHub holds a poll ~50 s before answering 202
 SCALE_SETS = "_apis/runtime/runnerscalesets"
 AGENTS = "_apis/distributedtask/pools/0/agents"
-
-
-class ActionsServiceError(GitHubError):
-    """The Actions service refused: its ``typeName`` and the ids GitHub support asks for."""
-
-    def __init__(self, method: str, response: httpx.Response, *, context: str = "") -> None:
-        body = _body(response)
-        self.type_name = str(body.get("typeName", "")) if isinstance(body, dict) else ""
-        message = str(body.get("message", "")) if isinstance(body, dict) else ""
-        message = message or response.reason_phrase or "no message"
-        self.activity_id = response.headers.get("activityid")
-        self.request_id = response.headers.get("x-github-request-id")
-        ids = ", ".join(
-            f"{name} {value}"
-            for name, value in (("ActivityId", self.activity_id), ("request", self.request_id))
-            if value
-        )
-        shown = f"{self.type_name.split(',')[0]}: {message}" if self.type_name else message
-        if context:
-            shown = f"{shown}; {context}"
-        if ids:
-            shown = f"{shown} ({ids})"
-        super().__init__(method, response.request.url.path, response.status_code, shown)
-
-
-class ScaleSetNotFound(ActionsServiceError):
-    """The scale set is gone at GitHub (deleted there, or never in this scope)."""
-
-
-class SessionConflict(ActionsServiceError):
-    """409: the scale set already has a live session (another host, or our own from before a
-    crash, which GitHub drops about 90 s after its last poll)."""
-
-
-class SessionGone(ActionsServiceError):
-    """The service no longer knows the session (expired or evicted): open a new one."""
-
-
-class RunnerExists(ActionsServiceError):
-    """A runner with that name is already registered."""
-
-
-class RunnerNotFound(ActionsServiceError):
-    """No such runner."""
-
-
-class JobStillRunning(ActionsServiceError):
-    """The runner is running a job and cannot be removed now."""
-
-
-class TokenRefused(ActionsServiceError):
-    """401 although the token was just refreshed: the credentials themselves are refused."""
-
-
-_BY_TYPE: Sequence[tuple[str, type[ActionsServiceError]]] = (
-    ("RunnerScaleSetSessionConflictException", SessionConflict),
-    ("RunnerScaleSetNotFoundException", ScaleSetNotFound),
-    ("AgentExistsException", RunnerExists),
-    ("AgentNotFoundException", RunnerNotFound),
-    ("JobStillRunningException", JobStillRunning),
-)
-
-
-def _body(response: httpx.Response) -> Any:
-    """The answer's JSON, ``None`` when it is not JSON. Parsed from the bytes: `json.loads`
-    detects the encoding of bytes and so skips a UTF-8 BOM (decoding to `str` first would keep
-    it and fail)."""
-    content = response.content
-    if not content.strip():
-        return None
-    try:
-        return json.loads(content)
-    except ValueError:
-        return None
-
-
-def _error(method: str, response: httpx.Response) -> ActionsServiceError:
-    body = _body(response)
-    type_name = str(body.get("typeName", "")) if isinstance(body, dict) else ""
-    for marker, kind in _BY_TYPE:
-        if marker in type_name:
-            return kind(method, response)
-    if response.status_code == 401:
-        return TokenRefused(method, response)
-    return ActionsServiceError(method, response)
-
-
-def _json(method: str, response: httpx.Response) -> Any:
-    body = _body(response)
-    if body is None:
-        raise GitHubError(method, response.request.url.path, response.status_code, "no JSON body")
-    return body
-
-
-def _items(method: str, response: httpx.Response) -> list[Any]:
-    """The ``value`` of a ``{count, value}`` answer."""
-    body = _json(method, response)
-    value = body.get("value") if isinstance(body, dict) else None
-    if not isinstance(value, list):
-        raise ProtocolError(f"{response.request.url.path}: no list under 'value'")
-    return value
 
 
 def jwt_expiry(token: str) -> float:
@@ -228,9 +136,9 @@ class ScaleSetClient:
                 continue
             if not 200 <= response.status_code < 300:
                 raise GitHubError(
-                    "POST", path, response.status_code, str(_body(response) or "no message")
+                    "POST", path, response.status_code, str(parse_body(response) or "no message")
                 )
-            body = _json("POST", response)
+            body = json_body("POST", response)
             url, admin = body.get("url"), body.get("token")
             if not isinstance(url, str) or not url or not isinstance(admin, str) or not admin:
                 raise ProtocolError("runner-registration answered without 'url' and 'token'")
@@ -279,7 +187,7 @@ class ScaleSetClient:
                 break
             stale = admin
         if response.status_code not in expected:
-            raise _error(method, response)
+            raise service_error(method, response)
         return response
 
     # -- runner groups and scale sets -----------------------------------------------------
@@ -290,7 +198,7 @@ class ScaleSetClient:
         response = await self._actions(
             "GET", "_apis/runtime/runnergroups/", expected=(200,), params={"groupName": name}
         )
-        groups = [RunnerGroup.from_json(g) for g in _items("GET", response)]
+        groups = [RunnerGroup.from_json(g) for g in value_items("GET", response)]
         if len(groups) != 1:
             found = "none" if not groups else f"{len(groups)} of them"
             raise GitHubError(
@@ -309,20 +217,20 @@ class ScaleSetClient:
             expected=(200,),
             params={"runnerGroupId": runner_group_id, "name": name},
         )
-        found = [ScaleSet.from_json(s) for s in _items("GET", response)]
+        found = [ScaleSet.from_json(s) for s in value_items("GET", response)]
         if len(found) > 1:
             raise ProtocolError(f"{len(found)} scale sets are named {name!r} in one group")
         return found[0] if found else None
 
     async def get_scale_set_by_id(self, scale_set_id: int) -> ScaleSet:
         response = await self._actions("GET", f"{SCALE_SETS}/{scale_set_id}", expected=(200,))
-        return ScaleSet.from_json(_json("GET", response))
+        return ScaleSet.from_json(json_body("GET", response))
 
     async def create_scale_set(self, spec: ScaleSetSpec, runner_group_id: int) -> ScaleSet:
         response = await self._actions(
             "POST", SCALE_SETS, expected=(200,), json=spec.body(runner_group_id)
         )
-        return ScaleSet.from_json(_json("POST", response))
+        return ScaleSet.from_json(json_body("POST", response))
 
     async def update_scale_set(
         self, scale_set_id: int, spec: ScaleSetSpec, runner_group_id: int
@@ -330,7 +238,7 @@ class ScaleSetClient:
         path = f"{SCALE_SETS}/{scale_set_id}"
         body = spec.body(runner_group_id)
         response = await self._actions("PATCH", path, expected=(200,), json=body)
-        return ScaleSet.from_json(_json("PATCH", response))
+        return ScaleSet.from_json(json_body("PATCH", response))
 
     async def ensure_scale_set(self, spec: ScaleSetSpec) -> ScaleSet:
         """Find the scale set by name in its group, create it if missing, update it if its
@@ -358,7 +266,7 @@ class ScaleSetClient:
             expected=(200,),
             json={"name": name, "workFolder": work_folder},
         )
-        body = _json("POST", response)
+        body = json_body("POST", response)
         runner = RunnerReference.from_json(body.get("runner"))
         encoded = body.get("encodedJITConfig")
         if not isinstance(encoded, str) or not encoded:
@@ -370,11 +278,11 @@ class ScaleSetClient:
             response = await self._actions("GET", f"{AGENTS}/{runner_id}", expected=(200,))
         except RunnerNotFound:
             return None
-        return RunnerReference.from_json(_json("GET", response))
+        return RunnerReference.from_json(json_body("GET", response))
 
     async def get_runner_by_name(self, name: str) -> RunnerReference | None:
         response = await self._actions("GET", AGENTS, expected=(200,), params={"agentName": name})
-        found = [RunnerReference.from_json(r) for r in _items("GET", response)]
+        found = [RunnerReference.from_json(r) for r in value_items("GET", response)]
         if len(found) > 1:
             raise ProtocolError(f"{len(found)} runners are named {name!r}")
         return found[0] if found else None
@@ -399,7 +307,7 @@ class ScaleSetClient:
             expected=(200,),
             json={"ownerName": owner},
         )
-        return MessageSession.from_json(_json("POST", response), scale_set_id)
+        return MessageSession.from_json(json_body("POST", response), scale_set_id)
 
     async def refresh_session(self, session: MessageSession) -> None:
         """A new message-queue token for ``session`` (in place); `SessionGone` when GitHub no
@@ -407,9 +315,9 @@ class ScaleSetClient:
         path = f"{SCALE_SETS}/{session.scale_set_id}/sessions/{session.id}"
         response = await self._actions("PATCH", path, expected=(200, 404))
         if response.status_code == 404:
-            error = _error("PATCH", response)
+            error = service_error("PATCH", response)
             raise error if isinstance(error, ScaleSetNotFound) else SessionGone("PATCH", response)
-        session.update(MessageSession.from_json(_json("PATCH", response), session.scale_set_id))
+        session.update(MessageSession.from_json(json_body("PATCH", response), session.scale_set_id))
 
     async def delete_session(self, session: MessageSession) -> None:
         """Close the session; one GitHub already dropped (400 "not valid", 404) counts as closed."""
@@ -421,7 +329,7 @@ class ScaleSetClient:
         response = await self._actions("DELETE", path, expected=(204, 400, 404))
         if response.status_code == 204:
             return
-        error = _error("DELETE", response)
+        error = service_error("DELETE", response)
         gone = response.status_code == 404 or "SessionExpiredException" in error.type_name
         if not gone or isinstance(error, ScaleSetNotFound):
             raise error
@@ -459,7 +367,7 @@ class ScaleSetClient:
                 if session.queue_token is token:  # nobody refreshed it meanwhile
                     await self.refresh_session(session)
         if response.status_code not in expected:
-            raise _error(method, response)
+            raise service_error(method, response)
         return response
 
     async def get_message(
@@ -483,7 +391,7 @@ class ScaleSetClient:
         )
         if response.status_code == 202:
             return None
-        return ScaleSetMessage.from_json(_json("GET", response))
+        return ScaleSetMessage.from_json(json_body("GET", response))
 
     async def delete_message(self, session: MessageSession, message_id: int) -> None:
         """Acknowledge a message: it is not delivered again."""
@@ -508,7 +416,7 @@ class ScaleSetClient:
             params={"api-version": API_VERSION},
             headers={"Accept": "application/json"},
         )
-        granted = _items("POST", response)
+        granted = value_items("POST", response)
         if not all(isinstance(i, int) for i in granted):
             raise ProtocolError("acquirejobs answered ids that are not integers")
         return [int(i) for i in granted]

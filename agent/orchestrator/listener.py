@@ -40,7 +40,8 @@ from agent.container.events import JobEvent
 from agent.db import Database, open_database
 from agent.github.actions import list_run_jobs
 from agent.github.client import GitHubClient, GitHubError, JitConfig, RunnerTarget
-from agent.github.scaleset import ScaleSetClient, SessionConflict
+from agent.github.scaleset import ScaleSetClient
+from agent.github.scaleset_answers import SessionConflict
 from agent.github.scaleset_types import (
     JobMessage,
     JobMessageKind,

@@ -1,9 +1,10 @@
 """The job queue: the contract in ``base``, an embedded SQLite backend and a shared Redis one.
 
 Layering: ``base`` (types, no I/O; its errors are ``agent.storage``'s) <- ``sqlite`` (tables in
-``sqlite_schema``, via ``agent.db``) and ``redis`` (scripts in ``redis_scripts``, batching from
-``agent.storage.group_commit``); ``open_queue`` picks one from the configuration. Nothing outside
-this package issues SQL or Redis commands on the queue's data.
+``sqlite_schema``, read-only queries in ``sqlite_queries``, via ``agent.db``) and ``redis``
+(scripts in ``redis_scripts``, batching from ``agent.storage.group_commit``); ``open_queue``
+picks one from the configuration. Nothing outside this package issues SQL or Redis commands on
+the queue's data.
 """
 
 from __future__ import annotations

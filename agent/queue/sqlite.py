@@ -7,12 +7,13 @@ that pool's part of the partial ready index (``pool, priority DESC, seq``), merg
 ``UPDATE … WHERE job_id IN (…) RETURNING …``: the cost of a claim does not grow with the
 backlog, and a claim that can find nothing is answered from a read without taking the writer.
 Time comes from the injected ``clock`` (unix seconds) so tests drive lease expiry and delays.
-The tables and the row helpers shared by the transactions are in ``agent.queue.sqlite_schema``.
+The tables and the row helpers shared by the transactions are in ``agent.queue.sqlite_schema``;
+the read-only queries (a job, its position, listings, counts, the outbox) in
+``agent.queue.sqlite_queries``.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
 import time
@@ -24,7 +25,8 @@ from typing import Any
 import trio
 
 from agent.db import Database, open_database
-from agent.queue._codec import dump_spec, load_spec, tombstone_spec
+from agent.queue import sqlite_queries as queries
+from agent.queue._codec import dump_spec, tombstone_spec
 from agent.queue.base import (
     FINAL_STATES,
     Counts,
@@ -359,84 +361,24 @@ class SQLiteQueue:
         return await self._db.write(lambda conn: new_delivery(conn, delivery_id, now))
 
     async def get(self, job_id: int) -> QueuedJob | None:
-        def q(conn: sqlite3.Connection) -> QueuedJob | None:
-            row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
-            found = row.fetchone()
-            return None if found is None else job_from_row(found)
-
-        return await self._db.read(q)
+        return await self._db.read(lambda conn: queries.job(conn, job_id))
 
     async def position(self, job_id: int) -> int | None:
         now = self._clock()
-
-        def q(conn: sqlite3.Connection) -> int | None:
-            row = conn.execute(
-                "SELECT pool, priority, seq FROM jobs WHERE job_id = ? AND state = 'queued'",
-                (job_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            pool, priority, seq = row
-            ahead = conn.execute(
-                "SELECT count(*) FROM jobs WHERE state = 'queued' AND pool = ? "
-                "AND (priority > ? OR (priority = ? AND seq < ?)) AND not_before <= ?",
-                (pool, priority, priority, seq, now),
-            ).fetchone()[0]
-            return int(ahead) + 1
-
-        return await self._db.read(q)
+        return await self._db.read(lambda conn: queries.position(conn, job_id, now))
 
     async def list_jobs(
         self, states: Collection[JobState], *, pool: str | None = None, limit: int = 100
     ) -> list[QueuedJob]:
-        wanted = [JobState(s).value for s in states]
+        wanted = [JobState(s) for s in states]
         if not wanted or limit <= 0:
             return []
-        sql = (
-            f"SELECT {COLUMNS} FROM jobs WHERE state IN ({', '.join('?' * len(wanted))}) "
-            + ("AND pool = ? " if pool is not None else "")
-            + "ORDER BY state IN ('queued', 'claimed') DESC, "
-            "CASE WHEN state IN ('queued', 'claimed') THEN -priority END, "
-            "CASE WHEN state IN ('queued', 'claimed') THEN seq END, "
-            "updated_at DESC, job_id DESC LIMIT ?"
-        )
-        args: list[Any] = [*wanted, *([pool] if pool is not None else []), limit]
-
-        def q(conn: sqlite3.Connection) -> list[QueuedJob]:
-            return [job_from_row(row) for row in conn.execute(sql, args)]
-
-        return await self._db.read(q)
+        return await self._db.read(lambda conn: queries.list_jobs(conn, wanted, pool, limit))
 
     async def counts(self) -> Counts:
         """From ``job_counts`` (kept by triggers) less the few delayed rows: no backlog scan."""
         now = self._clock()
-
-        def q(conn: sqlite3.Connection) -> Counts:
-            by_pool_state: dict[tuple[str, JobState], int] = {}
-            by_state: dict[JobState, int] = {}
-            ready: dict[tuple[str, int], int] = {}
-            for pool, state_name, priority, n in conn.execute(
-                "SELECT pool, state, priority, n FROM job_counts WHERE n > 0"
-            ):
-                state = JobState(state_name)
-                by_pool_state[pool, state] = by_pool_state.get((pool, state), 0) + n
-                by_state[state] = by_state.get(state, 0) + n
-                if state is JobState.QUEUED:
-                    ready[pool, priority] = n
-            for pool, priority, n in conn.execute(
-                "SELECT pool, priority, count(*) FROM jobs INDEXED BY jobs_delayed "
-                "WHERE state = 'queued' "
-                "AND not_before > enqueued_at AND not_before > ? GROUP BY pool, priority",
-                (now,),
-            ):
-                ready[pool, priority] -= n
-            return Counts(
-                by_state=by_state,
-                by_pool_state=by_pool_state,
-                ready_by_pool_priority={k: v for k, v in ready.items() if v > 0},
-            )
-
-        return await self._db.read(q)
+        return await self._db.read(lambda conn: queries.counts(conn, now))
 
     async def pause(self, pool: str) -> None:
         await self._db.write(
@@ -450,24 +392,7 @@ class SQLiteQueue:
         self._wake()
 
     async def outbox(self, limit: int) -> list[OutboxEntry]:
-        def q(conn: sqlite3.Connection) -> list[OutboxEntry]:
-            rows = conn.execute(
-                "SELECT o.job_id, o.seq, o.state, o.detail, j.spec FROM outbox o "
-                "JOIN jobs j USING (job_id) ORDER BY o.seq LIMIT ?",
-                (limit,),
-            )
-            return [
-                OutboxEntry(
-                    job_id=job_id,
-                    seq=seq,
-                    state=JobState(state),
-                    spec=load_spec(spec),
-                    detail=json.loads(detail),
-                )
-                for job_id, seq, state, detail, spec in rows
-            ]
-
-        return await self._db.read(q)
+        return await self._db.read(lambda conn: queries.outbox(conn, limit))
 
     async def ack_outbox(self, job_id: int, seq: int) -> None:
         await self._db.write(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import httpx
 
 from agent.emulator.headers import DEFAULT_VERSION, NO_USER_AGENT
-from agent.github.client import API_VERSION, USER_AGENT
+from agent.github.transport import API_VERSION, USER_AGENT
 
 RUNNERS = "/repos/acme/app/actions/runners"
 
@@ -55,5 +55,5 @@ async def test_private_paths_are_not_githubs_api(http: httpx.AsyncClient) -> Non
 
 
 def test_gantryds_client_sends_what_github_requires() -> None:
-    # agent/github/client.py puts both on every request (its default headers).
+    # agent/github/transport.py puts both on every request (its default headers).
     assert USER_AGENT.strip() and API_VERSION == DEFAULT_VERSION

@@ -22,7 +22,8 @@ from agent.systemd import Notifier
 from tests.test_cli import example_config
 
 from .conftest import APP_ID
-from .test_client import Recorder, register
+from .test_client import register
+from .test_transport import Recorder
 
 BROKEN_PEM = "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
 

@@ -12,12 +12,8 @@ import trio
 
 from agent.emulator import Conclusion, Emulator, JobStatus
 from agent.github.client import DeleteOutcome, GitHubClient, RunnerTarget
-from agent.github.scaleset import (
-    ScaleSetClient,
-    SessionConflict,
-    SessionGone,
-    TokenRefused,
-)
+from agent.github.scaleset import ScaleSetClient
+from agent.github.scaleset_answers import SessionConflict, SessionGone, TokenRefused
 from agent.github.scaleset_types import (
     JobMessageKind,
     MessageSession,

@@ -130,7 +130,8 @@ async def test_a_connection_the_app_is_serving_is_never_cut(tmp_path: Path) -> N
         head, body = raw_delivery(new_job_id())
         with trio.fail_after(60):
             first = await trio.open_tcp_stream(host, int(port))
-            await first.send_all(head + body[:10])  # the app now waits for the rest
+            await first.send_all(head + body[:10])
+            await trio.testing.wait_all_tasks_blocked()  # the app waits for the rest
             async with trio.open_nursery() as nursery:
                 answers: list[int] = []
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import statistics
 import time
 from collections import Counter
@@ -41,9 +42,9 @@ BURST = 8  # jobs created before the first start
 PER_ROUND = 3  # jobs created once each restarted gantryd is ready
 LABELS = ["self-hosted", "linux"]
 # When a round's kill lands (weights): during start-up; at a random moment once runners flow;
-# or just after a new runner registered, while its container is created and started; and now
-# and then a SIGTERM there instead (a stop cancels provisioning at the same point).
-KILL_MOMENTS = {"start-up": 2, "steady": 4, "provisioning": 3, "provisioning, SIGTERM": 1}
+# the instant Docker reports a runner container started (before gantryd has recorded it); and
+# now and then a SIGTERM while a runner is provisioned (a stop cancels provisioning there).
+KILL_MOMENTS = {"start-up": 2, "steady": 4, "container start": 3, "provisioning, SIGTERM": 1}
 SOURCES: Mapping[str, Mapping[str, Any]] = {
     "webhook": {},
     "scale-set": {
@@ -90,6 +91,27 @@ def new_registration(emulator: Emulator) -> Callable[[], bool]:
     """Whether a runner not registered now has been registered since."""
     known = set(registrations(emulator))
     return lambda: bool(set(registrations(emulator)) - known)
+
+
+def container_starts(client: docker.DockerClient, instance: str) -> Any:
+    """Docker's stream of the instance's container starts, from now on (blocking: a thread)."""
+    return client.events(
+        decode=True,
+        filters={
+            "type": "container",
+            "event": "start",
+            "label": [f"io.gantryd.instance={instance}"],
+        },
+    )
+
+
+def kill_at_next(starts: Any, pid: int) -> None:
+    """SIGKILL ``pid`` as soon as the next start arrives (from this thread: no hop to trio)."""
+    try:
+        next(iter(starts))
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        starts.close()
 
 
 def wait_gone(client: docker.DockerClient, instance: str) -> None:
@@ -175,7 +197,17 @@ async def test_sigkill_at_random_points_loses_no_job_and_runs_none_twice(
                     to_first_runner.append(time.monotonic() - started)
                 if moment == "steady":  # runners starting, running, ending; deliveries
                     await trio.sleep(random.uniform(0.0, 3.0))
-                elif moment.startswith("provisioning"):  # a runner registered: its container
+                elif moment == "container start":  # Docker says a runner started: gantryd is
+                    assert serve.process is not None  # about to record that
+                    starts = await trio.to_thread.run_sync(
+                        container_starts, docker_client, setup.instance
+                    )
+                    create(2)
+                    with trio.fail_after(120):
+                        await trio.to_thread.run_sync(
+                            kill_at_next, starts, serve.process.pid, abandon_on_cancel=True
+                        )
+                elif moment == "provisioning, SIGTERM":  # a runner registered: its container
                     create(2)  # is being created and started
                     with trio.fail_after(120):
                         await emulator.wait_until(new_registration(emulator))

@@ -45,8 +45,10 @@ LABELS = ["self-hosted", "linux"]
 # the instant Docker reports a runner container started (before gantryd has recorded it); and
 # now and then a SIGTERM while a runner is provisioned (a stop cancels provisioning there).
 KILL_MOMENTS = {"start-up": 2, "steady": 4, "container start": 3, "provisioning, SIGTERM": 1}
+# github.repositories / organizations are what the registration sweep covers: a kill between
+# generate-jitconfig and its record leaves a registration only the sweep deletes.
 SOURCES: Mapping[str, Mapping[str, Any]] = {
-    "webhook": {},
+    "webhook": {"github": {"repositories": list(REPOSITORIES[:2])}},
     "scale-set": {
         "pool": {"source": "scale-set", "scope": "organization"},
         "github": {"organizations": ["octo-org"]},
@@ -159,6 +161,7 @@ async def test_sigkill_at_random_points_loses_no_job_and_runs_none_twice(
         github=settings.get("github"),
         # A claim cut by a kill before any runner row recorded it comes back after this.
         queue={"lease": "10s"},
+        scheduler={"gc_interval": "5s"},  # the sweep of such registrations, when no restart
     ) as setup:
         emulator = setup.emulator
         serve = ServeProcess(setup.config_path, tmp_path)

@@ -32,9 +32,58 @@ def _check_config(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     _check_engine_nofile(config)
+    _check_engine_privileged(config)
+    from agent.orchestrator.job_parser import group_label_warnings
+
+    for warning in group_label_warnings(config.pools):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: OK")
     print(describe(config))
+    _check_runner_groups(config)
     return 0
+
+
+GROUP_CHECK_SECONDS = 30.0  # how long check-config waits for GitHub's answers on runner groups
+
+
+def _check_runner_groups(config: Config) -> None:
+    """Ask GitHub whether each organization pool's runner group exists and which repositories
+    it admits; say plainly when that could not be checked (no credentials, GitHub unreachable).
+    Informational: the exit status stays that of the file's validation."""
+    from agent.config import Scope
+    from agent.github.auth import CredentialsError
+    from agent.github.client import GitHubClient, GitHubError
+    from agent.github.credentials import load_credentials
+    from agent.github.runners import GroupFinding, group_report
+
+    pools = [(p.name, p.runner_group) for p in config.pools if p.scope is Scope.ORGANIZATION]
+    if not pools:
+        return
+    github = config.github
+    try:
+        auth = load_credentials(github).auth
+    except CredentialsError as exc:
+        print(f"runner groups not checked: cannot read the GitHub credentials: {exc}")
+        return
+
+    async def ask() -> list[GroupFinding] | str:
+        with trio.move_on_after(GROUP_CHECK_SECONDS):
+            try:
+                async with GitHubClient(
+                    github.api_url, auth, timeout=min(github.request_timeout, 10.0)
+                ) as client:
+                    return await group_report(client, pools, github.organizations)
+            except GitHubError as exc:  # no HTTP answer: nothing was checked
+                return f"GitHub at {github.api_url} is unreachable: {exc}"
+        return f"GitHub at {github.api_url} did not answer within {GROUP_CHECK_SECONDS:g}s"
+
+    found = trio.run(ask)
+    if isinstance(found, str):
+        print(f"runner groups not checked: {found}")
+        return
+    print(f"runner groups (asked {github.api_url}):")
+    for finding in found:
+        print(f'  pool "{finding.pool}": {finding.text}')
 
 
 def _check_engine_nofile(config: Config) -> None:
@@ -54,6 +103,23 @@ def _check_engine_nofile(config: Config) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
+def _check_engine_privileged(config: Config) -> None:
+    """Say plainly, per pool, when its privileged Docker sidecar cannot run on the local
+    Engine (the other pools are unaffected); a note when the Engine's set cannot be read."""
+    from agent.config import DockerMode
+    from agent.container.engine_limits import engine_missing_capabilities, privileged_warnings
+
+    pools = [p.name for p in config.pools if p.docker is DockerMode.DIND and p.docker_privileged]
+    if not pools:
+        return
+    missing = engine_missing_capabilities()
+    if isinstance(missing, str):
+        print(f"note: whether the Engine can run privileged sidecars: {missing}", file=sys.stderr)
+        return
+    for warning in privileged_warnings(pools, missing):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from agent.daemon import Daemon, serve_until_signalled
     from agent.logs import setup_logging
@@ -69,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(config.server.log_level, config.server.log_format)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    _check_engine_privileged(config)
     # DOCKER_HOST as the docker CLI reads it (e.g. a unit's Environment=); unset: the socket.
     docker_url = os.environ.get("DOCKER_HOST") or None
     daemon = Daemon(live=LiveConfig(config), notifier=Notifier(), docker_url=docker_url)

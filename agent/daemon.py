@@ -251,6 +251,7 @@ class Daemon:
                     live=self.live,
                     instance=instance_name(config),
                     usage=store.usage,
+                    holds=self.pools.hold_reason,
                 ).run
             )
             await nursery.start(self.reconciler.run)
@@ -333,6 +334,8 @@ class Daemon:
                 )
             if self.pools is not None:
                 self.pools.set_provisioning_limit(config.scheduler.concurrency)
+            for listener in self.listeners:
+                listener.config_changed()  # labels, runner group: PATCH the scale set
 
         return apply
 

@@ -63,8 +63,13 @@ def write_demo_config(
     extra_pool: str = "",
     runner_prefix: str = "gantryd",
     source: str = "webhook",
+    scale_set_pool: str = "",
 ) -> Path:
-    """A complete config.toml for the stand-in stack; credentials files beside it, mode 0600."""
+    """A complete config.toml for the stand-in stack; credentials files beside it, mode 0600.
+
+    ``scale_set_pool``: the name of a second pool, a scale-set one whose only label is that name,
+    beside the ``default`` pool (a benchmark compares the two). Not ``self-hosted``: the scale
+    set would then be offered the webhook pool's jobs too (its labels cover theirs)."""
     _write_private(
         workdir / "app.pem",
         key.private_bytes(
@@ -76,7 +81,7 @@ def write_demo_config(
     _write_private(workdir / "webhook-secret", webhook_secret.encode())
     scale_set = source == "scale-set"
     # A scale-set pool registers its scale set in the organization; no webhook reaches it.
-    github_extra = 'organizations = ["octo-org"]' if scale_set else ""
+    github_extra = 'organizations = ["octo-org"]' if scale_set or scale_set_pool else ""
     webhook = "" if scale_set else 'webhook_secret_file = "webhook-secret"'
     pool_source = 'source = "scale-set"\nscope = "organization"' if scale_set else ""
     path = workdir / "config.toml"
@@ -120,9 +125,32 @@ pull_policy = "never"
 bootstrap_timeout = "2m"
 {pool_source}
 {extra_pool}
+{_scale_set_pool(scale_set_pool, image)}
 """.replace("'", '"')
     )
     return path
+
+
+def _scale_set_pool(name: str, image: str) -> str:
+    if not name:
+        return ""
+    return f"""\
+[[pool]]
+name = "{name}"
+labels = ["{name}"]
+source = "scale-set"
+scope = "organization"
+image = "{image}"
+network = "host"
+read_only_rootfs = true
+memory = "256MiB"
+cpus = 1.0
+pids_limit = 256
+nofile = 4096
+tmp_size = "64MiB"
+pull_policy = "never"
+bootstrap_timeout = "2m"
+"""
 
 
 def demo_emulator(
@@ -148,12 +176,14 @@ async def demo_stack(
     emulator: Emulator | None = None,
     key: rsa.RSAPrivateKey | None = None,
     instance: str | None = None,
+    scale_set_pool: str = "",
 ) -> AsyncIterator[Stack]:
     """Emulator + gantryd serving in this trio run; leaving the block stops both.
 
     ``source = "scale-set"``: the pool is a scale-set pool and no webhook is configured at the
     emulator. A given ``emulator`` (made with ``key``, served by the caller) is used instead of
-    a new one, so a test can stop gantryd and start it again against the same GitHub."""
+    a new one, so a test can stop gantryd and start it again against the same GitHub.
+    ``scale_set_pool`` adds a scale-set pool of that name beside a webhook ``default`` pool."""
     if key is None:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     webhook_secret = secrets.token_hex(20)
@@ -173,6 +203,7 @@ async def demo_stack(
             extra_pool=extra_pool,
             runner_prefix=runner_prefix,
             source=source,
+            scale_set_pool=scale_set_pool,
         )
         daemon = Daemon(
             live=LiveConfig(load_config(config_path)),

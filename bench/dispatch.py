@@ -1,6 +1,6 @@
 """Dispatch benchmark: webhook -> runner container running, beside the engine's own limit, one run.
 
-    .venv/bin/python bench/dispatch.py [--runs N]
+    .venv/bin/python bench/dispatch.py [--runs N] [--source scale-set]
 
 Needs the Docker Engine and the stand-in runner image (images/runner/build.sh). Samples are
 interleaved so every side sees the same machine state, and each is taken on a quiet engine:
@@ -14,7 +14,13 @@ no job runner left. Figures are ratios to baselines from the same run (the machi
   ``create_job`` (includes the stand-in's webhook delivery);
 - warm: ``min_idle = 1``: the job's start on the waiting runner (the stand-in's ``started_at``)
   minus the webhook's arrival at gantryd. GitHub (and its stand-in) hands a queued job to an idle
-  matching runner itself, so this is usually negative: gantryd is not on a warm hit's path.
+  matching runner itself, so this is usually negative: gantryd is not on a warm hit's path;
+- scale-set (``--source scale-set``): a scale-set pool beside the webhook pools in the same
+  daemon, a cold job of its own after each webhook cold job: from the delivery of its
+  ``JobAvailable`` (the stand-in stamps the poll answer that carries it) until gantryd has
+  started the runner container, compared with the webhook's arrival; also from the listener's
+  queue commit and from ``create_job``. Its path has steps a webhook has not: acquire, the REST
+  lookup of the job by run and name, the JIT config from the scale set.
 
 Everything the run created (baseline containers and the daemon's own runners, warm ones included)
 is removed at the end and checked: exit status 1, with the list, if anything is left.
@@ -42,15 +48,15 @@ import time
 import docker
 import trio
 
-from agent.container.docker_api import INSTANCE_LABEL
 from agent.container.lifecycle import RunnerState
 from agent.container.pool_manager import PoolManager
 from agent.demo import RUNNER_IMAGE, demo_stack
 from agent.emulator import Emulator
 from agent.queue.base import JobQueue
-from bench.support import BENCH_LABEL, leftovers
+from bench.support import BENCH_LABEL, leftovers, remove_instance
 
 WARM_POOL = 'min_idle = 1\nwarm_repositories = ["octo-org/lib"]\n'
+SCALE_SET_POOL = "scaleset"  # its name, and the label its jobs ask for
 
 
 def docker_py_start(client: docker.DockerClient, tag: str) -> float:
@@ -128,13 +134,42 @@ async def quiet(pools: PoolManager) -> None:
     )
 
 
-async def measure(runs: int) -> int:
-    samples: dict[str, list[float]] = {k: [] for k in ("py", "cli", "cold", "cold_e", "warm")}
+def offered_at(emulator: Emulator, job_id: int) -> float:
+    """When the job's ``JobAvailable`` was first delivered in a poll answer (stand-in clock)."""
+    (request,) = emulator.actions.requests_of(job_id)  # acquired at once: never re-offered
+    assert request.offered_at is not None
+    return request.offered_at
+
+
+async def scale_set_cold(
+    emulator: Emulator, pools: PoolManager, queue: JobQueue, samples: dict[str, list[float]]
+) -> None:
+    created = time.time()
+    job = emulator.create_job("octo-org/app", [SCALE_SET_POOL], "true")
+    with trio.fail_after(60):
+        up = await started_at(pools, job.id)
+        row = await queue.get(job.id)
+        assert row is not None
+        samples["ss"].append(up - offered_at(emulator, job.id))
+        samples["ss_q"].append(up - row.enqueued_at)
+        samples["ss_e"].append(up - created)
+        await emulator.wait_job(job.id, "completed")
+        await quiet(pools)
+
+
+async def measure(runs: int, source: str) -> int:
+    keys = ("py", "cli", "cold", "cold_e", "warm", "ss", "ss_q", "ss_e")
+    samples: dict[str, list[float]] = {k: [] for k in keys}
+    scale_set = source == "scale-set"
     client = docker.from_env()
     tag = f"dispatch-{secrets.token_hex(3)}"
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="gantryd-bench-") as tmp:
-        async with demo_stack(Path(tmp), extra_pool=WARM_POOL) as stack:
+        async with demo_stack(
+            Path(tmp),
+            extra_pool=WARM_POOL,
+            scale_set_pool=SCALE_SET_POOL if scale_set else "",
+        ) as stack:
             pools, queue, emulator = stack.daemon.pools, stack.daemon.queue, stack.emulator
             assert pools is not None and queue is not None
             instance = stack.instance
@@ -152,6 +187,9 @@ async def measure(runs: int) -> int:
                     samples["cold_e"].append(up - created)
                     await emulator.wait_job(job.id, "completed")
                     await quiet(pools)
+                assert not emulator.actions.requests_of(job.id), "the scale set took a webhook job"
+                if scale_set:
+                    await scale_set_cold(emulator, pools, queue, samples)
                 before = finished_deliveries(emulator)
                 job = emulator.create_job("octo-org/lib", ["self-hosted"], "true")
                 with trio.fail_after(60):
@@ -161,16 +199,14 @@ async def measure(runs: int) -> int:
                         taken.started_at - await arrived_at(emulator, queue, job.id, before)
                     )
                     await emulator.wait_job(job.id, "completed")
+                assert not emulator.actions.requests_of(job.id), "the scale set took a webhook job"
     # The daemon leaves its warm runner behind on shutdown (issue 16): remove it, then check.
-    daemon_left = []
-    for c in client.containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"}):
-        daemon_left.append(f"{c.name} ({c.status})")
-        c.remove(force=True)
+    daemon_left = remove_instance(client, instance)
     left = leftovers(client, instance, tag)
 
     def show(name: str, key: str) -> float:
         median = statistics.median(samples[key])
-        print(f"{name:<52} median {median * 1000:8.1f} ms   min {min(samples[key]) * 1000:8.1f} ms")
+        print(f"{name:<56} median {median * 1000:8.1f} ms   min {min(samples[key]) * 1000:8.1f} ms")
         return median
 
     print(f"dispatch benchmark, {runs} runs each, image {RUNNER_IMAGE}")
@@ -185,6 +221,14 @@ async def measure(runs: int) -> int:
         f"cold (create_job) / docker-py = {cold_e / limit:.2f}x, "
         f"CLI / docker-py = {cli / limit:.2f}x"
     )
+    if scale_set:
+        ss = show("scale set: JobAvailable delivered -> container started", "ss")
+        show("scale set: listener's queue commit -> container started", "ss_q")
+        ss_e = show("scale set: emulator create_job -> container started", "ss_e")
+        print(
+            f"scale set (JobAvailable) / webhook cold (arrival) = {ss / cold:.2f}x (target <= 1.2x)"
+        )
+        print(f"scale set (create_job) / webhook cold (create_job) = {ss_e / cold_e:.2f}x")
     if warm < 0:
         print(
             f"warm: the runner took the job {-warm * 1000:.1f} ms before the webhook "
@@ -202,9 +246,15 @@ async def measure(runs: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument(
+        "--source",
+        choices=("webhook", "scale-set"),
+        default="webhook",
+        help="scale-set: also measure a scale-set pool's cold dispatch, beside the webhook's",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    sys.exit(trio.run(measure, args.runs))
+    sys.exit(trio.run(measure, args.runs, args.source))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """What several benchmarks read the same way: a free loopback port, a process's CPU time and
-RSS from /proc, and the containers a run left on the engine."""
+RSS from /proc, and the containers and volumes a run left on the engine."""
 
 from __future__ import annotations
 
@@ -35,8 +35,28 @@ def rss_mib(pid: int | str = "self") -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+def remove_instance(client: docker.DockerClient, instance: str) -> list[str]:
+    """Remove what a stopped daemon of ``instance`` left (it leaves its runners on SIGTERM, by
+    design: the next start adopts them; no later instance would): its containers with their
+    anonymous volumes, then any volume still labelled with it. The names of what was removed."""
+    removed = []
+    for c in client.containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"}):
+        removed.append(f"container {c.name} ({c.status})")
+        c.remove(force=True, v=True)  # v: /home/runner's volume under read_only_rootfs
+    for v in client.volumes.list(filters={"label": f"{INSTANCE_LABEL}={instance}"}):
+        removed.append(f"volume {v.name}")
+        v.remove(force=True)
+    return removed
+
+
 def leftovers(client: docker.DockerClient, instance: str, tag: str) -> list[str]:
-    """Containers of gantryd's ``instance`` or of the baseline's ``tag`` still on the engine."""
-    found = client.containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"})
-    found += client.containers.list(all=True, filters={"label": f"{BENCH_LABEL}={tag}"})
-    return [f"{c.name} ({c.status})" for c in found]
+    """Containers and volumes of gantryd's ``instance`` or of the baseline's ``tag`` still on
+    the engine."""
+    found = []
+    for label in (f"{INSTANCE_LABEL}={instance}", f"{BENCH_LABEL}={tag}"):
+        found += [
+            f"container {c.name} ({c.status})"
+            for c in client.containers.list(all=True, filters={"label": label})
+        ]
+        found += [f"volume {v.name}" for v in client.volumes.list(filters={"label": label})]
+    return found

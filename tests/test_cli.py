@@ -13,8 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from agent.emulator import Emulator, serve_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 GANTRYD = [sys.executable, "-m", "agent"]
@@ -98,6 +101,91 @@ def test_invalid_config_exits_78_naming_file_and_key(
     assert result.returncode == EX_CONFIG
     assert str(path) in result.stderr and key in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def org_pools_config(credentials: Path, api_url: str) -> Path:
+    """The example with its pool at organization scope in group "ci" and a second pool in a
+    group octo-org does not have."""
+    path = example_config(
+        credentials,
+        **{
+            'api_url = "https://api.github.com"': f'api_url = "{api_url}"',
+            'app_id = "123456"': f'app_id = "{CLI_APP_ID}"',
+            "organizations = []": 'organizations = ["octo-org"]',
+            'scope = "repository"': 'scope = "organization"\nrunner_group = "ci"',
+        },
+    )
+    gpu = {"name": '"gpu"', "labels": '["self-hosted", "gpu"]', "scope": '"organization"'}
+    lines = [f"{key} = {value}" for key, value in gpu.items()] + ['runner_group = "GPU"']
+    path.write_text(path.read_text() + "\n[[pool]]\n" + "\n".join(lines) + "\n")
+    return path
+
+
+CLI_APP_ID = 5151
+
+
+async def test_check_config_asks_github_about_each_pools_runner_group(
+    credentials: Path, nursery: trio.Nursery
+) -> None:
+    key = serialization.load_pem_private_key((credentials / "app.pem").read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    emulator = Emulator(
+        app_id=CLI_APP_ID,
+        app_public_key=key.public_key(),
+        installations={1: ["octo-org/app", "octo-org/web"]},
+        public_repositories=["octo-org/web"],
+    )
+    api_url = await nursery.start(serve_emulator, emulator)
+    emulator.add_runner_group("octo-org", "ci", allows_public_repositories=True)
+    result = await trio.run_process(
+        [*GANTRYD, "check-config", "--config", str(org_pools_config(credentials, api_url))],
+        capture_stdout=True,
+        capture_stderr=True,
+        cwd=ROOT,
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr
+    assert f"runner groups (asked {api_url}):" in out
+    assert (
+        'pool "default": runner group "ci" of octo-org (visibility all, '
+        "allows_public_repositories true) serves every repository of octo-org gantryd reaches"
+    ) in out
+    assert (
+        'pool "gpu": organization octo-org has no runner group "GPU" (it has: Default, ci)' in out
+    )
+    # The admin limits "ci" to private repositories: the public one is named with the reason.
+    (ci,) = [g for g in emulator.runner_groups("octo-org") if g.name == "ci"]
+    emulator.set_runner_group_policy("octo-org", ci.id, visibility="private")
+    again = await trio.run_process(
+        [*GANTRYD, "check-config", "--config", str(org_pools_config(credentials, api_url))],
+        capture_stdout=True,
+        capture_stderr=True,
+        cwd=ROOT,
+    )
+    assert 'never serves octo-org/web (runner group "ci" of octo-org is limited to private' in (
+        again.stdout.decode()
+    )
+
+
+def test_check_config_offline_says_runner_groups_were_not_checked(credentials: Path) -> None:
+    """Unreachable GitHub: nothing claimed about the groups. What the file alone shows is still
+    said: two pools of different groups with the same labels (routing cannot tell them apart)."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    path = org_pools_config(credentials, f"http://127.0.0.1:{port}")  # nothing listens
+    text = path.read_text().replace('["self-hosted", "gpu"]', '["self-hosted", "linux", "x64"]')
+    path.write_text(text)
+    result = check_config(path)
+    assert result.returncode == 0, result.stderr
+    assert f"runner groups not checked: GitHub at http://127.0.0.1:{port} is unreachable" in (
+        result.stdout
+    )
+    assert "runner groups (asked" not in result.stdout
+    assert (
+        'warning: pool "gpu" (runner group "GPU") has the labels of pool "default" (runner '
+        'group "ci")'
+    ) in result.stderr
 
 
 def test_missing_file_exits_78(tmp_path: Path) -> None:
@@ -232,3 +320,44 @@ def test_engine_limit_unreadable_is_a_note(tmp_path: Path) -> None:
     limit = engine_nofile_limit(tmp_path, tmp_path / "docker.pid")
     assert limit == EngineLimit(hard=None, source=tmp_path / "77" / "limits")
     assert nofile_warnings({"default": 10**6}, limit) == []
+
+
+def test_check_config_says_plainly_when_the_engine_cannot_run_a_privileged_sidecar(
+    credentials: Path,
+) -> None:
+    """Issue 14: a pool whose sidecar needs --privileged on an Engine that cannot grant it
+    (dockerd's bounding set lacks a capability) is named; other pools are not."""
+    from agent.container.engine_limits import engine_missing_capabilities
+
+    missing = engine_missing_capabilities()
+    if isinstance(missing, str):
+        pytest.skip(f"dockerd's capabilities are not readable here: {missing}")
+    dind = 'docker = "dind"\nallow_privileged_sidecar = true'
+    result = check_config(example_config(credentials, **{'docker = "none"': dind}))
+    assert result.returncode == 0, result.stderr
+    assert "PRIVILEGED sidecar" in result.stdout
+    warned = [x for x in result.stderr.splitlines() if "privileged containers" in x]
+    if missing:
+        assert len(warned) == 1 and warned[0].startswith('warning: pool "default"')
+        assert f"CAP_{missing[0]}" in warned[0] and "docker_privileged = false" in warned[0]
+    else:
+        assert warned == []
+    unprivileged = dind + "\ndocker_privileged = false"
+    result = check_config(example_config(credentials, **{'docker = "none"': unprivileged}))
+    assert "privileged containers" not in result.stderr
+
+
+def test_engine_capabilities_from_proc(tmp_path: Path) -> None:
+    from agent.container.engine_limits import engine_missing_capabilities, privileged_warnings
+
+    (tmp_path / "sys/kernel").mkdir(parents=True)
+    (tmp_path / "sys/kernel/cap_last_cap").write_text("40\n")
+    (tmp_path / "77").mkdir()
+    (tmp_path / "77" / "comm").write_text("dockerd\n")
+    (tmp_path / "77" / "status").write_text("Name:\tdockerd\nCapBnd:\t000001fffeffffff\n")
+    missing = engine_missing_capabilities(tmp_path, tmp_path / "docker.pid")
+    assert missing == ["SYS_RESOURCE"]
+    (tmp_path / "77" / "status").write_text("CapBnd:\t000001ffffffffff\n")
+    assert engine_missing_capabilities(tmp_path, tmp_path / "docker.pid") == []
+    assert privileged_warnings(["gpu"], []) == []
+    assert "no dockerd" in str(engine_missing_capabilities(tmp_path / "x", tmp_path / "y"))

@@ -5,8 +5,9 @@ builds a new one from the file; ``restart_required`` names what a running proces
 
 Layout (each module imports only those before it): ``schema`` (the dataclasses, and per key
 whether a reload applies it), ``values`` (durations, sizes, addresses), ``_table`` (typed
-getters naming the dotted key), ``pools`` (the ``[[pool]]`` tables and their budget),
-``loader`` (one validator per other TOML table, ``load_config``), ``summary`` (``describe``).
+getters naming the dotted key), ``docker_keys`` (the pool's Docker keys), ``pools`` (the
+``[[pool]]`` tables and their budget), ``loader`` (one validator per other TOML table,
+``load_config``), ``summary`` (``describe``).
 Import from here: this is the package's public face.
 """
 
@@ -16,6 +17,7 @@ from agent.config.schema import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH
 from agent.config.schema import EX_CONFIG as EX_CONFIG
 from agent.config.schema import Config as Config
 from agent.config.schema import ConfigError as ConfigError
+from agent.config.schema import DockerMode as DockerMode
 from agent.config.schema import GitHubConfig as GitHubConfig
 from agent.config.schema import PoolConfig as PoolConfig
 from agent.config.schema import PoolSource as PoolSource

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 
 from agent.config._table import Loader, Table, array_of_tables
+from agent.config.docker_keys import docker_keys
 from agent.config.schema import GitHubConfig, PoolConfig, PoolSource, SchedulerConfig, Scope
 from agent.config.values import (
     NAME,
@@ -128,6 +129,7 @@ def _pool(t: Table, github: GitHubConfig) -> PoolConfig:
         security=t.choice("security", d.security),
         read_only_rootfs=t.boolean("read_only_rootfs", d.read_only_rootfs),
         disk_limit=t.size("disk_limit", d.disk_limit, minimum=_MIN_DISK_LIMIT),
+        **docker_keys(t, d),
         pull_policy=t.choice("pull_policy", d.pull_policy),
         pull_interval=t.duration("pull_interval", d.pull_interval),
         bootstrap_timeout=t.duration("bootstrap_timeout", d.bootstrap_timeout),
@@ -235,15 +237,15 @@ def _check_budget(loader: Loader, pools: list[PoolConfig], scheduler: SchedulerC
             f"scheduler.host_memory_share {scheduler.host_memory_share:g} of "
             f"{approx_size(host_memory)} host memory = {approx_size(budget)}"
         )
-        if pool.memory > budget:
+        if pool.job_memory > budget:
             raise loader.error(
-                f"{where}.memory",
-                f"{format_size(pool.memory)} is more than the "
+                f"{where}.memory" + (" + docker_memory" if pool.job_memory != pool.memory else ""),
+                f"{format_size(pool.job_memory)} is more than the "
                 f"memory budget ({share}): no runner would ever start",
             )
-        if pool.memory * pool.max_runners > budget:
+        if pool.job_memory * pool.max_runners > budget:
             loader.warn(
                 f"{where}.max_runners",
-                f"only {budget // pool.memory} runners of "
-                f"{format_size(pool.memory)} fit the memory budget ({share})",
+                f"only {budget // pool.job_memory} runners of "
+                f"{format_size(pool.job_memory)} fit the memory budget ({share})",
             )

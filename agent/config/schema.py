@@ -92,6 +92,13 @@ class SecurityProfile(enum.StrEnum):
     COMPAT = "compat"  # Docker's default capabilities, the image's user; still unprivileged
 
 
+class DockerMode(enum.StrEnum):
+    """What Docker a pool's jobs get (docs/configuration.md "Docker inside jobs")."""
+
+    NONE = "none"  # no Docker at all: `container:`, `services:` and Docker actions fail
+    DIND = "dind"  # a Docker daemon of its own per runner, in a privileged sidecar
+
+
 class PullPolicy(enum.StrEnum):
     ALWAYS = "always"
     IF_NOT_PRESENT = "if-not-present"
@@ -190,6 +197,21 @@ class PoolConfig:
     read_only_rootfs: bool = live(False)
     # Bytes a job may write to disk (writable layer + /home/runner volume); 0 = no limit.
     disk_limit: int = live(0)
+    # Docker inside jobs (agent/container/dind.py). A reload applies to new runners only: a
+    # running one keeps the mode it started with.
+    docker: DockerMode = live(DockerMode.NONE)
+    # The pool's profile allows the privileged sidecar "dind" needs (the runner stays as
+    # ``security`` says); docker = "dind" is refused without it.
+    allow_privileged_sidecar: bool = live(False)
+    docker_image: str = live("docker:dind")
+    # true: Docker's --privileged; false: every capability but SYS_RESOURCE, no seccomp or
+    # AppArmor confinement, writable cgroups, no host devices (engines that cannot grant
+    # --privileged: agent/container/dind.py).
+    docker_privileged: bool = live(True)
+    docker_memory: int = live(2 * 1024**3)  # the sidecar's (inner daemon and its containers)
+    docker_cpus: float = live(1.0)
+    docker_pids_limit: int = live(4096)
+    registry_mirror: str = live("")  # passed to the inner daemon as --registry-mirror
     pull_policy: PullPolicy = live(PullPolicy.IF_NOT_PRESENT)
     # if-not-present: how often a moving tag (:latest, no tag) is re-checked at the registry
     pull_interval: float = live(6 * 3600.0)
@@ -202,6 +224,11 @@ class PoolConfig:
     env: Mapping[str, str] = field(default_factory=dict, metadata=_LIVE)
     docker_labels: Mapping[str, str] = field(default_factory=dict, metadata=_LIVE)
     secrets: tuple[str, ...] = live(())
+
+    @property
+    def job_memory(self) -> int:
+        """Memory limits one runner of this pool holds: its own, plus its sidecar's."""
+        return self.memory + (self.docker_memory if self.docker is DockerMode.DIND else 0)
 
 
 @dataclass(frozen=True, kw_only=True)

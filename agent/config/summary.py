@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from agent.config.schema import Config, Scope
+from agent.config.schema import Config, DockerMode, Scope
 from agent.config.values import format_duration, format_size
 
 
@@ -44,6 +44,14 @@ def describe(config: Config) -> str:
             f"{format_size(pool.memory)} memory, {pool.cpus:g} CPU each, "
             f"{pool.security.value} profile, job timeout {format_duration(pool.job_timeout)}",
         ]
+        if pool.docker is DockerMode.DIND:
+            how = "--privileged" if pool.docker_privileged else "all capabilities, unconfined"
+            lines.append(
+                f"    docker dind: a PRIVILEGED sidecar per runner ({how}; root-equivalent on "
+                f"this host for every job), image {pool.docker_image}, "
+                f"{format_size(pool.docker_memory)} memory, {pool.docker_cpus:g} CPU"
+                + (f", mirror {pool.registry_mirror}" if pool.registry_mirror else "")
+            )
     if config.priorities:
         lines.append(f"priorities {len(config.priorities)} rules")
     return "\n".join(lines)

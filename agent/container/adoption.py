@@ -29,8 +29,15 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from agent.container import dind
 from agent.container.assignment import Assignments
-from agent.container.docker_api import RUNNER_LABEL, ContainerNotFound, DockerAPI, DockerError
+from agent.container.docker_api import (
+    RUNNER_LABEL,
+    ContainerInfo,
+    ContainerNotFound,
+    DockerAPI,
+    DockerError,
+)
 from agent.container.lifecycle import Outcome, PoolStats, Runner, RunnerState
 from agent.container.registry import Registry
 from agent.container.removal import Removal
@@ -59,9 +66,11 @@ async def adopt(
     stored = await store.load()
     if not stored:
         return
-    containers = {
-        c.labels.get(RUNNER_LABEL): c for c in await docker.list_managed(instance=instance)
-    }
+    containers: dict[str | None, ContainerInfo] = {}
+    sidecars: dict[str | None, ContainerInfo] = {}
+    for c in await docker.list_managed(instance=instance):
+        role = c.labels.get(dind.ROLE_LABEL)
+        (sidecars if role == dind.SIDECAR_ROLE else containers)[c.labels.get(RUNNER_LABEL)] = c
     now = clock()
     for record in stored:
         runner = record.runner
@@ -80,6 +89,8 @@ async def adopt(
             runner.move(RunnerState.STARTING, now=now)
             runner.move(RunnerState.IDLE, now=now)
             await store.save(runner)
+        if runner.sidecar and runner.name in sidecars:
+            runner.sidecar_id = sidecars[runner.name].id
         registry.add(runner)
         stats.outcomes[Outcome.ADOPTED] += 1
         if runner.state is RunnerState.BUSY and runner.running_job is not None:
@@ -159,7 +170,12 @@ async def _drop_orphan(
         else:
             if outcome is not DeleteOutcome.NOT_FOUND:
                 stats.outcomes[Outcome.ORPHAN_REGISTRATION_DELETED] += 1
-    if container_id is not None:
+    if runner.sidecar:
+        try:
+            await dind.remove_pair(docker, runner.name, container_id)
+        except DockerError as exc:  # its row goes: garbage collection removes the rest
+            log.warning("removing the pair of orphan runner=%s failed: %s", runner.name, exc)
+    elif container_id is not None:
         with contextlib.suppress(DockerError):
             await docker.remove(container_id)
     if runner.lease is not None:

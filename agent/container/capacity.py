@@ -73,7 +73,7 @@ def memory_room(pool: PoolConfig, live: Sequence[Counted], limits: HostLimits) -
     """How many more runners of this pool the memory budget allows (may be negative)."""
     if limits.memory_budget is None:
         return pool.max_runners
-    return (limits.memory_budget - sum(r.memory for r in live)) // pool.memory
+    return (limits.memory_budget - sum(r.memory for r in live)) // pool.job_memory
 
 
 def free_slots(pool: PoolConfig, live: Sequence[Counted], limits: HostLimits) -> int:

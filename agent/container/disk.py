@@ -22,7 +22,8 @@ import trio
 
 from agent.config import PoolConfig
 from agent.config.values import approx_size, format_size
-from agent.container.docker_api import DockerAPI, DockerError
+from agent.container import dind
+from agent.container.docker_api import DiskUsage, DockerAPI, DockerError
 from agent.container.lifecycle import Runner
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,23 @@ def over_limit(used: int | None, pool: PoolConfig) -> str | None:
         return None
     limit = format_size(pool.disk_limit)
     return f"{DISK_REASON}: {approx_size(used)} written, disk_limit is {limit}"
+
+
+def job_disk(usage: DiskUsage, runner: Runner) -> int | None:
+    """What a job holds on disk: its runner container's layer and volumes, plus, with a Docker
+    sidecar, the sidecar's layer and the inner daemon's data (the volumes both mount count
+    once). None when Docker does not list the runner's container."""
+    if runner.container_id is None or runner.container_id not in usage.containers:
+        return None
+    used = usage.containers[runner.container_id]
+    if runner.sidecar_id is not None and runner.sidecar_id in usage.containers:
+        shared = sum(
+            usage.volumes.get(name, 0)
+            for path, name in dind.volume_names(runner.name).items()
+            if path != dind.DATA_DIR
+        )
+        used += usage.containers[runner.sidecar_id] - shared
+    return used
 
 
 def _watched(runner: Runner, pool: PoolConfig | None) -> bool:
@@ -73,6 +91,6 @@ async def watch_disk(
         for runner, pool in watched:
             if pool is None or not _watched(runner, pool) or runner.container_id is None:
                 continue
-            reason = over_limit(usage.get(runner.container_id), pool)
+            reason = over_limit(job_disk(usage, runner), pool)
             if reason is not None:
                 await stop(runner, pool, reason)

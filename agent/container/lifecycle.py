@@ -78,6 +78,10 @@ class Runner:
     peak_memory: int = 0  # bytes, highest sample while it ran
     cpu_seconds: float = 0.0
     oom_killed: bool = False
+    # docker = "dind" when it was made: a Docker sidecar and shared volumes go with it
+    # (agent/container/dind.py); a reload never changes it for a runner already made.
+    sidecar: bool = False
+    sidecar_id: str | None = None
     timed_out: bool = False  # stopped for job_timeout (stored: the stop is sent once)
     disk_exceeded: bool = False  # stopped for disk_limit (the stop is sent once)
     exited_at: float | None = None  # when its container was seen exited or gone
@@ -143,6 +147,8 @@ class Outcome(enum.StrEnum):
     GC_REMOVED = "gc_removed"  # containers, volumes, networks removed by garbage collection
     IMAGE_OUTDATED = "image_outdated"  # exited 7: GitHub refused the runner's version
     REMOVED_BY_GITHUB = "removed_by_github"  # GitHub dropped the idle runner (a normal end)
+    # docker = "dind": the runner's Docker daemon did not start, or died while the runner lived
+    DIND_FAILED = "dind_failed"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +177,7 @@ class StartKind(enum.StrEnum):
 
     WARM = "warm"  # handed to a warm runner already idle: no container start on its path
     COLD = "cold"  # it waited for a container to be created and started (or to finish starting)
+    DIND = "dind"  # a runner's Docker sidecar: started until its daemon answered
 
 
 # GitHub's workflow_job conclusions; anything else is counted as "unknown" so a label never

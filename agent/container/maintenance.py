@@ -180,12 +180,17 @@ class Maintenance:
             await trio.sleep(STATS_INTERVAL)
             for runner in self._registry:
                 if runner.state is RunnerState.BUSY and runner.container_id is not None:
-                    await self._sample(runner, runner.container_id)
+                    await self._sample(runner, runner.container_id, runner.sidecar_id)
 
-    async def _sample(self, runner: Runner, container_id: str) -> None:
+    async def _sample(self, runner: Runner, container_id: str, sidecar_id: str | None) -> None:
+        """Peaks of the runner, plus its Docker sidecar (and the job's containers in it)."""
         try:
             usage = await self._docker.stats(container_id)
+            extra = await self._docker.stats(sidecar_id) if sidecar_id else None
         except DockerError:
             return  # gone or Docker away: the event stream tells
-        runner.peak_memory = max(runner.peak_memory, usage.peak_memory)
-        runner.cpu_seconds = max(runner.cpu_seconds, usage.cpu_seconds)
+        peak, cpu = usage.peak_memory, usage.cpu_seconds
+        if extra is not None:  # the sum of peaks bounds the pair's peak from above
+            peak, cpu = peak + extra.peak_memory, cpu + extra.cpu_seconds
+        runner.peak_memory = max(runner.peak_memory, peak)
+        runner.cpu_seconds = max(runner.cpu_seconds, cpu)

@@ -63,9 +63,11 @@ async def watch_events(
     *,
     health: DockerHealth,
     on_connected: Callable[[], Awaitable[None]],
+    instance: str | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Follow gantryd's container events until cancelled, reconnecting with backoff.
+    """Follow gantryd's container events (``instance``'s only, when given) until cancelled,
+    reconnecting with backoff.
 
     started() once the first stream is open (or the first attempt failed: the supervisor must
     not wait on Docker to start). Events are handled one at a time, in order.
@@ -76,7 +78,7 @@ async def watch_events(
     while True:
         try:
             await docker.ping()
-            async with docker.events(since=since) as events:
+            async with docker.events(since=since, instance=instance) as events:
                 health.mark_up()
                 delay = RETRY_MIN
                 if not started:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from agent.config import PoolConfig
+from agent.config import PoolConfig, Scope
 from agent.container.lifecycle import Outcome, Runner, RunnerState
 
 # Seconds past every timeout of a pool before gantryd calls what is left of a runner expired:
@@ -97,9 +97,18 @@ def decide(runner: Runner, pool: PoolConfig | None, *, now: float, exit_settle: 
     if runner.state is RunnerState.IDLE and runner.made_for is not None:
         waited = now - max(runner.assigned_at or 0.0, runner.state_since)
         if waited > pool.bootstrap_timeout:
+            reason = f"runner took no job within bootstrap_timeout ({pool.bootstrap_timeout:g}s)"
+            if pool.scope is Scope.ORGANIZATION:
+                # GitHub sends no runs-on group while a job is queued (job_parser): a job that
+                # names another group fits the pool's labels yet never reaches its runners.
+                group = pool.runner_group
+                reason += (
+                    f'; if the job\'s runs-on names a runner group, it must be "{group}" (the '
+                    "pool's runner_group: GitHub gives the job to no other group's runner)"
+                )
             return Decision(
                 verdict=Verdict.SCALE_DOWN,
-                reason=f"runner took no job within bootstrap_timeout ({pool.bootstrap_timeout:g}s)",
+                reason=reason,
                 outcome=Outcome.BOOTSTRAP_TIMEOUT,
                 failure=True,
             )

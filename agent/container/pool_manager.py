@@ -26,12 +26,12 @@ from collections.abc import Callable, Mapping
 import trio
 
 from agent.config import PoolConfig, Scope
-from agent.container import capacity
+from agent.container import capacity, dind
 from agent.container.adoption import adopt
 from agent.container.assignment import Assignments
 from agent.container.capacity import Placement
 from agent.container.disk import watch_disk
-from agent.container.docker_api import ContainerEvent, DockerAPI, DockerError
+from agent.container.docker_api import RUNNER_LABEL, ContainerEvent, DockerAPI, DockerError
 from agent.container.events import JobEvent
 from agent.container.gc import collect_garbage
 from agent.container.images import Images
@@ -190,9 +190,12 @@ class PoolManager:
     def pool_notes(self, pool: str) -> tuple[str, ...]:
         """What a person must know of a pool (status): why it is held, what it never serves."""
         held = self.hold_reason(pool)
+        missing = self._groups.missing.get(pool)
         never = self.unreachable.get(pool, {})
-        return ((f"HELD: {held}",) if held else ()) + tuple(
-            f"never serves {repo}: {reason}" for repo, reason in sorted(never.items())
+        return (
+            ((f"HELD: {held}",) if held else ())
+            + ((f"NO GROUP: {missing}",) if missing else ())
+            + tuple(f"never serves {repo}: {reason}" for repo, reason in sorted(never.items()))
         )
 
     def hold_reason(self, pool: str) -> str | None:
@@ -362,12 +365,14 @@ class PoolManager:
             self._container_event,
             health=self.health,
             on_connected=self._resync,
+            instance=self._instance,
             task_status=task_status,
         )
 
     async def _container_event(self, event: ContainerEvent) -> None:
         runner = self._registry.by_container(event.container_id)
         if runner is None:
+            self._sidecar_event(event)
             return
         if event.action == "oom":
             if not runner.oom_killed:
@@ -381,6 +386,19 @@ class PoolManager:
             if event.exit_code is not None:
                 runner.exit_code = event.exit_code
             await self._exited(runner)
+
+    def _sidecar_event(self, event: ContainerEvent) -> None:
+        """A runner's Docker daemon died while the runner lived: its job's Docker steps fail
+        (GitHub reports them); counted, and said in the runner's record."""
+        if event.action != "die" or event.labels.get(dind.ROLE_LABEL) != dind.SIDECAR_ROLE:
+            return
+        runner = self._registry.get(event.labels.get(RUNNER_LABEL, ""))
+        live = (RunnerState.IDLE, RunnerState.BUSY)  # while starting, the provisioner reports
+        if runner is None or runner.state not in live or runner.retiring or runner.exited_at:
+            return
+        self.stats.outcomes[Outcome.DIND_FAILED] += 1
+        runner.reason = runner.reason or f"its Docker daemon exited ({event.exit_code})"
+        log.warning("runner %s: its Docker daemon exited (%s)", runner.name, event.exit_code)
 
     async def _exited(self, runner: Runner) -> None:
         if not runner.mark_exited(self._clock()):

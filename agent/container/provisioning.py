@@ -8,12 +8,14 @@ secrets error fails the runner and counts an attempt against its job.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
 from agent.config import PoolConfig
+from agent.container import dind
 from agent.container.docker_api import DockerAPI, DockerError
 from agent.container.images import Images
 from agent.container.lifecycle import (
@@ -26,7 +28,7 @@ from agent.container.lifecycle import (
 )
 from agent.container.registry import Registry
 from agent.container.removal import Removal
-from agent.container.runner_spec import container_spec
+from agent.container.runner_spec import container_spec, runner_labels
 from agent.container.secret_injection import injection
 from agent.github.client import GitHubClient, GitHubError, JitConfig
 from agent.secrets import SecretsError, SecretStore
@@ -80,6 +82,8 @@ class Provisioner:
                     await self._discard(runner)
                     return
                 self._stats.outcomes[Outcome.PROVISION_FAILED] += 1
+                if isinstance(exc, dind.SidecarFailed):
+                    self._stats.outcomes[Outcome.DIND_FAILED] += 1
                 await self._removal.fail(runner, str(exc))
                 return
         if self._gone(runner):
@@ -137,14 +141,25 @@ class Provisioner:
     async def _bring_up(self, runner: Runner, pool: PoolConfig) -> None:
         """Each step is skipped once the runner is `_gone`; ``provision`` then discards it."""
         runner.image_digest = await self._images.ensure(pool)
+        if runner.sidecar:  # the same pull policy for the sidecar's image
+            await self._images.ensure(dataclasses.replace(pool, image=pool.docker_image))
         jit = await self._jit_config(runner, pool)
         runner.runner_id = jit.runner_id
         if self._gone(runner):
             return
         await self._registry.save(runner)
+        labels = runner_labels(runner, pool, instance=self._instance)
+        if runner.sidecar:
+            await dind.create_volumes(self._docker, runner.name, labels)
         runner.container_id = await self._docker.create(
             container_spec(runner, pool, instance=self._instance)
         )
+        if runner.sidecar:
+            runner.sidecar_id = await self._docker.create(
+                dind.sidecar_spec(
+                    runner.name, pool, runner_container=runner.container_id, labels=labels
+                )
+            )
         if self._gone(runner):
             return
         runner.move(RunnerState.STARTING, now=self._clock())
@@ -156,3 +171,7 @@ class Provisioner:
         await self._docker.start_with_stdin(
             runner.container_id, jit.encoded.reveal().encode("ascii") + b"\n" + frame
         )
+        if runner.sidecar_id is not None:  # it joins the runner's network: started after it
+            started = self._clock()
+            await dind.start_sidecar(self._docker, runner.sidecar_id)
+            self._observer.container_started(runner.pool, StartKind.DIND, self._clock() - started)

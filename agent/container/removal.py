@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from agent.container import leases
+from agent.container import dind, leases
 from agent.container.docker_api import DockerAPI, DockerError
 from agent.container.lifecycle import DEAD, Outcome, PoolObserver, PoolStats, Runner, RunnerState
 from agent.container.registry import Registry
@@ -196,6 +196,12 @@ class Removal:
         await self._forget(runner)
 
     async def remove_container(self, runner: Runner) -> None:
+        if runner.sidecar:  # runner, sidecar, volumes: what the name says may exist
+            try:
+                await dind.remove_pair(self._docker, runner.name, runner.container_id)
+            except DockerError as exc:
+                log.warning("removing the pair of runner=%s failed: %s", runner.name, exc)
+            return
         if runner.container_id is None:
             return
         try:

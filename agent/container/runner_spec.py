@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import secrets
 
-from agent.config import PoolConfig
+from agent.config import DockerMode, PoolConfig
+from agent.container import dind
 from agent.container.docker_api import (
     EXPIRES_LABEL,
     INSTANCE_LABEL,
@@ -58,14 +59,15 @@ def new_runner(
         labels=pool.labels,
         created_at=now,
         state_since=now,
-        memory=pool.memory,
+        memory=pool.job_memory,
         repository=target.repository,
+        sidecar=pool.docker is DockerMode.DIND,
     )
 
 
-def container_spec(runner: Runner, pool: PoolConfig, *, instance: str) -> ContainerSpec:
-    """The create options of ``runner``'s container."""
-    labels = {
+def runner_labels(runner: Runner, pool: PoolConfig, *, instance: str) -> dict[str, str]:
+    """The labels of everything made for ``runner``: container, sidecar, volumes."""
+    return {
         **pool.docker_labels,
         MANAGED_LABEL: "true",
         INSTANCE_LABEL: instance,
@@ -75,13 +77,24 @@ def container_spec(runner: Runner, pool: PoolConfig, *, instance: str) -> Contai
         "io.gantryd.created": str(int(runner.created_at)),
         EXPIRES_LABEL: str(int(container_expiry(pool, runner.created_at))),
     }
+
+
+def container_spec(runner: Runner, pool: PoolConfig, *, instance: str) -> ContainerSpec:
+    """The create options of ``runner``'s container; with a sidecar (made under
+    ``docker = "dind"``, whatever the pool says now) the shared volumes and ``DOCKER_HOST``."""
+    labels = runner_labels(runner, pool, instance=instance)
+    host = _labelled_volumes(host_options(pool), labels)
+    environment = {**pool.env, **DEPRECATED_EXIT_ENV}
+    if runner.sidecar:
+        host = dataclasses.replace(host, named_volumes=dind.runner_mounts(runner.name))
+        environment.update(dind.runner_environment())
     return ContainerSpec(
         name=runner.name,
         image=pool.image,
         command=RUNNER_COMMAND,
         labels=labels,
-        environment={**pool.env, **DEPRECATED_EXIT_ENV},
-        host=with_secrets_mount(_labelled_volumes(host_options(pool), labels), pool.secrets),
+        environment=environment,
+        host=with_secrets_mount(host, pool.secrets),
         stdin_open=True,
     )
 

@@ -56,6 +56,15 @@ class VolumeMount:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NamedMount:
+    """A named volume gantryd created (and removes) itself, mounted at ``target``: how a
+    runner and its Docker sidecar share paths (agent/container/dind.py)."""
+
+    source: str
+    target: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class HostOptions:
     """What security and limits ask of Docker, independent of docker-py's types."""
 
@@ -71,6 +80,11 @@ class HostOptions:
     cap_add: tuple[str, ...] = ()
     tmpfs: dict[str, str] = field(default_factory=dict)
     volumes: tuple[VolumeMount, ...] = ()
+    named_volumes: tuple[NamedMount, ...] = ()
+    # Only a pool's Docker sidecar (``docker = "dind"``); a runner container never.
+    privileged: bool = False
+    # No masked or read-only /proc paths (``--security-opt systempaths=unconfined``): sidecar only.
+    unmasked_paths: bool = False
     # Bytes the writable layer may hold (``--storage-opt size``); DockerAPI.create drops it
     # where the storage driver cannot enforce it (overlay2 needs xfs with pquota).
     storage_size: int | None = None

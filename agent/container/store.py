@@ -80,7 +80,13 @@ def _v3(db: sqlite_utils.Database) -> None:
     db.table("job_usage").create_index(["recorded_at"])
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3)
+def _v4(db: sqlite_utils.Database) -> None:
+    """``docker = "dind"`` runners: a sidecar and volumes named after the runner go with it."""
+    db.table("runners").add_column("sidecar", int)
+    db.table("runners").add_column("sidecar_id", str)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3, _v4)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,6 +135,8 @@ def _row(runner: Runner) -> dict[str, Any]:
         "reason": runner.reason,
         "image_digest": runner.image_digest,
         "timed_out": int(runner.timed_out),
+        "sidecar": int(runner.sidecar),
+        "sidecar_id": runner.sidecar_id,
     }
 
 
@@ -152,6 +160,8 @@ def _runner(row: sqlite3.Row) -> StoredRunner:
         reason=row["reason"],
         image_digest=row["image_digest"],
         timed_out=bool(row["timed_out"]),
+        sidecar=bool(row["sidecar"]),
+        sidecar_id=row["sidecar_id"],
     )
     return StoredRunner(
         runner=runner, lease_token=row["lease_token"], lease_expires=row["lease_expires"]

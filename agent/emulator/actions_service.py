@@ -42,6 +42,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import trio
+
 from agent.emulator import errors
 from agent.emulator.asgi import Request, Response, Route, route
 from agent.emulator.errors import GitHubError
@@ -234,9 +236,32 @@ def build_routes(emulator: Emulator) -> list[Route]:
         capacity = request.headers.get("x-scalesetmaxcapacity")
         if not last.isdigit() or (capacity is not None and not capacity.strip().isdigit()):
             raise bad_request("lastMessageId and X-ScaleSetMaxCapacity must be whole numbers")
-        message, statistics = await service.get_message(
-            token, int(last), int(capacity) if capacity is not None else None
-        )
+        polled: tuple[QueueMessage | None, Statistics] | GitHubError | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def poll() -> None:
+                nonlocal polled
+                try:
+                    polled = await service.get_message(
+                        token, int(last), int(capacity) if capacity is not None else None
+                    )
+                except GitHubError as error:  # raised below, outside the nursery's group
+                    polled = error
+                nursery.cancel_scope.cancel()
+
+            async def watch() -> None:
+                # A listener killed mid-poll (SIGKILL) drops the connection: the poll ends now,
+                # so its session lapses ``session_idle`` after that, as measured on github.com.
+                await request.wait_disconnect()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(poll)
+            nursery.start_soon(watch)
+        if isinstance(polled, GitHubError):
+            raise polled
+        if polled is None:  # the client went away; nobody reads this answer
+            return Response(status=499)
+        message, statistics = polled
         if message is None:
             return Response(status=202)
         return answer(200, message_json(message, statistics))

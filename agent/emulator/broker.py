@@ -7,9 +7,11 @@ SessionConflict, §8.3), long-polls for a job message, runs it, and reports the 
 trivially parseable for a busybox shell: every answer is one line of compact JSON and the job's
 script travels base64-encoded.
 
-    POST /_runner/sessions                   -> 201 {"sessionId": ...}  | 401 | 409
+    POST /_runner/sessions {os, agent: {name, version}?}
+                                             -> 201 {"sessionId": ...}  | 401 | 409
     GET  /_runner/sessions/{sid}/message[?runnerVersion=2.336.0]
-                                             -> 200 {"job_id": N, "script": b64} | 204 after
+                                             -> 200 {"job_id": N, "script": b64[,
+                                                "container": {"image": ...}]} | 204 after
                                                 POLL_SECONDS | 404 runner removed or session
                                                 gone | 403 version below the floor
     POST /_runner/sessions/{sid}/close       -> 204
@@ -49,7 +51,13 @@ def build_routes(emulator: Emulator) -> list[Route]:
     async def open_session(request: Request) -> Response:
         body = request.json()
         os_name = body.get("os", "Linux") if isinstance(body, dict) else "Linux"
-        session = emulator.open_session(_secret(request), os_name=str(os_name))
+        agent = body.get("agent") if isinstance(body, dict) else None
+        version = agent.get("version") if isinstance(agent, dict) else None
+        session = emulator.open_session(
+            _secret(request),
+            os_name=str(os_name),
+            version=version if isinstance(version, str) else None,
+        )
         return Response.json(201, {"sessionId": session.id})
 
     async def message(request: Request, session_id: str) -> Response:
@@ -78,7 +86,10 @@ def build_routes(emulator: Emulator) -> list[Route]:
         if outcome is None:
             return Response(status=204)
         script = base64.b64encode(outcome.script.encode()).decode()
-        return Response.json(200, {"job_id": outcome.id, "script": script})
+        message: dict[str, object] = {"job_id": outcome.id, "script": script}
+        if outcome.container is not None:  # the real message's jobContainer
+            message["container"] = {"image": outcome.container}
+        return Response.json(200, message)
 
     async def close_session(request: Request, session_id: str) -> Response:
         emulator.close_session(_secret(request), session_id)

@@ -4,6 +4,7 @@
     PATCH /repos/{o}/{r}/check-runs/{id}                   -> 200 check run   (checks: write)
     GET   /repos/{o}/{r}/commits/{ref}/check-runs[?check_name=] -> 200 list  (checks: read)
     POST  /repos/{o}/{r}/statuses/{sha}                    -> 201 status      (statuses: write)
+    GET   /repos/{o}/{r}/commits/{ref}/status              -> 200 combined    (statuses: read)
     POST  /repos/{o}/{r}/actions/runs/{run_id}/cancel      -> 202 | 409       (actions: write)
 
 Rules, from docs/github.md: §6.1 check runs — ``name`` and ``head_sha`` required on
@@ -14,7 +15,10 @@ completed; ``output`` needs ``title`` and ``summary``, ``summary`` and ``text`` 
 characters, at most 50 annotations per request; timestamps ``YYYY-MM-DDTHH:MM:SSZ``. Check runs
 are for GitHub Apps only (§5.4: "To create a check run, you must use a GitHub App"), so a
 personal access token is refused. §6.2 statuses — ``state`` one of error/failure/pending/success,
-``context`` case-insensitive (default "default"), at most 1000 statuses per sha and context.
+``context`` case-insensitive (default "default") and at most 255 characters, ``description`` at
+most 140, at most 1000 statuses per sha and context. A commit's status *is* the latest status of
+each (sha, context): a second status with the same context replaces the first in the combined
+view (its history stays, counted against the 1000), one with another context stands beside it.
 §4 cancel — 202 Accepted, 409 when the run cannot be cancelled (already completed).
 
 Any 422 leaves the state unchanged. Not emulated: whether ``head_sha`` names a real commit, and
@@ -44,6 +48,8 @@ STATUS_STATES = frozenset({"error", "failure", "pending", "success"})
 MAX_OUTPUT = 65535  # characters of output.summary and output.text (§6.1)
 MAX_ANNOTATIONS = 50  # per request (§6.1)
 MAX_STATUSES = 1000  # per sha and context (§6.2)
+MAX_CONTEXT = 255  # characters of a status context [U: observed, §6.2]
+MAX_DESCRIPTION = 140  # characters of a status description [U: observed, §6.2]
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
 
 
@@ -79,6 +85,35 @@ def _invalid(detail: str, docs: str) -> GitHubError:
     return GitHubError(422, f"Invalid request.\n\n{detail}", documentation_url=docs)
 
 
+def _too_long(field_name: str, limit: int, docs: str) -> GitHubError:
+    """GitHub's answer to a status field over its length (observed, docs/github.md §6.2)."""
+    return GitHubError(
+        422,
+        "Validation Failed",
+        documentation_url=docs,
+        errors=[
+            {
+                "resource": "Status",
+                "code": "custom",
+                "field": field_name,
+                "message": f"{field_name} is too long (maximum is {limit} characters)",
+            }
+        ],
+    )
+
+
+def combined_state(statuses: list[CommitStatus]) -> str:
+    """GitHub's combined state: "failure if any of the contexts report as error or failure;
+    pending if there are no statuses or a context is pending; success if the latest status for
+    all contexts is success" (REST docs, "Get the combined status for a specific reference")."""
+    states = {s.state for s in statuses}
+    if states & {"error", "failure"}:
+        return "failure"
+    if not states or "pending" in states:
+        return "pending"
+    return "success"
+
+
 def _string(body: Mapping[str, Any], key: str, docs: str) -> str | None:
     value = body.get(key)
     if value is not None and not isinstance(value, str):
@@ -94,7 +129,9 @@ class Checks:
         self._ids = itertools.count(20_000_000_001)
         self._status_ids = itertools.count(30_000_000_001)
         self.runs: dict[int, CheckRun] = {}
-        self.statuses: list[CommitStatus] = []
+        self.statuses: list[CommitStatus] = []  # every status created, oldest first
+        # The latest status of each (repository, sha, context), all three casefolded.
+        self._latest: dict[tuple[str, str, str], CommitStatus] = {}
         self.cancelled_runs: list[int] = []
         self._changed = trio.Event()
 
@@ -116,8 +153,15 @@ class Checks:
         ]
 
     def statuses_of(self, repository: str, sha: str) -> list[CommitStatus]:
+        """Every status created for the commit, oldest first (its history)."""
         key = repository.lower()
         return [s for s in self.statuses if s.repository.lower() == key and s.sha == sha]
+
+    def latest_statuses(self, repository: str, sha: str) -> list[CommitStatus]:
+        """The commit's status per context (the combined view), newest first."""
+        key = (repository.lower(), sha.lower())
+        found = [s for (repo, ref, _), s in self._latest.items() if (repo, ref) == key]
+        return sorted(found, key=lambda s: s.id, reverse=True)
 
     # -- check runs (§6.1) ----------------------------------------------------------------
 
@@ -217,6 +261,13 @@ class Checks:
         if state not in STATUS_STATES:
             raise _invalid(f"For 'properties/state', {state!r} is not a valid state.", docs)
         context = _string(body, "context", docs) or "default"
+        description = _string(body, "description", docs)
+        for field_name, value, limit in (
+            ("context", context, MAX_CONTEXT),
+            ("description", description, MAX_DESCRIPTION),
+        ):
+            if value is not None and len(value) > limit:
+                raise _too_long(field_name, limit, docs)
         same = [
             s
             for s in self.statuses_of(repository, sha)
@@ -235,11 +286,12 @@ class Checks:
             sha=sha,
             context=context,
             state=str(state),
-            description=_string(body, "description", docs),
+            description=description,
             target_url=_string(body, "target_url", docs),
             created_at=self._clock(),
         )
         self.statuses.append(status)
+        self._latest[(repository.lower(), sha.lower(), context.lower())] = status
         self._notify()
         return status
 

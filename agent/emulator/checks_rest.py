@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from agent.emulator import errors
 from agent.emulator.asgi import Request, Response, Route, route
-from agent.emulator.checks import check_run_json, status_json
+from agent.emulator.checks import check_run_json, combined_state, status_json
 from agent.emulator.errors import GitHubError
 from agent.emulator.models import JobStatus
 from agent.emulator.rest import _int, _page_args, _token
@@ -67,6 +67,25 @@ def build_routes(emulator: Emulator) -> list[Route]:
         status = checks.add_status(full, sha, request.json(_STATUSES), _STATUSES)
         return Response.json(201, status_json(status))
 
+    async def combined_status(request: Request, owner: str, repo: str, ref: str) -> Response:
+        docs = f"{_DOCS}/commits/statuses#get-the-combined-status-for-a-specific-reference"
+        full = authorize(request, f"{owner}/{repo}", ("statuses", "read"), docs)
+        latest = checks.latest_statuses(full, ref)  # not emulated: branch or tag names as ref
+        per_page, page = _page_args(request)
+        shown = latest[(page - 1) * per_page : page * per_page]
+        return Response.json(
+            200,
+            {
+                "state": combined_state(latest),
+                "statuses": [status_json(s) for s in shown],
+                "sha": ref,
+                "total_count": len(latest),
+                "repository": {"full_name": full},
+                "commit_url": f"{emulator.base_url}/repos/{full}/commits/{ref}",
+                "url": f"{emulator.base_url}/repos/{full}/commits/{ref}/status",
+            },
+        )
+
     async def cancel_run(request: Request, owner: str, repo: str, run_id: str) -> Response:
         full = authorize(request, f"{owner}/{repo}", ("actions", "write"), _CANCEL)
         number = _int(run_id, _CANCEL)
@@ -89,5 +108,6 @@ def build_routes(emulator: Emulator) -> list[Route]:
         route("PATCH", f"{base}/check-runs/{{check_run_id}}", update),
         route("GET", f"{base}/commits/{{ref}}/check-runs", for_ref),
         route("POST", f"{base}/statuses/{{sha}}", create_status),
+        route("GET", f"{base}/commits/{{ref}}/status", combined_status),
         route("POST", f"{base}/actions/runs/{{run_id}}/cancel", cancel_run),
     ]

@@ -4,7 +4,8 @@ What a person does on GitHub's web site — pushing commits that queue jobs, add
 reading logs — and what a test needs to steer it (faults). Not part of GitHub's API.
 
     POST  /_emulator/jobs            {repository, labels, script, name?, workflow_name?,
-                                      head_branch?, installation?, environment?, run_id?}
+                                      head_branch?, installation?, environment?, run_id?,
+                                      group?, container?}
                                                                            -> 201 job
     GET   /_emulator/jobs/{id}[?wait_status=completed&timeout=30]
                                                               -> 200 job (+ exit_code, log)
@@ -92,6 +93,8 @@ def build_routes(emulator: Emulator) -> list[Route]:
             installation=installation,
             environment=_optional(body, "environment", str),
             run_id=_optional(body, "run_id", int),
+            container=_optional(body, "container", str),
+            group=_optional(body, "group", str),
         )
         return Response.json(201, view(job))
 

@@ -176,6 +176,10 @@ class Session:
     id: str
     last_seen: float  # emulator clock; updated when a poll starts or ends
     polls: int = 0  # long-polls in progress
+    # Whether the runner's version has been shown to meet the emulator's floor (always, without
+    # one): from the session's ``agent.version`` or an accepted poll's ``runnerVersion``. No job
+    # is assigned before, so a runner refused as deprecated never holds one (docs/github.md §8.3).
+    version_ok: bool = False
 
 
 @dataclass(kw_only=True)
@@ -210,6 +214,13 @@ class Job:
     head_sha: str
     created_at: float
     run_attempt: int = 1  # 1, then one more for every re-run of the run or of this job
+    # The workflow's `container:` image (the job message's jobContainer): the runner creates a
+    # job container through its Docker daemon and runs the steps in it; None: on the runner.
+    container: str | None = None
+    # runs-on's ``group`` (``runs-on: {group: X, labels: [...]}``): only runners of that
+    # organization runner group may take the job. Never in a payload: GitHub's workflow_job
+    # carries ``labels`` alone and ``runner_group_name`` is null until a runner has the job.
+    runs_on_group: str | None = None
     deployment: Deployment | None = None  # when the job names an environment
     status: JobStatus = JobStatus.QUEUED
     conclusion: Conclusion | None = None

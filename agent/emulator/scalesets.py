@@ -30,7 +30,11 @@ The rules:
 - One message session per scale set: a second one is a 409 while the first is live. A session is
   live while it polls or has been seen within ``session_idle`` seconds (an abandoned session was
   measured refused at 60 s and free at 91-92 s against github.com by a public project, "billet",
-  in its ADR-006).
+  in its ADR-006). A poll ends when its client drops the connection (a listener killed
+  mid-poll), so the lapse counts from then. A session is never handed over, not even to the
+  same ``ownerName`` (same ADR), but any admin token of the scope may close it by id (a
+  restarted process has a new one: actions/scaleset deletes its session with whatever admin
+  token its client holds by then, refreshed before expiry: inference).
 - The queue is the scale set's, not the session's: events are packed into numbered messages of
   at most 50 when polled; a message stays until deleted, so a poll with a lower
   ``lastMessageId`` (a restart, a new session) gets it again with the same id (measured, same
@@ -502,6 +506,7 @@ class ActionsService:
             scale_set.capacity = capacity
             self._assign_acquired(scale_set)
         session.polls += 1
+        self._notify()  # the session is held: tests wait on that
         try:
             with trio.move_on_after(self.settings.poll_timeout):
                 while True:
@@ -516,6 +521,7 @@ class ActionsService:
         finally:
             session.polls -= 1
             session.last_seen = self._clock()
+            self._notify()
 
     def _next_message(self, scale_set: ScaleSet, last_message_id: int) -> QueueMessage | None:
         waiting = sorted(i for i in scale_set.messages if i > last_message_id)

@@ -18,7 +18,9 @@ The rules, with their source in docs/github.md (§n.n below):
   the job's and whose scope covers the job's repository — not necessarily the runner made for it
   (§2.1, §10 point 6, docs/design.md §1) — and, for an organization runner, whose runner group
   admits the repository (`RunnerGroup.admits`: no public repositories unless allowed, selected or
-  private visibility); otherwise the job stays queued. A JIT runner runs one job and is then removed
+  private visibility), and, for a job whose runs-on names a group (``create_job(group=...)``),
+  whose group is that one (§3.5: never in the payload, which has the labels only); otherwise the
+  job stays queued. A JIT runner runs one job and is then removed
   (§3.2, §8.2); one that has taken no job is removed ``runner_idle_timeout`` after registration.
 - A job naming an environment with required reviewers waits (``queued`` with status
   ``waiting``, then ``waiting``) until `review_job`; approved, it is ``queued`` again under the
@@ -26,7 +28,8 @@ The rules, with their source in docs/github.md (§n.n below):
 - Re-runs (`rerun_job`, `rerun_run`) create new jobs with new ids under the next ``run_attempt``,
   only once the run has completed (§4).
 - Message polls of runners older than ``min_runner_version`` (off unless set) are refused as
-  deprecated (§8.3).
+  deprecated (§8.3), and no job is ever assigned to such a runner: a runner takes jobs only
+  once its session's or a poll's version met the floor.
 - ``workflow_job`` webhooks ``queued`` / ``waiting`` / ``in_progress`` / ``completed`` (§2.1)
   carry the job as it was at that moment (§2.2), signed, to every hook that covers the job, with
   one delivery GUID per event (`webhooks`).
@@ -641,15 +644,28 @@ class Emulator:
                 return runner
         raise errors.OAuthError()  # never registered, or removed (deleted / job done / idle)
 
-    def open_session(self, secret: str, *, os_name: str = "Linux") -> Session:
+    def open_session(
+        self, secret: str, *, os_name: str = "Linux", version: str | None = None
+    ) -> Session:
         """The runner connects: online from now on. A live second session is a conflict (409),
         which the real runner reports as SessionConflict (exit code 5, docs/github.md §8.3).
-        Credentials of a removed runner are ``invalid_client`` (401, `errors.OAuthError`)."""
+        Credentials of a removed runner are ``invalid_client`` (401, `errors.OAuthError`).
+
+        ``version`` is the session's ``agent.version`` (the real runner sends its own,
+        BrokerMessageListener.cs ``CreateSessionAsync``). The session opens whatever it is (the
+        broker refuses a deprecated runner at its message poll, `wait_message`), but a runner
+        is given jobs only once its version is known to meet the floor: GitHub never assigns a
+        job to a runner it then refuses as deprecated."""
         self.reap()
         runner = self._runner_by_secret(secret)
         if self.is_online(runner):
             raise GitHubError(409, "A session for this runner already exists.")
-        runner.session = Session(id=secrets.token_hex(16), last_seen=self._clock())
+        runner.session = Session(
+            id=secrets.token_hex(16),
+            last_seen=self._clock(),
+            version_ok=self.min_runner_version is None
+            or (version is not None and not self._deprecated(version)),
+        )
         runner.os = os_name
         self._dispatch()
         self._notify()
@@ -678,11 +694,9 @@ class Emulator:
         if session is None or session.id != session_id:
             raise errors.session_invalid()
         if self.min_runner_version is not None:
-            try:
-                deprecated = parse_runner_version(version or "") < self.min_runner_version
-            except ValueError:
-                deprecated = True  # no version, or not one: it cannot be shown new enough
-            if deprecated:
+            session.version_ok = not self._deprecated(version)
+            if not session.version_ok:
+                self._notify()
                 raise errors.version_too_old(version or "")
         session.polls += 1
         session.last_seen = self._clock()
@@ -698,6 +712,15 @@ class Emulator:
         finally:
             session.polls -= 1
             session.last_seen = self._clock()
+
+    def _deprecated(self, version: str | None) -> bool:
+        """Below ``min_runner_version`` (never without one)."""
+        if self.min_runner_version is None:
+            return False
+        try:
+            return parse_runner_version(version or "") < self.min_runner_version
+        except ValueError:
+            return True  # no version, or not one: it cannot be shown new enough
 
     def report_result(self, secret: str, job_id: int, exit_code: int, log: bytes) -> Job:
         """The runner finished: the job completes, and the JIT runner is removed (§3.2)."""
@@ -733,12 +756,19 @@ class Emulator:
 
     def _can_take(self, runner: Runner, job: Job) -> bool:
         """Idle, online, labels a superset, scope covering the repository and, for an
-        organization runner, its group admitting the repository (else the job stays queued,
-        as on GitHub)."""
+        organization runner, its group admitting the repository; for a job whose runs-on names
+        a group, a runner of that group (else the job stays queued, as on GitHub)."""
         if runner.job_id is not None or runner.ran_job or not self.is_online(runner):
             return False
+        if runner.session is None or not runner.session.version_ok:
+            return False  # not yet shown to meet the version floor (`open_session`)
         if runner.scope.organization is not None and not runner.runner_group.admits(job.repository):
             return False
+        if job.runs_on_group is not None and (
+            runner.scope.organization is None
+            or runner.runner_group.name.lower() != job.runs_on_group.lower()
+        ):
+            return False  # runs-on names a group: its runners only (repository ones are in none)
         if not self.actions.may_take(runner, job):
             return False
         have = {label.lower() for label in runner.labels}
@@ -789,13 +819,20 @@ class Emulator:
         installation: int | None = None,
         environment: str | None = None,
         run_id: int | None = None,
+        container: str | None = None,
+        group: str | None = None,
     ) -> Job:
         """A workflow job is created (as a push would make it) and announced with ``queued``.
+
+        ``group`` is runs-on's runner group (``runs-on: {group: X, labels: [...]}``): only
+        runners of the organization runner group of that name take the job; ``labels`` may then
+        be empty (``runs-on: {group: X}``). The payload carries the labels only (`Job`).
 
         With ``environment`` the job gets a deployment; if that environment has required
         reviewers the job waits (`JobStatus.WAITING`: ``queued`` with status ``waiting``, then
         ``waiting``) until `review_job` approves it. ``run_id`` adds the job to an existing run
         of the repository (its latest attempt); otherwise the job starts a run of its own.
+        ``container`` is the workflow's ``container:`` image (``jobs.<id>.container``).
         """
         repo = self._repos.get(repository.lower())
         if repo is None:
@@ -805,8 +842,10 @@ class Emulator:
             installation = covering[0]
         elif installation not in covering:
             raise GitHubError(422, f"Installation {installation} does not cover {repo.full_name}")
-        if not labels or not all(isinstance(label, str) and label for label in labels):
-            raise GitHubError(422, "A job needs at least one non-empty label (runs-on)")
+        if not all(isinstance(label, str) and label for label in labels):
+            raise GitHubError(422, "Labels (runs-on) must be non-empty strings")
+        if not labels and not group:
+            raise GitHubError(422, "A job needs at least one label or a runner group (runs-on)")
         attempt, head_sha = 1, secrets.token_hex(20)
         if run_id is not None:
             run = [j for j in self.jobs_of(repo.full_name) if j.run_id == run_id]
@@ -826,6 +865,8 @@ class Emulator:
             head_branch=head_branch,
             head_sha=head_sha,
             created_at=self._clock(),
+            container=container,
+            runs_on_group=group or None,
         )
         if environment is not None:
             self._deploy(job, environment)
@@ -975,11 +1016,13 @@ class Emulator:
                 installation_id=old.installation_id,
                 labels=old.labels,
                 script=old.script,
+                container=old.container,
                 name=old.name,
                 workflow_name=old.workflow_name,
                 head_branch=old.head_branch,
                 head_sha=old.head_sha,
                 created_at=self._clock(),
+                runs_on_group=old.runs_on_group,
             )
             if old.deployment is not None:
                 self._deploy(job, old.deployment.environment.name)

@@ -19,6 +19,7 @@ from agent.queue.base import JobState, OutboxEntry
 
 MAX_OUTPUT = 65535  # §6.1
 MAX_DESCRIPTION = 140  # commit status description; longer ones are refused [U: observed limit]
+MAX_CONTEXT = 255  # commit status context; longer ones are refused [U: observed limit, §6.2]
 CHECK_CONCLUSIONS = frozenset(
     {"action_required", "cancelled", "failure", "neutral", "success", "skipped", "timed_out"}
 )
@@ -52,6 +53,7 @@ class Context:
     peak_memory: int | None = None  # bytes, from the pool's stats of the runner container
     cpu_seconds: float | None = None
     oom_killed: bool = False
+    hold: str | None = None  # why the job's pool takes no job now (an outdated image), if so
 
 
 def check_run_name(entry: OutboxEntry) -> str:
@@ -64,7 +66,15 @@ def check_run_name(entry: OutboxEntry) -> str:
 
 
 def status_context(entry: OutboxEntry) -> str:
-    return f"gantryd/{entry.spec.pool}"
+    """A commit status context of the job's own: GitHub keeps one status per (sha, context),
+    so jobs sharing one would overwrite each other's (§6.2). The job id sets apart what the
+    name cannot (a push and a pull_request run of one commit, each re-run); the name is cut so
+    the whole stays within GitHub's `MAX_CONTEXT`."""
+    spec = entry.spec
+    job = spec.name or str(spec.job_id)
+    where = f"{spec.workflow_name} / {job}" if spec.workflow_name else job
+    prefix, suffix = "gantryd: ", f" (attempt {spec.run_attempt}, job {spec.job_id})"
+    return prefix + where[: MAX_CONTEXT - len(prefix) - len(suffix)] + suffix
 
 
 def iso8601(epoch: float) -> str:
@@ -95,6 +105,12 @@ def _limits(pool: PoolConfig | None) -> str:
     return (
         f"{_size(pool.memory)} memory, {pool.cpus:g} CPU, {pool.pids_limit} processes, "
         f'security profile "{pool.security.value}"'
+        + (
+            f"; Docker sidecar (privileged) {_size(pool.docker_memory)} memory, "
+            f"{pool.docker_cpus:g} CPU"
+            if pool.job_memory != pool.memory
+            else ""
+        )
     )
 
 
@@ -105,7 +121,7 @@ def _usage(ctx: Context) -> list[str]:
     if ctx.started_at is not None and ctx.finished_at is not None:
         lines.append(f"- duration: {_duration(ctx.finished_at - ctx.started_at)}")
     if ctx.peak_memory:
-        limit = f" of {_size(ctx.pool.memory)}" if ctx.pool is not None else ""
+        limit = f" of {_size(ctx.pool.job_memory)}" if ctx.pool is not None else ""
         lines.append(f"- peak memory: {_size(ctx.peak_memory)}{limit}")
     if ctx.cpu_seconds:  # 0: never sampled (the job ended before the first stats sample)
         lines.append(f"- CPU time: {ctx.cpu_seconds:.1f}s")
@@ -177,6 +193,17 @@ def build_report(entry: OutboxEntry, ctx: Context) -> Report:
         )
         return Report(
             status="queued", conclusion=None, title="Waiting for approval", summary=summary
+        )
+    if entry.state is JobState.QUEUED and ctx.hold:
+        summary = (
+            f"Held in pool `{pool}` on host `{ctx.instance}`: {ctx.hold}. The job stays "
+            "queued, no attempt is counted, and it starts once the pool serves again."
+        )
+        return Report(
+            status="queued",
+            conclusion=None,
+            title=f"Held: {_one_line(ctx.hold)}"[:255],
+            summary=summary,
         )
     if entry.state is JobState.QUEUED:
         where = f"position {ctx.position}" if ctx.position else "a runner is being started"

@@ -12,7 +12,8 @@ tracks. Another host's runners and online or busy ones are never touched.
 An organization pool's runner group may never admit some repositories (docs/github.md §3.5: the
 default group takes no public repository unless told to; a ``selected`` group only its list):
 GitHub then never gives their jobs to the pool's runners. ``group_policy`` reads the group and
-``refusal`` says why a repository is out of its reach.
+``refusal`` says why a repository is out of its reach; ``group_report`` says it per pool for
+``gantryd check-config``.
 """
 
 from __future__ import annotations
@@ -147,9 +148,24 @@ async def _all(fetch: Callable[[Mapping[str, str] | None], Awaitable[Page]]) -> 
         page = answer.next
 
 
+class NoSuchGroup(GitHubError):
+    """The organization has no runner group of that name (GitHub answered, listing its groups)."""
+
+    def __init__(self, path: str, organization: str, group: str, names: Iterable[str]) -> None:
+        self.names = tuple(names)
+        shown = ", ".join(self.names) or "none"
+        super().__init__(
+            "GET",
+            path,
+            200,
+            f'organization {organization} has no group "{group}" (it has: {shown})',
+        )
+
+
 async def group_policy(client: GitHubClient, organization: str, group: str) -> GroupPolicy:
     """Read the access policy of ``organization``'s runner group named ``group``.
-    Raises GitHubError when the organization has no such group."""
+    Raises NoSuchGroup when the organization has no such group, GitHubError when GitHub could
+    not be asked."""
     target = RunnerTarget(organization=organization)
     installation = await client.installation_id(target) if client.is_app else None
     path = f"{target.path}/actions/runner-groups"
@@ -159,11 +175,10 @@ async def group_policy(client: GitHubClient, organization: str, group: str) -> G
         response = await client.request("GET", path, installation_id=installation, params=params)
         return _page(response, "runner_groups")
 
-    found = next(
-        (g for g in await _all(groups) if str(g.get("name", "")).lower() == group.lower()), None
-    )
+    every = await _all(groups)
+    found = next((g for g in every if str(g.get("name", "")).lower() == group.lower()), None)
     if found is None:
-        raise GitHubError("GET", path, 200, f'organization {organization} has no group "{group}"')
+        raise NoSuchGroup(path, organization, group, (str(g.get("name")) for g in every))
     selected: frozenset[str] = frozenset()
     if found.get("visibility") == "selected":
         repos_path = f"{path}/{int(found['id'])}/repositories"
@@ -186,11 +201,12 @@ async def group_policy(client: GitHubClient, organization: str, group: str) -> G
 
 
 async def unreachable_repositories(
-    client: GitHubClient, organization: str, group: str
+    client: GitHubClient, organization: str, group: str, *, policy: GroupPolicy | None = None
 ) -> dict[str, str]:
     """Repositories of ``organization`` the installation reaches that ``group``'s runners can
-    never serve: lower-case full name -> reason."""
-    policy = await group_policy(client, organization, group)
+    never serve: lower-case full name -> reason. ``policy``: the group's, if already read."""
+    if policy is None:
+        policy = await group_policy(client, organization, group)
 
     async def repositories(page: Mapping[str, str] | None) -> Page:
         if not client.is_app:  # a token: the organization's repositories it can see
@@ -207,3 +223,53 @@ async def unreachable_repositories(
         if reason is not None:
             refused[name.lower()] = reason
     return refused
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupFinding:
+    """What GitHub says of one organization pool's runner group in one organization."""
+
+    pool: str
+    problem: bool  # the group is missing or unreadable, or some repositories are out of reach
+    text: str
+
+
+async def group_report(
+    client: GitHubClient, pools: Iterable[tuple[str, str]], organizations: Iterable[str]
+) -> list[GroupFinding]:
+    """For each ``(pool, runner_group)`` and organization: does the group exist, and which of
+    the repositories gantryd reaches may its runners serve. A group that cannot be read (a
+    missing permission, say) is reported with the reason; GitHubError without an HTTP status
+    (GitHub unreachable) is raised: then nothing was checked."""
+    findings = []
+    for pool, group in pools:
+        for org in organizations:
+            try:
+                policy = await group_policy(client, org, group)
+                refused = await unreachable_repositories(client, org, group, policy=policy)
+            except NoSuchGroup as exc:
+                text = (
+                    f'organization {org} has no runner group "{group}" (it has: '
+                    f"{', '.join(exc.names) or 'none'}): no runner of this pool can register; "
+                    "fix runner_group or create the group"
+                )
+                findings.append(GroupFinding(pool=pool, problem=True, text=text))
+                continue
+            except GitHubError as exc:
+                if exc.status is None:
+                    raise
+                text = f'runner group "{group}" of {org} not checked: {exc}'
+                findings.append(GroupFinding(pool=pool, problem=True, text=text))
+                continue
+            public = str(policy.allows_public_repositories).lower()
+            text = (
+                f'runner group "{policy.name}" of {org} (visibility {policy.visibility}, '
+                f"allows_public_repositories {public}) "
+            )
+            if refused:
+                never = "; ".join(f"{repo} ({why})" for repo, why in sorted(refused.items()))
+                text += f"never serves {never}"
+            else:
+                text += f"serves every repository of {org} gantryd reaches"
+            findings.append(GroupFinding(pool=pool, problem=bool(refused), text=text))
+    return findings

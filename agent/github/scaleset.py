@@ -324,7 +324,7 @@ class ScaleSetClient:
         await self.delete_session_id(session.scale_set_id, session.id)
 
     async def delete_session_id(self, scale_set_id: int, session_id: str) -> None:
-        """`delete_session` by id: also the session a killed run of gantryd left open."""
+        """`delete_session` by id: also a session a previous process opened and never closed."""
         path = f"{SCALE_SETS}/{scale_set_id}/sessions/{session_id}"
         response = await self._actions("DELETE", path, expected=(204, 400, 404))
         if response.status_code == 204:

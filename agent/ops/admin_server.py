@@ -317,7 +317,10 @@ def _listener_text(status: ListenerStatus | None) -> str | None:
     if status is None:
         return None
     text = f"{status.state.value} (scale set {status.scale_set})"
-    return f"{text}: {status.reason}" if status.reason else text
+    text = f"{text}: {status.reason}" if status.reason else text
+    if status.scale_set_error:
+        text += f"; updating the scale set failed: {status.scale_set_error}"
+    return text
 
 
 def _with_positions(jobs: list[QueuedJob], now: float) -> tuple[JobInfo, ...]:

@@ -88,7 +88,7 @@ class Metrics:
         )
         self.container_memory = Gauge(
             "gantryd_container_memory_usage_bytes",
-            "Memory in use by the runner containers of a pool.",
+            "Memory in use by the runner containers of a pool (with their Docker sidecars).",
             ["pool"],
             registry=r,
         )
@@ -161,7 +161,8 @@ class Metrics:
         self.container_start = Histogram(
             "gantryd_container_start_duration_seconds",
             "From a job's claim until its runner is ready: cold = container created and "
-            "running, warm = handed to an idle warm runner.",
+            "running, warm = handed to an idle warm runner; dind = a runner's Docker sidecar "
+            "from its start until its daemon listens.",
             ["pool", "kind"],
             buckets=START_BUCKETS,
             registry=r,

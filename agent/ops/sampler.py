@@ -27,6 +27,8 @@ class _RunnerLike(Protocol):
     def state(self) -> Any: ...
     @property
     def container_id(self) -> str | None: ...
+    @property
+    def sidecar_id(self) -> str | None: ...  # its Docker sidecar (docker = "dind")
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Sampler:
         for runner in runners:
             m.runners.labels(runner.pool, str(runner.state)).inc()
         by_id = {r.container_id: r.pool for r in runners if r.container_id}
+        by_id |= {r.sidecar_id: r.pool for r in runners if r.sidecar_id}  # docker = "dind"
         load = await trio.to_thread.run_sync(self.usage.sample_blocking, list(by_id), time.time())
         m.container_memory.clear()
         m.container_cpu.clear()

@@ -8,11 +8,14 @@ general pool rather than in the ``gpu`` pool that also covers it; ties go by ord
 job would take a gpu runner whenever one exists, so this reads it as the most specific *fit*:
 specificity is measured against the job, and a pool naming labels the job did not ask for is
 less specific a match for it.)
-A job whose ``runs-on`` names a runner group (``runs-on: {group: X, labels: [...]}``; the
-payload's ``workflow_job.runner_group_name``, with ``labels`` empty when only the group was
-named) is served only by an organization-scope pool whose ``runner_group`` is that group
-(case-insensitively), never by a pool of another group or by a repository-scope pool (those
-runners are in no group the job can reach). GitHub's own group ``Default`` adds no constraint.
+Routing reads the labels alone, because they are all GitHub sends about where a job may run:
+for ``runs-on: {group: X, labels: [...]}`` the payload's ``labels`` are the listed labels
+(empty when only the group is named) and ``runner_group_name`` is null until a runner has
+the job (octokit's workflow-job schema: "null as long as workflow_job[status] is queued";
+docs/github.md §2.2). So a job naming a group reaches the pool whose labels fit it, whose
+runners are registered in the pool's ``runner_group``; GitHub then assigns it only if that is
+the job's group. A job with no labels at all (``runs-on: {group: X}``) names nothing gantryd
+can route and is never served (`NO_LABELS`, the webhook answer says why).
 Priority: the first matching ``[[priority]]`` rule, else the pool's default; higher is served
 first.
 """
@@ -63,7 +66,6 @@ class WorkflowJobEvent:
     runner_name: str | None
     conclusion: str | None
     status: str | None = None  # workflow_job.status: "waiting" on a job behind an approval
-    runner_group: str | None = None  # workflow_job.runner_group_name: runs-on's group, if any
 
     @property
     def ready(self) -> bool:
@@ -153,7 +155,6 @@ def parse_workflow_job(payload: Any) -> WorkflowJobEvent:
         runner_name=_optional_str(job, "runner_name"),
         conclusion=_optional_str(job, "conclusion"),
         status=_optional_str(job, "status"),
-        runner_group=_optional_str(job, "runner_group_name"),
     )
 
 
@@ -171,32 +172,52 @@ def parse_rest_job(
     return parse_workflow_job(payload)
 
 
-DEFAULT_GROUP = "default"  # GitHub's group every organization has (casefolded)
+NO_LABELS = (
+    "runs-on names no labels, only a runner group, and GitHub does not send a queued job's "
+    "group (runner_group_name is null until a runner takes it): gantryd routes by labels; "
+    "if the job is meant for a gantryd pool, list that pool's labels in runs-on "
+    "(runs-on: {group: ..., labels: [...]})"
+)
 
 
-def _in_group(pool: PoolConfig, group: str | None) -> bool:
-    if group is None or group.casefold() == DEFAULT_GROUP:
-        return True
-    return pool.scope is Scope.ORGANIZATION and pool.runner_group.casefold() == group.casefold()
-
-
-def match_pool(
-    labels: tuple[str, ...], pools: tuple[PoolConfig, ...], *, group: str | None = None
-) -> PoolConfig | None:
-    """The closest-fitting pool whose labels include all the job's labels (and, when the job
-    names a runner ``group``, that is in it), or None."""
+def match_pool(labels: tuple[str, ...], pools: tuple[PoolConfig, ...]) -> PoolConfig | None:
+    """The closest-fitting pool whose labels include all the job's labels, or None (always for
+    a job without labels: `NO_LABELS`)."""
     wanted = {label.casefold() for label in labels}
-    if not wanted and group is None:
-        return None  # GitHub never queues a job without runs-on; treat as not ours
+    if not wanted:
+        return None
     best: PoolConfig | None = None
     best_have: set[str] = set()
     for pool in pools:
-        if not _in_group(pool, group):
-            continue
         have = {label.casefold() for label in pool.labels}
         if wanted <= have and (best is None or len(have) < len(best_have)):
             best, best_have = pool, have
     return best
+
+
+def group_label_warnings(pools: tuple[PoolConfig, ...]) -> list[str]:
+    """Pools of different runner groups with the same labels: every job fitting them goes to
+    the first, since routing cannot see the group a job asks for (module docstring)."""
+    warnings = []
+    for index, pool in enumerate(pools):
+        have = {label.casefold() for label in pool.labels}
+        for first in pools[:index]:
+            same = {label.casefold() for label in first.labels} == have
+            if same and _group_of(first) != _group_of(pool):
+                warnings.append(
+                    f'pool "{pool.name}" ({_group_of(pool)}) has the labels of pool '
+                    f'"{first.name}" ({_group_of(first)}): gantryd routes by labels only (a '
+                    "queued job's runs-on group is not sent), so its jobs all go to "
+                    f'"{first.name}"; give "{pool.name}" a label of its own'
+                )
+                break
+    return warnings
+
+
+def _group_of(pool: PoolConfig) -> str:
+    if pool.scope is Scope.ORGANIZATION:
+        return f'runner group "{pool.runner_group}"'
+    return "repository scope"
 
 
 def _rule_matches(rule: PriorityRule, event: WorkflowJobEvent) -> bool:
@@ -222,7 +243,7 @@ def job_spec(event: WorkflowJobEvent, config: Config) -> JobSpec | None:
 
     A job that fits a ``source = "scale-set"`` pool best is that pool's listener's: GitHub
     routes it to the scale set and still sends its webhooks, which must not serve it again."""
-    pool = match_pool(event.labels, config.pools, group=event.runner_group)
+    pool = match_pool(event.labels, config.pools)
     if pool is None or pool.source is not PoolSource.WEBHOOK:
         return None
     return spec_in_pool(event, pool, config)

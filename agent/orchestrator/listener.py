@@ -11,13 +11,16 @@ no public endpoint. Per message, in this order (GARM's, so nothing is lost to a 
 2. only then delete (acknowledge) the message: a crash before it gets the message again;
 3. then persist ``lastMessageId`` (``listener.db`` in ``state_dir``) so a restart resumes.
 
-Sessions are never handed over: the id of each session opened is recorded in ``listener.db``,
-so the session a killed run of this host left is closed at the next start (else GitHub refuses
-a new one for ~90 s); any other 409 (another host, or a session of ours whose close failed) is
-waited out with backoff, its reason in ``status`` for ``/readyz`` and ``gantryd status``; every
-other failure is retried likewise, never a crash loop. A 401 in the middle of a poll is the
-client's: it refreshes the session token and retries once. The pool's runners get their JIT
-configs from the scale set (`generate_jit_config`), so only its jobs reach them.
+Sessions are never handed over by GitHub. The id of the session open is kept in ``listener.db``
+until it is closed, so a 409 after this host was killed (SIGKILL, power loss) is met by closing
+that session by its id and opening a new one at once; a 409 from another host's session is
+waited out with backoff (GitHub frees an abandoned session after ~90 s; actions/scaleset and
+GARM only retry), its reason in ``status`` for ``/readyz`` and ``gantryd status``; every other
+failure is retried likewise, never a crash loop. A reload (``config_changed``) PATCHes the scale
+set to the pool's labels and runner group while the session stays open. A 401 in the
+middle of a poll is the client's: it refreshes the session token and retries once. The pool's
+runners get their JIT configs from the scale set (`generate_jit_config`), so only its jobs
+reach them.
 """
 
 from __future__ import annotations
@@ -90,8 +93,9 @@ def _schema_v2(db: sqlite_utils.Database) -> None:
 
 
 class CursorStore:
-    """Each scale set's last acknowledged message id and the id of the session this host has
-    open on it, if any (key: ``target/name``)."""
+    """Each scale set's last acknowledged message id, and the id of the session this host holds
+    on it until it is closed (key: ``target/name``): after a crash it names the session left
+    open, which the next start closes instead of waiting it out."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -114,7 +118,7 @@ class CursorStore:
             )
         )
 
-    async def session(self, key: str) -> str | None:
+    async def get_session(self, key: str) -> str | None:
         def q(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
                 "SELECT session_id FROM sessions WHERE scale_set = ?", (key,)
@@ -124,16 +128,19 @@ class CursorStore:
         return await self._db.read(q)
 
     async def set_session(self, key: str, session_id: str | None) -> None:
-        args: tuple[str, ...]
-        if session_id is None:
-            sql, args = "DELETE FROM sessions WHERE scale_set = ?", (key,)
-        else:
-            sql = (
-                "INSERT INTO sessions (scale_set, session_id) VALUES (?, ?) ON CONFLICT "
-                "(scale_set) DO UPDATE SET session_id = excluded.session_id"
-            )
-            args = (key, session_id)
-        await self._db.write(lambda conn: conn.execute(sql, args))
+        """Record the session opened (before it is used), or forget it once closed."""
+
+        def q(conn: sqlite3.Connection) -> None:
+            if session_id is None:
+                conn.execute("DELETE FROM sessions WHERE scale_set = ?", (key,))
+            else:
+                conn.execute(
+                    "INSERT INTO sessions (scale_set, session_id) VALUES (?, ?) ON CONFLICT "
+                    "(scale_set) DO UPDATE SET session_id = excluded.session_id",
+                    (key, session_id),
+                )
+
+        await self._db.write(q)
 
 
 @asynccontextmanager
@@ -167,6 +174,7 @@ class ListenerStatus:
     target: int = 0  # min(max_runners, assigned + min_idle), capped by the host's limit
     messages: int = 0
     jobs_enqueued: int = 0
+    scale_set_error: str = ""  # why the last update of the scale set after a reload failed
 
 
 class ScaleSetNotReady(GitHubError):
@@ -204,6 +212,7 @@ class Listener:
         self._on_enqueue = on_enqueue
         self._owner = owner
         self._clock = clock
+        self._name = pool.scale_set_name  # as started: a reload does not rename the scale set
         self._key = f"{pool.scale_set_target}/{pool.scale_set_name}"
         target = (
             RunnerTarget(organization=pool.scale_set_target)
@@ -219,6 +228,8 @@ class Listener:
         self._enqueued = trio.Event()  # set and replaced whenever a job is newly queued
         self._handled = trio.Event()  # set and replaced whenever a message is acknowledged
         self._changed = trio.Event()  # set and replaced on every change of status.state
+        self._reconfigure = trio.Event()  # set by config_changed (a reload)
+        self._reconfigured = trio.Event()  # set and replaced after each update attempt
         # (workflow run, job name) -> REST job id, for JobStarted/JobCompleted
         self._job_ids: dict[tuple[int, str], int] = {}
 
@@ -236,6 +247,10 @@ class Listener:
     async def wait_handled(self) -> None:
         """Until the listener next acknowledges a message (its effects committed)."""
         await self._handled.wait()
+
+    async def wait_reconfigured(self) -> None:
+        """Until the listener next tried to bring the scale set to a reloaded configuration."""
+        await self._reconfigured.wait()
 
     async def wait_state(self, state: ListenerState) -> None:
         """Until ``status.state`` is ``state``."""
@@ -265,7 +280,8 @@ class Listener:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled; started() at once (GitHub may be unreachable for a while)."""
         task_status.started()
-        async with self._job_events:
+        async with self._job_events, trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_config)  # catches its failures: never raises
             await self._listen()
 
     async def _listen(self) -> None:
@@ -295,19 +311,26 @@ class Listener:
             )
             await trio.sleep(delay)
 
-    async def _serve_session(self) -> None:
+    def _spec(self) -> ScaleSetSpec:
+        """The scale set the configuration in force asks for; its name is the one started with
+        (``scale_set_name`` is a restart key: a reload does not rename the scale set)."""
         pool = self.pool
-        spec = ScaleSetSpec(
-            name=pool.scale_set_name, runner_group=pool.runner_group, labels=pool.labels
-        )
+        return ScaleSetSpec(name=self._name, runner_group=pool.runner_group, labels=pool.labels)
+
+    def config_changed(self) -> None:
+        """A reload put a new configuration in force: bring the scale set's labels and runner
+        group to it (``PATCH`` while the session stays open)."""
+        self._reconfigure.set()
+
+    async def _serve_session(self) -> None:
         if self._scale_set is None:
-            self._scale_set = await self.client.ensure_scale_set(spec)
+            self._scale_set = await self.client.ensure_scale_set(self._spec())
             self.status.scale_set_id = self._scale_set.id
             self._found.set()
-        await self._close_stale_session(self._scale_set.id)
-        session = await self.client.create_session(self._scale_set.id, self._owner)
+        elif self.status.scale_set_error:
+            self._reconfigure.set()  # the last update failed: try it again in this session
+        session = await self._open_session(self._scale_set.id)
         try:
-            await self._cursors.set_session(self._key, session.id)
             self._set(ListenerState.LISTENING)
             log.info(
                 "listener pool=%s session open on scale set %s (id %d)",
@@ -335,26 +358,71 @@ class Listener:
                 except (GitHubError, QueueError) as exc:
                     log.warning("listener pool=%s closing session: %s", self.pool_name, exc)
 
-    async def _close_stale_session(self, scale_set_id: int) -> None:
-        """Close the session a killed run of this host left open (its id is recorded when it
-        opens): otherwise GitHub refuses a new one for ~90 s and no job is learned meanwhile.
-        Only this host's own recorded session is closed, never another's."""
-        stale = await self._cursors.session(self._key)
-        if stale is None:
-            return
+    async def _open_session(self, scale_set_id: int) -> MessageSession:
+        """Create the session and record its id before using it. A 409 while the id of a
+        session this host opened is still recorded means a process of ours died without closing
+        it (SIGKILL, power loss): close that one by its id and create again, rather than wait
+        ~90 s for GitHub to drop it. A session of another host is never closed: its id is not
+        ours, so that 409 stands and is waited out."""
         try:
-            await self.client.delete_session_id(scale_set_id, stale)  # already gone counts
-        except GitHubError as exc:  # then it is waited out, as any conflict
+            session = await self.client.create_session(scale_set_id, self._owner)
+        except SessionConflict as conflict:
+            stale = await self._cursors.get_session(self._key)
+            if stale is None:
+                raise
             log.warning(
-                "listener pool=%s closing the previous run's session: %s", self.pool_name, exc
-            )
-        else:
-            log.info(
-                "listener pool=%s closed the session a previous run left on scale set %s",
+                "listener pool=%s scale set %s: a session is open (%s); closing session %s, "
+                "left open by an earlier run of this host, and opening a new one",
                 self.pool_name,
                 self._key,
+                conflict,
+                stale,
             )
-        await self._cursors.set_session(self._key, None)
+            await self.client.delete_session_id(scale_set_id, stale)  # gone already: no error
+            await self._cursors.set_session(self._key, None)
+            session = await self.client.create_session(scale_set_id, self._owner)
+        await self._cursors.set_session(self._key, session.id)
+        return session
+
+    async def _follow_config(self) -> None:
+        """Apply each reload to the scale set once it is found, the session left open. A failed
+        update is logged and in ``status.scale_set_error``; the next reload or session tries
+        again."""
+        await self._found.wait()
+        while True:
+            await self._reconfigure.wait()
+            self._reconfigure = trio.Event()
+            try:
+                await self._update_scale_set()
+            except (GitHubError, ProtocolError) as exc:
+                self.status.scale_set_error = f"{type(exc).__name__}: {exc}"
+                log.error(
+                    "listener pool=%s updating scale set %s after reload: %s",
+                    self.pool_name,
+                    self._key,
+                    exc,
+                )
+            self._reconfigured.set()
+            self._reconfigured = trio.Event()
+
+    async def _update_scale_set(self) -> None:
+        """``PATCH`` the scale set (found by id: a changed runner group moves it rather than
+        making a second one) when its labels, group or settings differ from the spec."""
+        assert self._scale_set is not None
+        spec = self._spec()
+        group = await self.client.runner_group(spec.runner_group)
+        current = await self.client.get_scale_set_by_id(self._scale_set.id)
+        if not current.matches(spec, group.id):
+            current = await self.client.update_scale_set(current.id, spec, group.id)
+            log.info(
+                "listener pool=%s scale set %s updated: labels %s, runner group %s",
+                self.pool_name,
+                self._key,
+                ", ".join(spec.label_names()),
+                current.runner_group_name,
+            )
+        self._scale_set = current
+        self.status.scale_set_error = ""
 
     def _capacity(self) -> int:
         """``X-ScaleSetMaxCapacity``: the pool's cap under the host's."""

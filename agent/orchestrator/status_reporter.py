@@ -9,10 +9,18 @@ means the entry is sent again after the restart.
 With a GitHub App each served job gets one check run, created on its first report and then
 updated: its id is kept in the `ReportStore` (written before the entry is acknowledged), and a
 creation whose answer was lost is found again by ``external_id``, so a restart neither loses the
-check run nor creates a second one. With a token, each report is a commit status (context
-``gantryd/<pool>``). Creations are paced within GitHub's content-creation limits
+check run nor creates a second one. With a token, each report is a commit status whose context
+is the job's own (``gantryd: <workflow> / <job> (attempt <n>, job <id>)``: GitHub keeps the
+latest status per commit and context, so a shared one would let jobs overwrite each other's).
+Creations are paced within GitHub's content-creation limits
 (`ContentPacer`). ``reporting`` (all | failures | off) and ``cancel_dead_jobs`` are read from the
 live configuration at every entry.
+
+A pool can be held (GitHub refused its image's runner version: ``holds`` names why): a queued
+job of that pool is reported with the reason, as a job waiting for approval is. The hold starts
+and ends without a state change of the jobs it keeps queued, so when a pool's reason changes
+the reporter reports its queued jobs again (`sync_holds`); each is read fresh from the queue,
+and a newer state has its own outbox entry, reported after.
 
 Errors: a report GitHub can never accept (422: too long, 1000 statuses reached) is logged and
 dropped; anything else (5xx after the client's retries, a missing permission, no answer) keeps
@@ -32,7 +40,7 @@ import trio
 
 from agent.github.client import GitHubClient, GitHubError, PermissionMissing
 from agent.github.ratelimit import ContentPacer
-from agent.github.report_store import ReportStore, open_report_store
+from agent.github.report_store import Reported, ReportStore, open_report_store
 from agent.github.reports import Context, Report, build_report, check_run_name, wanted
 from agent.queue.base import FINAL_STATES, JobQueue, JobState, OutboxEntry, QueueError
 from agent.reload import LiveConfig
@@ -61,6 +69,8 @@ class Usage(Protocol):
 
 
 UsageLookup = Callable[[int], Awaitable[Usage | None]]
+HoldLookup = Callable[[str], str | None]  # pool -> why it takes no job now, or None
+HELD_JOBS = 1000  # queued jobs of a pool re-reported when its hold starts or ends
 
 
 class _Dropped(Exception):
@@ -87,6 +97,7 @@ class StatusReporter:
         instance: str,
         store_path: Path | None = None,
         usage: UsageLookup | None = None,
+        holds: HoldLookup | None = None,
         pacer: ContentPacer | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -96,6 +107,8 @@ class StatusReporter:
         self._instance = instance
         self._store_path = store_path
         self._usage = usage
+        self._holds = holds
+        self._reported_holds: dict[str, str | None] = {}  # pool -> the hold last reported
         self._pacer = pacer or ContentPacer()
         self._clock = clock
         self._backoff: dict[int, _Backoff] = {}
@@ -110,6 +123,7 @@ class StatusReporter:
             while True:
                 try:
                     handled = await self.drain_once(store)
+                    handled += await self.sync_holds(store)
                 except QueueError as exc:
                     log.error("reporter: queue error, retrying: %s", exc)
                     handled = 0
@@ -141,6 +155,36 @@ class StatusReporter:
             for entry in due:
                 nursery.start_soon(one, entry)
         return acked
+
+    def _hold(self, pool: str) -> str | None:
+        return self._holds(pool) if self._holds is not None else None
+
+    async def sync_holds(self, store: ReportStore) -> int:
+        """Report the queued jobs of every pool whose hold started, changed or ended since it
+        was last reported; return how many GitHub accepted. A pool whose reports fail is tried
+        again on the next pass."""
+        before = self.delivered
+        for pool in self._live.current.pools:
+            hold = self._hold(pool.name)
+            if self._reported_holds.get(pool.name) == hold:
+                continue
+            jobs = await self._queue.list_jobs([JobState.QUEUED], pool=pool.name, limit=HELD_JOBS)
+            complete = True
+            for job in jobs:
+                entry = OutboxEntry(
+                    job_id=job.spec.job_id, seq=0, state=JobState.QUEUED, spec=job.spec
+                )
+                try:
+                    await self._deliver(store, entry)
+                except (_Dropped, _NotYet):
+                    pass
+                except GitHubError as exc:
+                    self._retry_later(entry, exc)
+                    complete = False
+                    break
+            if complete:
+                self._reported_holds[pool.name] = hold
+        return self.delivered - before
 
     async def _handle(self, store: ReportStore, entry: OutboxEntry) -> bool:
         """Report one entry and acknowledge it; False if it stays for a retry."""
@@ -193,7 +237,7 @@ class StatusReporter:
             or not wanted(config.github.reporting, entry.state)
         ):
             return
-        ctx = await self._context(store, entry)
+        ctx, stored = await self._context(store, entry)
         if entry.state is JobState.DONE and ctx.runner_name is not None and self._usage:
             used = await self._usage(entry.job_id)
             if used is not None:
@@ -208,7 +252,7 @@ class StatusReporter:
         report = build_report(entry, ctx)
         try:
             if self._github.is_app:
-                await self._check_run(store, entry, report, ctx)
+                await self._check_run(store, entry, report, ctx, stored)
             else:
                 await self._pacer.wait()
                 await self._github.create_commit_status(
@@ -223,7 +267,11 @@ class StatusReporter:
             raise
         self.delivered += 1
 
-    async def _context(self, store: ReportStore, entry: OutboxEntry) -> Context:
+    async def _context(
+        self, store: ReportStore, entry: OutboxEntry
+    ) -> tuple[Context, Reported | None]:
+        """The report's context, and the job's stored report: the outbox hands out one entry per
+        job at a time, so nothing else changes that row before ``_check_run`` uses it."""
         job = await self._queue.get(entry.job_id)
         started_at = None
         if entry.state is JobState.RUNNING and job is not None:
@@ -234,7 +282,7 @@ class StatusReporter:
         position = None
         if entry.state is JobState.QUEUED:
             position = await self._queue.position(entry.job_id)
-        return Context(
+        context = Context(
             instance=self._instance,
             pool=self._live.current.pool(entry.spec.pool),
             position=position,
@@ -243,14 +291,20 @@ class StatusReporter:
             finished_at=job.updated_at if job is not None and entry.state in FINAL_STATES else None,
             now=self._clock(),
             runner_name=job.runner_name if job is not None else None,
+            hold=self._hold(entry.spec.pool) if entry.state is JobState.QUEUED else None,
         )
+        return context, stored
 
     async def _check_run(
-        self, store: ReportStore, entry: OutboxEntry, report: Report, ctx: Context
+        self,
+        store: ReportStore,
+        entry: OutboxEntry,
+        report: Report,
+        ctx: Context,
+        stored: Reported | None,
     ) -> None:
         spec = entry.spec
         body = report.check_run_body(entry, ctx)
-        stored = await store.get(entry.job_id)
         check_run_id = stored.check_run_id if stored is not None else None
         if check_run_id is None and stored is not None and stored.creating:
             # A creation was sent before a crash and its answer lost: adopt what GitHub made.

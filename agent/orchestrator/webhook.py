@@ -56,6 +56,7 @@ from agent.orchestrator.intake_http import (
     signature_valid,
 )
 from agent.orchestrator.job_parser import (
+    NO_LABELS,
     Action,
     PayloadError,
     WorkflowJobEvent,
@@ -320,6 +321,14 @@ class WebhookApp:
 
         return work
 
+    def _ignore(self, job: WorkflowJobEvent) -> None:
+        """Count a job no pool serves; one with no labels is also logged with the reason (a
+        person meant it for a runner group and would otherwise see it wait without a word)."""
+        reason = _no_pool_reason(job)
+        self.stats.ignored[reason] += 1
+        if reason == "no_labels" and job.action is Action.QUEUED:
+            log.info("job %s of %s not served: %s", job.job_id, job.repository, NO_LABELS)
+
     def _workflow_job(self, job: WorkflowJobEvent, delivery: str | None) -> Work:
         async def work() -> tuple[Answer, JobEvent | None]:
             spec = job_spec(job, self._live.current)
@@ -328,12 +337,12 @@ class WebhookApp:
             queued = job.action is Action.QUEUED or _queued_in_progress(job)
             if job.action is Action.WAITING or (queued and not job.ready):
                 if spec is None:
-                    self.stats.ignored["no_pool"] += 1
+                    self._ignore(job)
                     return _no_pool(job), None
                 return await self._hold(job, spec, delivery)
             if queued:
                 if spec is None:
-                    self.stats.ignored["no_pool"] += 1
+                    self._ignore(job)
                     return _no_pool(job), None
                 outcome = await self._queue.enqueue(spec, delivery_id=delivery)
                 log.debug(
@@ -352,7 +361,7 @@ class WebhookApp:
                 text = f"job {job.job_id}: {outcome.value}, nothing to do"
                 return Answer(200, text, Outcome.DUPLICATE), None
             if spec is None and await self._queue.get(job.job_id) is None:
-                self.stats.ignored["no_pool"] += 1
+                self._ignore(job)
                 return _no_pool(job), None
             if job.action is Action.IN_PROGRESS:
                 return await self._in_progress(job, delivery)
@@ -422,7 +431,14 @@ def _queued_in_progress(job: WorkflowJobEvent) -> bool:
 
 
 def _no_pool(job: WorkflowJobEvent) -> Answer:
+    if not job.labels:
+        return Answer(200, f"ignored: {NO_LABELS}", Outcome.IGNORED)
     return Answer(200, f"ignored: no pool has labels {list(job.labels)}", Outcome.IGNORED)
+
+
+def _no_pool_reason(job: WorkflowJobEvent) -> str:
+    """The ``gantryd_webhooks_ignored`` reason of a job no pool serves."""
+    return "no_labels" if not job.labels else "no_pool"
 
 
 def _changed(changed: bool, text: str) -> Answer:

@@ -9,15 +9,10 @@ from __future__ import annotations
 import contextlib
 import io
 import secrets
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import docker.errors
-import httpx
 import pytest
 import trio
 
@@ -27,39 +22,6 @@ from tests.conftest import remove_managed
 from tests.container.stack import free_port, pool_stack, wait_state
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A registry listening on 127.0.0.1; yields "127.0.0.1:PORT"."""
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        pytest.fail("docker-registry not found: apt-get install docker-registry")
-    root = tmp_path_factory.mktemp("registry")
-    address = f"127.0.0.1:{free_port()}"
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-        f"    rootdirectory: {root}/data\nhttp:\n  addr: {address}\n"
-    )
-    process = subprocess.Popen(
-        [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:  # wait for the condition "answers /v2/", bounded by the deadline
-            try:
-                if httpx.get(f"http://{address}/v2/", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                pytest.fail("docker-registry did not start")
-            time.sleep(0.05)
-        yield address
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import socket
+import time
 from pathlib import Path
 
 import docker
@@ -121,4 +122,36 @@ async def test_watcher_backs_off_while_docker_is_away_and_replays_missed_events(
         if api is not None:
             api.close()
         if container is not None:
+            container.remove(force=True)
+
+
+async def test_events_of_another_instance_are_filtered_out_by_the_engine(
+    docker_client: docker.DockerClient, runner_image: str
+) -> None:
+    """With ``instance``, the stream carries that instance's containers only: another gantryd's
+    (or a test's) managed containers on the same Engine never reach this one."""
+    ours, theirs = f"mon-{secrets.token_hex(3)}", f"mon-{secrets.token_hex(3)}"
+    api = await trio.to_thread.run_sync(DockerAPI)
+    created = []
+    since = int(time.time()) - 1  # the stream opens on its thread: replay from before the runs
+    try:
+        async with api.events(since=since, instance=ours) as events:
+            for instance in (theirs, ours):  # theirs dies first
+                labels = {"io.gantryd.managed": "true", "io.gantryd.instance": instance}
+                container = docker_client.containers.run(
+                    runner_image, ["true"], labels=labels, detach=True, network_mode="none"
+                )
+                created.append(container)
+                container.wait(timeout=30)
+            seen = []
+            with trio.fail_after(30):
+                async for event in events:
+                    seen.append(event)
+                    if event.action == "die":
+                        break
+        assert {e.labels.get("io.gantryd.instance") for e in seen} == {ours}
+        assert seen[-1].container_id == created[1].id
+    finally:
+        api.close()
+        for container in created:
             container.remove(force=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from agent.config import PoolConfig
+from dataclasses import replace
+
+from agent.config import PoolConfig, Scope
 from agent.container.lifecycle import Outcome, Runner, RunnerState
 from agent.container.policy import (
     DEPRECATED_EXIT_ENV,
@@ -96,6 +98,18 @@ def test_bootstrap_timeout_runs_from_the_later_of_assignment_and_idle() -> None:
     assert timed_out.outcome is Outcome.BOOTSTRAP_TIMEOUT and "60s" in timed_out.reason
     starting = runner(RunnerState.STARTING)
     assert decide(starting, POOL, now=1e6, exit_settle=SETTLE) == KEEP  # it has not connected
+
+
+def test_an_organization_pools_bootstrap_timeout_names_its_runner_group() -> None:
+    """A job naming another runs-on group fits the labels but never reaches the pool's runners
+    (GitHub does not send the group while queued): the reason says what to look at."""
+    org = replace(POOL, scope=Scope.ORGANIZATION, runner_group="ci")
+    idle = runner(RunnerState.IDLE, since=100.0)
+    timed_out = decide(idle, org, now=1e6, exit_settle=SETTLE)
+    assert timed_out.outcome is Outcome.BOOTSTRAP_TIMEOUT
+    assert 'runs-on names a runner group, it must be "ci"' in timed_out.reason
+    plain = decide(idle, POOL, now=1e6, exit_settle=SETTLE)
+    assert "runner group" not in plain.reason  # repository runners are in no group to name
 
 
 def test_a_warm_runner_is_recycled_after_max_idle_age_and_counts_against_no_job() -> None:

@@ -2,8 +2,9 @@
 
 A runner GitHub refuses as deprecated exits 7 (gantryd sets
 ``ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE=1``): its pool's image is marked outdated,
-the job goes back to the queue with no attempt counted and waits, visibly, until the image is
-refreshed. A warm runner GitHub drops while idle (docs/github.md §3.2) is a normal end.
+the job goes back to the queue with no attempt counted and waits, visibly (status, and its check
+run: "Held: ..."), until the image is refreshed. A warm runner GitHub drops while idle
+(docs/github.md §3.2) is a normal end.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import trio
 from agent.container.docker_api import DockerAPI
 from agent.container.lifecycle import Outcome, RunnerState
 from agent.container.pool_manager import PoolManager
+from agent.emulator.checks import CheckRun
 from agent.emulator.models import parse_runner_version
 from agent.queue.base import JobQueue, JobState
 from tests.conftest import managed_containers, remove_managed
@@ -64,26 +66,20 @@ def parts(stack: Stack) -> tuple[PoolManager, JobQueue]:
 async def test_exit_7_holds_the_pool_until_its_image_changes_and_burns_no_attempt(
     tmp_path: Path, docker_client: docker.DockerClient, official_copy: str
 ) -> None:
-    # A warm runner meets the version floor first: the emulator gives a queued job to a runner
-    # at session creation, before the poll that refuses it (so a job-made runner would see
-    # in_progress first).
-    pool = {
-        **OFFICIAL_POOL,
-        "image": official_copy,
-        "pull_policy": "never",
-        "min_idle": 1,
-        "warm_repositories": ["octo-org/app"],
-    }
+    # GitHub refuses the runner made for the job before assigning it anything (the emulator
+    # gives no job to a runner below its version floor), so the job stays queued throughout.
+    pool = {**OFFICIAL_POOL, "image": official_copy, "pull_policy": "never"}
     async with pool_stack(tmp_path, pool=pool, queue={"retry_attempts": 1}) as stack:
         try:
             pools, queue = parts(stack)
-            stack.emulator.min_runner_version = parse_runner_version("99.0.0")
+            emulator = stack.emulator
+            emulator.min_runner_version = parse_runner_version("99.0.0")
+            job = emulator.create_job("octo-org/app", JOB_LABELS, "echo refreshed")
             with trio.fail_after(60):
                 await pools.wait_until(lambda: "default" in pools.stats.outdated)
                 await pools.wait_no_runners()
-            job = stack.emulator.create_job("octo-org/app", JOB_LABELS, "echo refreshed")
-            with trio.fail_after(30):
                 await wait_entry(queue, job.id, JobState.QUEUED)
+            assert emulator.job(job.id).status == "queued"  # never assigned to the refused one
             entry = await queue.get(job.id)
             assert entry is not None and entry.attempts == 0
             assert pools.stats.outcomes[Outcome.IMAGE_OUTDATED] == 1
@@ -93,9 +89,20 @@ async def test_exit_7_holds_the_pool_until_its_image_changes_and_burns_no_attemp
             default = stack.daemon.live.current.pool("default")
             assert default is not None and pools.free_slots(default) == 0
             assert managed_containers(docker_client, stack.setup.instance) == []
+            # The job's check run says why it waits, as it says "Waiting for approval".
+
+            def runs() -> list[CheckRun]:
+                return emulator.checks.runs_of("octo-org/app", head_sha=job.head_sha)
+
+            with trio.fail_after(30):
+                await emulator.checks.wait_until(
+                    lambda: any(r.output.get("title") == f"Held: {reason}" for r in runs())
+                )
+            (run,) = runs()
+            assert run.status == "queued" and "no attempt is counted" in run.output["summary"]
             # A newer image appears under the tag (as a pull would bring): the hold ends,
             # GitHub takes its runner, the job runs once.
-            stack.emulator.min_runner_version = None
+            emulator.min_runner_version = None
             dockerfile = f"FROM {official_copy}\nLABEL io.gantryd.test.refreshed=true\n"
             await trio.to_thread.run_sync(
                 lambda: docker_client.images.build(
@@ -103,11 +110,14 @@ async def test_exit_7_holds_the_pool_until_its_image_changes_and_burns_no_attemp
                 )
             )
             with trio.fail_after(90):
-                await stack.emulator.wait_job(job.id, "completed")
-            assert stack.emulator.job(job.id).conclusion == "success"
+                await emulator.wait_job(job.id, "completed")
+            assert emulator.job(job.id).conclusion == "success"
             assert "default" not in pools.stats.outdated and pools.hold_reason("default") is None
             entry = await queue.get(job.id)
             assert entry is not None and entry.attempts == 0
+            with trio.fail_after(30):
+                await emulator.checks.wait_until(lambda: run.status == "completed")
+            assert run.conclusion == "success" and runs() == [run]
         finally:
             remove_managed(docker_client, stack.setup.instance)
 

@@ -4,6 +4,7 @@ are named at start and after a reload, and their jobs end at once with the reaso
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,6 +67,113 @@ async def test_a_public_repository_the_default_group_never_admits_is_named_and_r
             with trio.fail_after(30):
                 await pools.wait_until(lambda: not pools.unreachable.get("default"))
             assert pools.pool_notes("default") == ()
+        finally:
+            remove_managed(docker_client, stack.setup.instance)
+
+
+async def test_runs_on_group_jobs_are_routed_by_their_labels_to_that_groups_pool(
+    tmp_path: Path, docker_client: docker.DockerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """runs-on: {group: GPU, labels: [self-hosted, gpu]} arrives as its labels only; they lead
+    to the pool whose runners register in GPU, and GitHub gives the job to that runner. A job
+    naming only a group (no labels) is never taken: nothing in the payload says where."""
+    async with pool_stack(
+        tmp_path,
+        pool={"scope": "organization", "runner_group": "ci"},
+        extra_pools=[
+            {
+                "name": "gpu",
+                "labels": ["self-hosted", "linux", "gpu"],
+                "scope": "organization",
+                "runner_group": "GPU",
+            }
+        ],
+        github={"organizations": ["octo-org"]},
+    ) as stack:
+        try:
+            pools, queue, intake = stack.daemon.pools, stack.daemon.queue, stack.daemon.intake
+            assert pools is not None and queue is not None and intake is not None
+            emulator = stack.emulator
+            emulator.add_runner_group("octo-org", "ci")
+            gpu = emulator.add_runner_group("octo-org", "GPU")
+            with caplog.at_level(logging.INFO, logger="agent.orchestrator.webhook"):
+                unroutable = emulator.create_job("octo-org/app", [], "echo never", group="ci")
+                job = emulator.create_job(
+                    "octo-org/app", ["self-hosted", "gpu"], "echo gpu", group="GPU"
+                )
+                with trio.fail_after(60):
+                    await emulator.wait_job(job.id, "completed")
+            done = emulator.job(job.id)
+            assert done.conclusion == "success"
+            assert (done.runner_group_id, done.runner_group_name) == (gpu.id, "GPU")
+            entry = await queue.get(job.id)
+            assert entry is not None and entry.spec.pool == "gpu" and entry.attempts == 0
+            assert await queue.get(unroutable.id) is None
+            assert emulator.job(unroutable.id).status == "queued"
+            assert intake.stats.ignored["no_labels"] == 1
+            assert f"job {unroutable.id} of octo-org/app not served" in caplog.text
+            assert "runs-on names no labels, only a runner group" in caplog.text
+            assert pools.stats.outcomes[Outcome.CREATED] == 1  # none for the unroutable job
+        finally:
+            remove_managed(docker_client, stack.setup.instance)
+
+
+async def test_a_job_of_a_group_no_pool_serves_ends_with_the_group_named(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    """runs-on: {group: elsewhere, labels: [self-hosted, linux]}: the labels fit the "ci"
+    pool, so gantryd starts a runner (it cannot see the group); GitHub never gives it the job,
+    and the reason on the job's check run says which group the pool's runners are in."""
+    async with pool_stack(
+        tmp_path,
+        pool={"scope": "organization", "runner_group": "ci", "bootstrap_timeout": "2s"},
+        github={"organizations": ["octo-org"]},
+        queue={"retry_attempts": 0},
+    ) as stack:
+        try:
+            queue, emulator = stack.daemon.queue, stack.emulator
+            assert queue is not None
+            emulator.add_runner_group("octo-org", "ci")
+            emulator.add_runner_group("octo-org", "elsewhere")
+            job = emulator.create_job("octo-org/app", JOB_LABELS, "echo never", group="elsewhere")
+            with trio.fail_after(60):
+                await wait_entry(queue, job.id, JobState.DEAD)
+            assert emulator.job(job.id).status == "queued"  # no runner of its group exists
+            entry = await queue.get(job.id)
+            assert entry is not None and 'it must be "ci"' in (entry.last_error or "")
+            with trio.fail_after(30):
+                await emulator.checks.wait_until(
+                    lambda: any(
+                        r.status == "completed" and 'it must be "ci"' in str(r.output["summary"])
+                        for r in emulator.checks.runs_of("octo-org/app")
+                    )
+                )
+        finally:
+            remove_managed(docker_client, stack.setup.instance)
+
+
+async def test_a_runner_group_missing_at_github_is_named_in_status(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    async with pool_stack(
+        tmp_path,
+        pool={"scope": "organization", "runner_group": "ci"},
+        github={"organizations": ["octo-org"]},
+    ) as stack:
+        try:
+            pools = stack.daemon.pools
+            assert pools is not None
+            with trio.fail_after(30):
+                await pools.wait_until(lambda: bool(pools.pool_notes("default")))
+            (note,) = pools.pool_notes("default")
+            assert note == (
+                'NO GROUP: organization octo-org has no group "ci" (it has: Default): '
+                "no runner of this pool can register"
+            )
+            stack.emulator.add_runner_group("octo-org", "ci", allows_public_repositories=True)
+            assert stack.daemon.reload()  # checked again, as on every gc_interval
+            with trio.fail_after(30):
+                await pools.wait_until(lambda: pools.pool_notes("default") == ())
         finally:
             remove_managed(docker_client, stack.setup.instance)
 

@@ -98,10 +98,13 @@ async def test_runner_below_the_floor_is_refused_as_deprecated(
     server, secret = await jit_runner(http, token_for(11))
     headers = {"Authorization": f"Bearer {secret}"}
     session = (await http.post(f"{server}/sessions", headers=headers)).json()["sessionId"]
-    emulator.create_job("acme/app", ["gantryd"], "true")
+    job = emulator.create_job("acme/app", ["gantryd"], "true")
+    # Online, idle, labels fit: still no job before its version is known to be new enough.
+    assert (job.status, job.runner_id) == (JobStatus.QUEUED, None)
     params = {"runnerVersion": version} if version is not None else {}
     refused = await http.get(f"{server}/sessions/{session}/message", params=params, headers=headers)
     assert refused.status_code == 403
+    assert (job.status, job.runner_id) == (JobStatus.QUEUED, None)  # refused before assigned
     assert refused.json() == {
         "source": "actions-broker-listener",
         "errorKind": "RunnerVersionTooOld",
@@ -126,3 +129,28 @@ async def test_closed_session_is_invalid(
     await http.post(f"{server}/sessions/{session}/close", headers=headers)
     gone = await http.get(f"{server}/sessions/{session}/message", headers=headers)
     assert (gone.status_code, gone.json()["errorKind"]) == (404, "RunnerSessionInvalid")
+
+
+@pytest.mark.parametrize(("version", "assigned"), [("2.316.1", False), ("2.329.0", True)])
+async def test_the_session_version_decides_before_any_job_is_assigned(
+    http: httpx.AsyncClient,
+    token_for: Callable[[int], str],
+    emulator: Emulator,
+    version: str,
+    assigned: bool,
+) -> None:
+    """The real runner names its version when it opens its session (``agent.version``); a
+    runner below the floor is never given the job that is waiting, one at the floor at once."""
+    emulator.min_runner_version = parse_runner_version("2.329.0")
+    job = emulator.create_job("acme/app", ["gantryd"], "true")
+    server, secret = await jit_runner(http, token_for(11))
+    headers = {"Authorization": f"Bearer {secret}"}
+    body = {"os": "Linux", "agent": {"name": "r", "version": version}}
+    opened = await http.post(f"{server}/sessions", json=body, headers=headers)
+    assert opened.status_code == 201
+    assert (job.status is JobStatus.IN_PROGRESS) is assigned
+    session = opened.json()["sessionId"]
+    params = {"runnerVersion": version}
+    answer = await http.get(f"{server}/sessions/{session}/message", params=params, headers=headers)
+    assert answer.status_code == (200 if assigned else 403)
+    assert (job.runner_id is not None) is assigned

@@ -120,6 +120,52 @@ async def test_statuses_states_context_and_the_1000_limit(
     assert default.json()["context"] == "default"
 
 
+async def test_a_commit_keeps_the_latest_status_of_each_context(
+    http: httpx.AsyncClient, emulator: Emulator
+) -> None:
+    """Statuses with one context replace each other on the commit; other contexts stay."""
+    pat = emulator.add_personal_token(11)
+    url = f"/repos/acme/app/statuses/{SHA}"
+    for state, context in [("pending", "ci/a"), ("pending", "ci/b"), ("success", "CI/A")]:
+        answer = await http.post(url, headers=auth(pat), json={"state": state, "context": context})
+        assert answer.status_code == 201
+    combined = await http.get(f"/repos/acme/app/commits/{SHA}/status", headers=auth(pat))
+    assert combined.status_code == 200
+    body = combined.json()
+    assert [(s["context"], s["state"]) for s in body["statuses"]] == [
+        ("CI/A", "success"),
+        ("ci/b", "pending"),
+    ]
+    assert (body["state"], body["total_count"], body["sha"]) == ("pending", 2, SHA)
+    assert len(emulator.checks.statuses_of("acme/app", SHA)) == 3  # the history is kept
+    await http.post(url, headers=auth(pat), json={"state": "error", "context": "ci/b"})
+    again = await http.get(f"/repos/acme/app/commits/{SHA}/status", headers=auth(pat))
+    assert again.json()["state"] == "failure"
+    empty = await http.get(f"/repos/acme/app/commits/{'0' * 40}/status", headers=auth(pat))
+    assert (empty.json()["state"], empty.json()["statuses"]) == ("pending", [])
+
+
+@pytest.mark.parametrize(("field", "limit"), [("context", 255), ("description", 140)])
+async def test_status_fields_have_length_limits(
+    http: httpx.AsyncClient, emulator: Emulator, field: str, limit: int
+) -> None:
+    pat = emulator.add_personal_token(11)
+    url = f"/repos/acme/app/statuses/{SHA}"
+    fits = await http.post(url, headers=auth(pat), json={"state": "pending", field: "x" * limit})
+    assert fits.status_code == 201
+    over = {"state": "pending", field: "x" * (limit + 1)}
+    refused = await http.post(url, headers=auth(pat), json=over)
+    assert refused.status_code == 422
+    assert refused.json()["errors"] == [
+        {
+            "resource": "Status",
+            "code": "custom",
+            "field": field,
+            "message": f"{field} is too long (maximum is {limit} characters)",
+        }
+    ]
+
+
 async def test_cancel_a_run_with_queued_jobs(
     http: httpx.AsyncClient, emulator: Emulator, token_for: Callable[[int], str]
 ) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import subprocess
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from docker.models.containers import Container
 
 from agent.emulator import Emulator, JobStatus, serve_emulator
-from agent.emulator.jitconfig import encode_jit_config
+from agent.emulator.models import parse_runner_version
 
 from .conftest import jit_config
 
@@ -349,54 +348,6 @@ async def test_exit_7_is_passed_out_only_with_the_variable_set_to_1(
     assert "deprecated listener" in out
 
 
-class TooOldBroker:
-    """GitHub's broker refusing the runner's version, in the shape the runner parses
-    (src/Sdk/WebApi/WebApi/BrokerHttpClient.cs, src/Sdk/RSWebApi/Contracts/BrokerError.cs). The
-    emulator has no version floor yet (issue 12, part B); until it does, this one-answer server
-    stands in for that answer alone."""
-
-    def __init__(self) -> None:
-        self.requests: list[str] = []
-
-    async def handle(self, stream: trio.SocketStream) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = await stream.receive_some()
-            if not chunk:
-                return
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode().split("\r\n")
-        length = next(
-            (
-                int(v)
-                for k, _, v in (h.partition(": ") for h in lines[1:])
-                if k.lower() == "content-length"
-            ),
-            0,
-        )
-        while len(body) < length:
-            body += await stream.receive_some()
-        method, target, _ = lines[0].split(" ", 2)
-        self.requests.append(f"{method} {target}")
-        if method == "POST" and target == "/_runner/sessions":
-            status, payload = "201 Created", b'{"sessionId":"s1"}'
-        elif method == "GET" and target.startswith("/_runner/sessions/s1/message?"):
-            status = "403 Forbidden"
-            payload = (
-                b'{"source":"actions-broker-listener","errorKind":"RunnerVersionTooOld",'
-                b'"statusCode":403,"errorMessage":"Runner version v2.336.0 is deprecated"}'
-            )
-        else:
-            status, payload = "204 No Content", b""
-        await stream.send_all(
-            f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
-            + payload
-        )
-        await stream.aclose()
-
-
 @pytest.mark.parametrize(
     ("setting", "helper_says", "expected"),
     [
@@ -406,35 +357,29 @@ class TooOldBroker:
     ],
 )
 async def test_listener_answers_a_deprecated_version_with_7_only_when_asked(
+    emulator: Emulator,
+    http: httpx.AsyncClient,
+    app_key: rsa.RSAPrivateKey,
     start: Start,
-    nursery: trio.Nursery,
     setting: str | None,
     helper_says: str,
     expected: int,
 ) -> None:
-    broker = TooOldBroker()
-    (listener,) = await nursery.start(partial(trio.serve_tcp, broker.handle, 0, host="127.0.0.1"))
-    port = listener.socket.getsockname()[1]
-    encoded = encode_jit_config(
-        runner_id=1,
-        runner_name="official-old",
-        pool_id=1,
-        pool_name="Default",
-        server_url=f"http://127.0.0.1:{port}/_runner",
-        github_url="https://github.com/acme/app",
-        work_folder="_work",
-        secret="s3cret",
-    )
+    """The emulator's broker refuses the runner's version (2.336.0 below its floor) in the
+    shape the runner parses (BrokerHttpClient.cs); the job waiting for it is never assigned."""
+    emulator.min_runner_version = parse_runner_version("99.0.0")
+    job = emulator.create_job("acme/app", ["self-hosted", "gantryd"], "echo never")
+    encoded = await jit_config(http, app_key, "official-old")
     environment = {"ACTIONS_RUNNER_INPUT_JITCONFIG": encoded}
     if setting is not None:
         environment["ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE"] = setting
     container = await trio.to_thread.run_sync(lambda: start(environment=environment, **STRICT))
     status, out = await exit_of(container)
     assert status == expected, out
-    assert "Runner version v2.336.0 is deprecated" in out
+    assert "Runner version v2.336.0 is deprecated and cannot receive messages." in out
     assert helper_says in out
     assert "Restarting runner..." not in out
-    assert any("runnerVersion=2.336.0" in request for request in broker.requests)
+    assert (job.status, job.runner_id) == (JobStatus.QUEUED, None)
 
 
 # ---------------------------------------------------------------- SIGTERM

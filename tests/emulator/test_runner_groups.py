@@ -9,7 +9,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.emulator import Emulator, JobStatus
-from agent.emulator.models import Runner, RunnerScope
+from agent.emulator.errors import GitHubError
+from agent.emulator.models import Runner, RunnerScope, job_json
 
 from .conftest import APP_ID, INSTALLATIONS, Clock
 
@@ -146,3 +147,30 @@ async def test_control_api_sets_group_policy(http: httpx.AsyncClient, emulator: 
     bad = await http.patch("/_emulator/orgs/acme/runner-groups/1", json={"visibility": "x"})
     assert bad.status_code == 422
     assert emulator.runner_group("acme", 1).allows_public_repositories
+
+
+def test_a_job_naming_a_group_goes_only_to_runners_of_that_group(emulator: Emulator) -> None:
+    """runs-on: {group: X, labels: [...]} (GitHub docs, "Choosing the runner for a job": by
+    labels, group membership, or both): labels fit is not enough, the group must be X."""
+    gpu = emulator.add_runner_group("acme", "GPU")
+    other = connected(emulator, ORG, "default-group")
+    repo = connected(emulator, RunnerScope(repository="acme/app"), "repo-runner")
+    job = emulator.create_job("acme/app", ["self-hosted"], "true", group="gpu")
+    assert other.job_id is None and repo.job_id is None and job.status is JobStatus.QUEUED
+    mine = connected(emulator, ORG, "gpu-runner", gpu.id)
+    assert mine.job_id == job.id
+    assert (job.runner_group_id, job.runner_group_name) == (gpu.id, "GPU")
+
+
+def test_a_group_only_job_carries_no_labels_and_no_group_while_queued(
+    emulator: Emulator,
+) -> None:
+    """What a webhook of runs-on: {group: X} says: empty labels, runner_group_* null
+    (octokit workflow-job schema; terraform-aws-github-runner#3643)."""
+    emulator.add_runner_group("acme", "GPU")
+    job = emulator.create_job("acme/app", [], "true", group="GPU")
+    body = job_json(job, emulator.base_url)
+    assert (body["labels"], body["runner_group_id"], body["runner_group_name"]) == ([], None, None)
+    with pytest.raises(GitHubError) as refused:
+        emulator.create_job("acme/app", [], "true")  # runs-on names nothing at all
+    assert refused.value.status == 422

@@ -351,6 +351,40 @@ async def test_one_session_per_scale_set(
     await admin.session(scale_set["id"], "host-3")
 
 
+async def test_a_killed_listeners_session_lapses_or_is_closed_by_its_id(
+    admin: Admin, admin_for: Any, clock: Clock, emulator: Emulator
+) -> None:
+    """What a listener that died (SIGKILL) mid-poll leaves: its poll ends with the connection,
+    the session stays refused for ``session_idle`` after that, and another admin connection
+    (a restarted process registers anew) may close it by id at once."""
+    scale_set = await admin.scale_set()
+    first = await admin.session(scale_set["id"], "host-1")
+    (held,) = emulator.actions.scale_sets()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first.poll)  # held for poll_timeout (50 s) unless the client goes
+        with trio.fail_after(10):
+            await emulator.actions.wait_until(
+                lambda: held.session is not None and held.session.polls == 1
+            )
+        nursery.cancel_scope.cancel()  # the client dies: its connection closes
+    with trio.fail_after(10):
+        await emulator.actions.wait_until(
+            lambda: held.session is not None and held.session.polls == 0
+        )
+    sessions = f"{SCALE_SETS}/{scale_set['id']}/sessions"
+    refused = await admin.call("POST", sessions, json={"ownerName": "host-1"})
+    assert refused.status_code == 409  # not handed over, not even to the same owner
+    clock.offset += emulator.actions.settings.session_idle - 1
+    assert (await admin.call("POST", sessions, json={"ownerName": "host-1"})).status_code == 409
+
+    restarted: Admin = await admin_for()
+    assert restarted.token != admin.token
+    closed = await restarted.call("DELETE", f"{sessions}/{first.body['sessionId']}")
+    assert closed.status_code == 204
+    taken = await restarted.session(scale_set["id"], "host-1")
+    assert taken.body["sessionId"] != first.body["sessionId"]
+
+
 async def test_queue_token_expires_and_refresh_issues_a_new_one(
     admin: Admin, emulator: Emulator, quick: Emulator
 ) -> None:

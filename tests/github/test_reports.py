@@ -9,11 +9,13 @@ import pytest
 
 from agent.config import PoolConfig
 from agent.github.reports import (
+    MAX_CONTEXT,
     MAX_DESCRIPTION,
     MAX_OUTPUT,
     Context,
     build_report,
     check_run_name,
+    status_context,
     wanted,
 )
 from agent.queue.base import JobSpec, JobState, OutboxEntry
@@ -58,8 +60,27 @@ def entry(state: JobState, **detail: Any) -> OutboxEntry:
 )
 def test_status_states(state: JobState, detail: dict[str, Any], status_state: str) -> None:
     body = build_report(entry(state, **detail), CTX).status_body(entry(state, **detail))
-    assert body["state"] == status_state and body["context"] == "gantryd/default"
+    assert body["state"] == status_state and body["context"] == "gantryd: test (attempt 1, job 5)"
     assert len(body["description"]) <= MAX_DESCRIPTION
+
+
+def test_each_job_and_attempt_has_a_status_context_of_its_own() -> None:
+    """GitHub keeps one status per commit and context: jobs sharing one would overwrite."""
+    named = replace(SPEC, workflow_name="CI", name="build")
+    contexts = {
+        status_context(OutboxEntry(job_id=s.job_id, seq=1, state=JobState.QUEUED, spec=s))
+        for s in (
+            named,
+            replace(named, name="lint", job_id=7),  # another job of the run
+            replace(named, job_id=8),  # the same job of another run (push and pull_request)
+            replace(named, job_id=9, run_attempt=2),  # its re-run
+        )
+    }
+    assert len(contexts) == 4
+    assert "gantryd: CI / build (attempt 1, job 5)" in contexts
+    long = replace(named, name="n" * 1000, job_id=2**62)
+    cut = status_context(OutboxEntry(job_id=long.job_id, seq=1, state=JobState.QUEUED, spec=long))
+    assert len(cut) == MAX_CONTEXT and cut.endswith(f"(attempt 1, job {2**62})")
 
 
 def test_long_reasons_stay_within_githubs_limits() -> None:

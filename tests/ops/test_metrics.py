@@ -39,10 +39,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
-class FakeRunner:  # the three fields the sampler reads from agent.container.lifecycle.Runner
+class FakeRunner:  # the fields the sampler reads from agent.container.lifecycle.Runner
     pool: str
     state: str
     container_id: str | None = None
+    sidecar_id: str | None = None
 
 
 async def promtool_check(text: str) -> None:

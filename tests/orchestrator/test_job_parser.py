@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ from agent.config import (
     Config,
     GitHubConfig,
     PoolConfig,
-    PoolSource,
     PriorityRule,
     QueueConfig,
     SchedulerConfig,
@@ -24,6 +22,7 @@ from agent.config import (
 from agent.orchestrator.job_parser import (
     Action,
     PayloadError,
+    group_label_warnings,
     job_spec,
     match_pool,
     parse_workflow_job,
@@ -151,45 +150,41 @@ GROUPED = (
         scope=Scope.ORGANIZATION,
         runner_group="GPU runners",
     ),
-    PoolConfig(
-        name="org", labels=("self-hosted", "linux"), scope=Scope.ORGANIZATION, runner_group="ci"
-    ),
 )
 
 
-def test_a_job_naming_a_runner_group_goes_to_a_pool_of_that_group_only() -> None:
-    """runs-on: {group: X, labels: [...]} arrives as runner_group_name and labels."""
-    assert match_pool(("self-hosted", "linux"), GROUPED, group="gpu RUNNERS") is GROUPED[1]
-    assert match_pool((), GROUPED, group="ci") is GROUPED[2]  # runs-on: {group: ci}
-    assert match_pool(("self-hosted", "linux"), GROUPED, group="other") is None
-    assert match_pool(("self-hosted", "gpu"), GROUPED, group="ci") is None
-    assert match_pool(("self-hosted", "linux"), GROUPED) is GROUPED[0]  # no group: as before
-    assert match_pool(("self-hosted", "linux"), GROUPED, group="Default") is GROUPED[0]
+def test_routing_reads_the_labels_only_never_a_runner_group() -> None:
+    """runs-on: {group: X, labels: [...]} arrives as its labels alone; runner_group_name is
+    null while queued (and names the runner's group once one has the job, too late to route)."""
+    payload = copy.deepcopy(PAYLOAD)
+    config = replace(make_config(), pools=GROUPED)
+    payload["workflow_job"]["labels"] = ["self-hosted", "gpu"]
+    spec = job_spec(parse_workflow_job(payload), config)
+    assert spec is not None and spec.pool == "gpu"
+    payload["workflow_job"]["labels"] = ["self-hosted", "linux"]
+    payload["workflow_job"]["runner_group_name"] = "GPU runners"  # as on in_progress
+    spec = job_spec(parse_workflow_job(payload), config)
+    assert spec is not None and spec.pool == "repo"
+
+
+def test_a_job_without_labels_is_never_served() -> None:
+    """runs-on: {group: X} alone: nothing in the payload says where it may run."""
+    payload = copy.deepcopy(PAYLOAD)
+    payload["workflow_job"]["labels"] = []
+    assert job_spec(parse_workflow_job(payload), replace(make_config(), pools=GROUPED)) is None
     assert match_pool((), GROUPED) is None
 
 
-def test_the_runner_group_is_read_from_the_payload() -> None:
-    payload = copy.deepcopy(PAYLOAD)
-    payload["workflow_job"]["labels"] = []
-    payload["workflow_job"]["runner_group_name"] = "ci"
-    event = parse_workflow_job(payload)
-    assert event.runner_group == "ci"
-    config = replace(make_config(), pools=GROUPED)
-    spec = job_spec(event, config)
-    assert spec is not None and spec.pool == "org"
-    payload["workflow_job"]["runner_group_name"] = "elsewhere"
-    assert job_spec(parse_workflow_job(payload), config) is None
-
-
-def test_a_job_of_a_scale_set_pool_is_not_the_webhooks() -> None:
-    """GitHub sends webhooks for scale-set jobs too: the listener serves them, not intake."""
-    pools = (
-        PoolConfig(name="nat", labels=("self-hosted", "linux"), source=PoolSource.SCALE_SET),
-        PoolConfig(name="web", labels=("self-hosted", "linux", "x64")),
+def test_pools_of_two_groups_with_the_same_labels_are_warned_of() -> None:
+    linux = ("self-hosted", "linux")
+    ci = PoolConfig(name="ci", labels=linux, scope=Scope.ORGANIZATION, runner_group="ci")
+    (warning,) = group_label_warnings(
+        (
+            PoolConfig(name="repo", labels=linux),
+            replace(ci, labels=("Self-Hosted", "LINUX")),
+            replace(ci, name="more", labels=(*linux, "big")),  # a label of its own: reachable
+        )
     )
-    config = dataclasses.replace(make_config(), pools=pools)
-    assert job_spec(parse_workflow_job(PAYLOAD), config) is None  # self-hosted, Linux
-    payload = copy.deepcopy(PAYLOAD)
-    payload["workflow_job"]["labels"] = ["self-hosted", "x64"]
-    spec = job_spec(parse_workflow_job(payload), config)
-    assert spec is not None and spec.pool == "web"
+    assert warning.startswith('pool "ci" (runner group "ci") has the labels of pool "repo"')
+    same_group = (ci, replace(ci, name="ci2"))  # one group: either runner may take the job
+    assert group_label_warnings(same_group) == []

@@ -14,11 +14,11 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from agent.config.schema import Reload, reload_schema
 from agent.container.events import JobEvent
 from agent.demo import Stack, demo_emulator, demo_stack
+from agent.emulator.models import RunnerScope
 from agent.emulator.server import serve_emulator
-from agent.github.scaleset import ScaleSetClient
-from agent.github.scaleset_types import MessageSession
 from agent.orchestrator.listener import Listener, ListenerState, open_cursor_store
 from agent.queue.base import JobState
 from tests.conftest import managed_containers, remove_managed
@@ -167,6 +167,9 @@ async def test_a_second_listener_on_the_scale_set_waits_and_steals_nothing(
             on_enqueue=lambda: None,
             owner="another-host",
         )
+        # The rival remembers a session of its own (long closed): it may close that one by
+        # id, never the live session it does not own.
+        await cursors.set_session(rival._key, "5b0f3b1e-0000-4000-8000-000000000000")
         await nursery.start(rival.run)
         with trio.fail_after(30):
             await rival.wait_state(ListenerState.CONFLICT)
@@ -201,47 +204,111 @@ async def test_queue_token_expiry_mid_poll_recovers(stack: Stack) -> None:
     assert listener.status.state is ListenerState.LISTENING
 
 
-async def test_the_session_a_killed_gantryd_left_is_closed_at_the_next_start(
-    tmp_path: Path,
-    runner_image: str,
-    docker_client: docker.DockerClient,
-    monkeypatch: pytest.MonkeyPatch,
+async def test_a_session_left_open_by_a_killed_run_is_closed_and_taken_over(
+    tmp_path: Path, runner_image: str, docker_client: docker.DockerClient
 ) -> None:
-    """A SIGKILL closes nothing: the first gantryd here leaves its session open (its close
-    never gets an answer, and is given up after SESSION_CLOSE_DEADLINE). GitHub would refuse a
-    new session for ~90 s; the next start closes the recorded one and listens at once, well
-    within this test's deadline, and learns new jobs."""
+    """A run killed with SIGKILL leaves its session open at GitHub and its id in listener.db.
+    Played here by a clean run, then a session opened at the stand-in under that run's owner
+    and recorded as the daemon records its own. GitHub would refuse a new session for ~90 s
+    (here: for an hour); the next start closes the recorded one and listens at once."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     emulator = demo_emulator(key)
-    instance = "demo-stale"
-
-    def stack_again() -> AbstractAsyncContextManager[Stack]:
-        return demo_stack(
-            tmp_path, source="scale-set", emulator=emulator, key=key, instance=instance
-        )
-
-    async def left_open(self: ScaleSetClient, session: MessageSession) -> None:
-        await trio.sleep_forever()
-
+    emulator.actions.settings.session_idle = 3600.0  # only closing it frees the scale set
+    instance = "demo-takeover"
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_emulator, emulator)
         try:
-            with monkeypatch.context() as patched:
-                patched.setattr(ScaleSetClient, "delete_session", left_open)
-                async with stack_again() as stack:
-                    with trio.fail_after(30):
-                        await listener_of(stack).wait_state(ListenerState.LISTENING)
-            async with stack_again() as stack:
+            async with demo_stack(
+                tmp_path, source="scale-set", emulator=emulator, key=key, instance=instance
+            ) as stack:
+                with trio.fail_after(30):
+                    await listener_of(stack).wait_state(ListenerState.LISTENING)
+                scale_set_key = listener_of(stack)._key
+            (scale_set,) = emulator.actions.scale_sets()
+            assert scale_set.session is None  # the clean stop closed it
+            _, left_open, _ = emulator.actions.create_session(
+                RunnerScope(organization="octo-org"), scale_set.id, {"ownerName": instance}
+            )
+            async with open_cursor_store(tmp_path) as cursors:
+                await cursors.set_session(scale_set_key, left_open.id)
+            async with demo_stack(
+                tmp_path, source="scale-set", emulator=emulator, key=key, instance=instance
+            ) as stack:
                 listener = listener_of(stack)
-                with trio.fail_after(30):  # < the ~90 s an abandoned session holds
+                with trio.fail_after(30):
                     await listener.wait_state(ListenerState.LISTENING)
-                job = emulator.create_job("octo-org/app", LABELS, "echo ok")
+                assert scale_set.session is not None and scale_set.session.id != left_open.id
+                job = emulator.create_job("octo-org/app", LABELS, "echo ok", name="after-kill")
                 with trio.fail_after(120):
                     await emulator.wait_job(job.id, "completed")
                 await assert_ran_once(stack, [job.id])
-                assert stack.daemon.pools is not None
-                with trio.fail_after(60):
-                    await stack.daemon.pools.wait_no_runners()
         finally:
             remove_managed(docker_client, instance)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_reload_updates_the_scale_sets_labels_and_group_but_not_its_name(
+    stack: Stack,
+) -> None:
+    """labels and runner_group are live: SIGHUP PATCHes the scale set (found by id, so a new
+    group moves it); scale_set_name is a restart key (docs/configuration.md, schema): the
+    reload names it for a restart and the scale set keeps its name."""
+    schema = reload_schema()  # what docs/configuration.md's reload column says (test_schema.py)
+    assert schema["pool.labels"] is schema["pool.runner_group"] is Reload.LIVE
+    assert schema["pool.scale_set_name"] is Reload.RESTART
+    listener = listener_of(stack)
+    with trio.fail_after(30):
+        await listener.wait_state(ListenerState.LISTENING)
+    (scale_set,) = stack.emulator.actions.scale_sets()
+    assert scale_set.group.name == "Default"
+    stack.emulator.add_runner_group("octo-org", "builders")
+    text = stack.config_path.read_text()
+    text = text.replace(
+        'labels = ["self-hosted", "linux", "x64"]', 'labels = ["self-hosted", "gpu"]'
+    )
+    text = text.replace(
+        'source = "scale-set"',
+        'source = "scale-set"\nrunner_group = "builders"\nscale_set_name = "renamed"',
+    )
+    stack.config_path.write_text(text)
+    assert stack.daemon.reload()
+    assert stack.daemon.live.restart_pending == ('pool "default".scale_set_name',)
+    with trio.fail_after(30):
+        await stack.emulator.actions.wait_until(lambda: scale_set.group.name == "builders")
+    assert sorted(scale_set.label_names()) == ["default", "gpu", "self-hosted"]
+    assert scale_set.name == "default"
+    assert [s.id for s in stack.emulator.actions.scale_sets()] == [scale_set.id]  # moved, not new
+    assert listener.status.scale_set_error == ""
+    # Jobs route by the new labels to the same scale set; its session stayed open throughout.
+    job = stack.emulator.create_job("octo-org/app", ["self-hosted", "gpu"], "echo ok", name="gpu")
+    with trio.fail_after(120):
+        await stack.emulator.wait_job(job.id, "completed")
+    await assert_ran_once(stack, [job.id])
+    assert listener.status.state is ListenerState.LISTENING
+
+    # A group GitHub does not have: the update fails, is reported, and the session serves on.
+    stack.config_path.write_text(text.replace('"builders"', '"no-such-group"'))
+    assert stack.daemon.reload()
+    with trio.fail_after(30):
+        await listener.wait_reconfigured()
+    assert 'no single runner group "no-such-group"' in listener.status.scale_set_error
+    assert scale_set.group.name == "builders"
+    assert listener.status.state is ListenerState.LISTENING
+
+
+async def test_a_session_the_service_evicted_is_opened_again(stack: Stack) -> None:
+    """The service forgets the session (scaleset PR #123): the poll in flight is refused, the
+    refresh answers 404, and the listener opens a new session and serves on, no crash."""
+    listener = listener_of(stack)
+    with trio.fail_after(30):
+        await listener.wait_state(ListenerState.LISTENING)
+    (scale_set,) = stack.emulator.actions.scale_sets()
+    assert scale_set.session is not None
+    evicted = scale_set.session.id
+    stack.emulator.actions.evict_sessions()
+    job = stack.emulator.create_job("octo-org/app", LABELS, "echo ok", name="after-eviction")
+    with trio.fail_after(120):
+        await stack.emulator.wait_job(job.id, "completed")
+    await assert_ran_once(stack, [job.id])
+    assert listener.status.state is ListenerState.LISTENING
+    assert scale_set.session is not None and scale_set.session.id != evicted

@@ -35,7 +35,7 @@ from agent.github.auth import AppAuth, Secret, TokenAuth
 from agent.github.client import GitHubClient
 from agent.github.ratelimit import ContentPacer
 from agent.github.report_store import ReportStore, open_report_store
-from agent.orchestrator.status_reporter import StatusReporter, UsageLookup
+from agent.orchestrator.status_reporter import HoldLookup, StatusReporter, UsageLookup
 from agent.queue.base import JobSpec, RetryPolicy
 from agent.queue.sqlite import SQLiteQueue, open_sqlite_queue
 from agent.reload import LiveConfig
@@ -100,6 +100,7 @@ async def reporter_for(
     auth: AppAuth | TokenAuth,
     *,
     usage: UsageLookup | None = None,
+    holds: HoldLookup | None = None,
     clock: Callable[[], float] = time.time,
     **github: object,
 ) -> AsyncIterator[StatusReporter]:
@@ -110,6 +111,7 @@ async def reporter_for(
             live=make_live(tmp_path, api_url, **github),
             instance="build-1",
             usage=usage,
+            holds=holds,
             pacer=ContentPacer(per_minute=1000, per_hour=1000),
             clock=clock,
         )
@@ -194,6 +196,41 @@ async def test_one_check_run_per_job_through_its_states(
     assert "- CPU time: 3.5s" in run.output["summary"]
     assert [e.job_id for e in await queue.outbox(10)] == []
     assert await store.get(job.id) is None  # final report delivered: nothing left to remember
+
+
+async def test_a_held_pool_shows_its_reason_on_the_check_runs_of_its_queued_jobs(
+    tmp_path: Path,
+    queue: SQLiteQueue,
+    store: ReportStore,
+    emulator: Emulator,
+    api_url: str,
+    app_auth: AppAuth,
+) -> None:
+    """The hold (exit 7: outdated image) changes no job's state, yet the check runs of the
+    pool's queued jobs say why they wait, and say it no more once the hold ends."""
+    held: dict[str, str] = {}
+    waiting, later = new_job(emulator, "waiting"), new_job(emulator, "later")
+    reason = "image r:latest is outdated: GitHub refused its runner version (exit 7)"
+    async with reporter_for(tmp_path, queue, api_url, app_auth, holds=held.get) as reporter:
+        await queue.enqueue(spec_of(waiting))
+        assert await reporter.drain_once(store) == 1
+        assert await reporter.sync_holds(store) == 0  # nothing held: nothing more to say
+        (run,) = runs_for(emulator, waiting)
+        assert run.output["title"] == "Queued in default, position 1"
+        held["default"] = reason
+        assert await reporter.sync_holds(store) == 1  # the job queued before the hold
+        assert run.status == "queued"
+        assert run.output["title"] == f"Held: {reason}"
+        assert reason in run.output["summary"] and "no attempt is counted" in run.output["summary"]
+        assert await reporter.sync_holds(store) == 0  # said once
+        await queue.enqueue(spec_of(later))  # a job arriving while held says so at once
+        assert await reporter.drain_once(store) == 1
+        (other,) = runs_for(emulator, later)
+        assert other.output["title"] == f"Held: {reason}"
+        del held["default"]
+        assert await reporter.sync_holds(store) == 2
+    assert run.output["title"] == "Queued in default, position 1"
+    assert other.output["title"] == "Queued in default, position 2"
 
 
 async def test_final_report_waits_briefly_for_usage_figures(
@@ -284,14 +321,44 @@ async def test_token_auth_reports_commit_statuses(
         await queue.finish(job.id, "success")
         await reporter.drain_once(store)
     statuses = emulator.checks.statuses_of("acme/app", job.head_sha)
+    context = f"gantryd: build (attempt 1, job {job.id})"
     assert [(s.context, s.state) for s in statuses] == [
-        ("gantryd/default", "pending"),
-        ("gantryd/default", "pending"),
-        ("gantryd/default", "success"),
+        (context, "pending"),
+        (context, "pending"),
+        (context, "success"),
     ]
     assert statuses[0].description == "Queued in default, position 1"
     assert statuses[-1].target_url == spec.html_url
     assert emulator.checks.runs == {}
+
+
+async def test_two_jobs_of_one_commit_keep_two_statuses(
+    tmp_path: Path,
+    queue: SQLiteQueue,
+    store: ReportStore,
+    emulator: Emulator,
+    api_url: str,
+) -> None:
+    """Token mode: GitHub keeps the latest status per (sha, context); each job has its own
+    context, so one job finishing does not overwrite the other's status on the commit."""
+    token = TokenAuth(Secret(emulator.add_personal_token(INSTALLATION)))
+    build = new_job(emulator)
+    lint = emulator.create_job(
+        "acme/app", ["self-hosted", "linux"], "true", name="lint", run_id=build.run_id
+    )
+    assert lint.head_sha == build.head_sha
+    async with reporter_for(tmp_path, queue, api_url, token) as reporter:
+        for job in (build, lint):
+            await queue.enqueue(replace(spec_of(job), installation_id=None))
+        assert await reporter.drain_once(store) == 2
+        await queue.mark_running(build.id, "r1")
+        await queue.finish(build.id, "failure")
+        assert await reporter.drain_once(store) == 1
+    latest = emulator.checks.latest_statuses("acme/app", build.head_sha)
+    assert sorted((s.context, s.state) for s in latest) == [
+        (f"gantryd: build (attempt 1, job {build.id})", "failure"),
+        (f"gantryd: lint (attempt 1, job {lint.id})", "pending"),
+    ]
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("failures", 1), ("off", 0)])

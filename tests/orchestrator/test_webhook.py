@@ -146,6 +146,21 @@ async def test_ignored_events_are_2xx_with_the_reason_and_counted(intake: Intake
     assert intake.app.stats.ignored["event"] == 1
 
 
+async def test_a_job_with_no_labels_is_ignored_with_the_reason(
+    intake: Intake, caplog: pytest.LogCaptureFixture
+) -> None:
+    """runs-on: {group: X}: the payload's labels are empty and no group is sent while queued."""
+    grouped = new_job_id()
+    with caplog.at_level(logging.INFO, logger="agent.orchestrator.webhook"):
+        answer = await intake.post(payload(grouped, labels=()))
+    assert answer.status_code == 200
+    assert "runs-on names no labels, only a runner group" in answer.text
+    assert "runner_group_name is null" in answer.text
+    assert await intake.queue.get(grouped) is None
+    assert intake.app.stats.ignored["no_labels"] == 1
+    assert f"job {grouped} of " in caplog.text and "routes by labels" in caplog.text
+
+
 async def test_deliveries_are_counted_by_event_action_and_outcome(intake: Intake) -> None:
     job_id, guid = new_job_id(), str(uuid.uuid4())
     assert (await intake.post(payload(job_id), delivery=guid)).status_code == 201

@@ -61,6 +61,7 @@ class AdmissionStats:
     peak: int = 0
     evicted: int = 0  # idle connections cut to admit newer ones
     at_limit: int = 0  # times a connection waited for room
+    accept_failed: int = 0  # EMFILE and the like: should stay 0 (see daemon.connection_limit)
 
 
 class Connection(trio.abc.HalfCloseableStream):
@@ -103,6 +104,7 @@ class Admission:
         self._freed = trio.Event()  # set and replaced whenever a connection leaves
         self._logged_at: float | None = None
         self._logged_evicted = 0
+        self._failed_logged_at: float | None = None
 
     def release(self, connection: Connection) -> None:
         if self._open.get(connection.peer) is connection:
@@ -151,7 +153,16 @@ class Admission:
             except OSError as exc:
                 if exc.errno not in _CAPACITY_ERRNOS:
                     raise
-                log.error("intake: accept failed (%s); the process is out of descriptors", exc)
+                self.stats.accept_failed += 1
+                now = trio.current_time()
+                if self._failed_logged_at is None or now - self._failed_logged_at >= LOG_INTERVAL:
+                    self._failed_logged_at = now
+                    log.error(
+                        "intake: accept failed (%s; %d time(s) so far): the process is out of "
+                        "descriptors or memory; lower server.max_connections or raise LimitNOFILE",
+                        exc,
+                        self.stats.accept_failed,
+                    )
                 await trio.sleep(_CAPACITY_PAUSE)
                 continue
             peer = _peer(stream.socket.getpeername())

@@ -275,7 +275,8 @@ class Daemon:
         *,
         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        self.admission = Admission(connection_limit(server.max_connections))
+        self.admission = admission = Admission(connection_limit(server.max_connections))
+        self.metrics.watch_connections(lambda: (admission.stats.open, admission.stats.evicted))
         try:
             await serve_http(
                 app,

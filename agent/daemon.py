@@ -15,17 +15,26 @@ import re
 import resource
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import hypercorn.config
 import trio
 
+from agent import __version__
 from agent.config import EX_CONFIG, Config, ConfigError, PoolSource, ServerConfig
 from agent.container.docker_api import DockerAPI
 from agent.container.events import JobEvent
+from agent.container.lifecycle import LIVE_STATES
 from agent.container.pool_manager import PoolManager
 from agent.container.store import RunnerStore, open_runner_store
+from agent.fleet.handle import FleetRedis, RedisUnavailable, open_fleet_redis
+from agent.fleet.hosts import HostRecord, Hosts, PoolLoad
+from agent.fleet.leases import RECONCILER, REGISTRATION_SWEEP, Lease
+from agent.fleet.ratelimits import share_rate_limits
 from agent.github.auth import CredentialsError, Secret
 from agent.github.client import GitHubClient
 from agent.github.credentials import Credentials, load_credentials
@@ -56,6 +65,42 @@ JOB_EVENTS_BUFFER = 256
 DRAIN_FILE = "drained"  # in state_dir while drained: survives restarts and crashes
 HTTP_GRACEFUL_TIMEOUT = 3.0
 FD_RESERVE = 128  # descriptors kept for everything but intake connections
+
+
+@dataclass
+class Fleet:
+    """This host's part in a fleet sharing one Redis: its chores' leases and host record."""
+
+    redis: FleetRedis
+    hosts: Hosts
+    reconciler: Lease
+    sweep: Lease
+
+    async def sweep_turn(self) -> Collection[str] | None:
+        """The dead hosts' instances if this host holds the sweep lease now, else None."""
+        if not self.sweep.held:
+            return None
+        try:
+            return await self.hosts.dead_instances()
+        except RedisUnavailable:
+            return None
+
+
+@asynccontextmanager
+async def open_fleet(config: Config) -> AsyncIterator[Fleet | None]:
+    """The fleet's Redis handle, leases and host records; None with the SQLite backend (a
+    single host: nothing of this is opened, no task runs)."""
+    if config.queue.backend != "redis":
+        yield None
+        return
+    host = instance_name(config)
+    async with open_fleet_redis(config.queue) as redis:
+        yield Fleet(
+            redis=redis,
+            hosts=Hosts(redis, host=host),
+            reconciler=Lease(redis, RECONCILER, host=host),
+            sweep=Lease(redis, REGISTRATION_SWEEP, host=host),
+        )
 
 
 def instance_name(config: Config) -> str:
@@ -135,6 +180,8 @@ class Daemon:
     credentials: Credentials | None = None  # in force; a reload replaces them
     listeners: list[Listener] = field(default_factory=list)  # one per scale-set pool
     admission: Admission | None = None  # intake's open connections (server.max_connections)
+    fleet: Fleet | None = None  # with the Redis backend
+    _started_at: float = field(default_factory=time.time)
     _intake_stop: trio.Event = field(default_factory=trio.Event)
     _intake_done: trio.Event = field(default_factory=trio.Event)
 
@@ -151,8 +198,14 @@ class Daemon:
             async with (
                 opened("the queue", open_queue(config)) as queue,
                 opened("the runner store", open_runner_store(config.server.state_dir)) as store,
+                opened("the fleet state", open_fleet(config)) as self.fleet,
                 opened(
-                    "the secrets store", open_secret_store(config.server.state_dir)
+                    "the secrets store",
+                    open_secret_store(
+                        config.server.state_dir,
+                        fleet=self.fleet.redis if self.fleet is not None else None,
+                        host=instance_name(config),
+                    ),
                 ) as self.secret_store,
                 opened("the listener state", open_cursor_store(config.server.state_dir)) as cursors,
                 GitHubClient(
@@ -207,6 +260,7 @@ class Daemon:
             secrets=self.secret_store,
             observer=self.metrics,
             jit_sources={x.pool_name: x.generate_jit_config for x in self.listeners},
+            fleet_sweep=self.fleet.sweep_turn if self.fleet is not None else None,
         )
         drain_file = config.server.state_dir / DRAIN_FILE
         self.scheduler = Scheduler(
@@ -220,8 +274,14 @@ class Daemon:
         if self.scheduler.paused:
             log.warning("drained (%s exists): taking no jobs until `gantryd resume`", drain_file)
         seen = SeenRepositories()
+        fleet = self.fleet
         self.reconciler = Reconciler(
-            live=self.live, queue=q, github=github, seen=seen, runner_store=store
+            live=self.live,
+            queue=q,
+            github=github,
+            seen=seen,
+            runner_store=store,
+            leader=fleet.reconciler if fleet is not None else None,
         )
         self.intake = app = WebhookApp(
             live=self.live,
@@ -230,7 +290,7 @@ class Daemon:
             job_events=send_events,
             on_enqueue=wakeup.set,
             readiness={
-                "database": queue_writable(q),
+                ("redis" if fleet is not None else "database"): queue_writable(q),
                 "docker": docker_answering(docker),
                 "credentials": credentials_loaded(
                     lambda: self.credentials,
@@ -242,6 +302,11 @@ class Daemon:
         )
         self.metrics.watch_webhooks(lambda: app.stats.received)
         async with send_events, trio.open_nursery() as nursery:
+            if fleet is not None:  # before the services whose chores the leases gate
+                await nursery.start(fleet.reconciler.hold)
+                await nursery.start(fleet.sweep.hold)
+                await nursery.start(fleet.hosts.beat, self._host_record)
+                await nursery.start(share_rate_limits, fleet.redis, lambda: github.shared_gates)
             await nursery.start(self.pools.run, receive_events, self.scheduler.job_taken)
             await nursery.start(self.scheduler.run)
             await nursery.start(
@@ -262,11 +327,33 @@ class Daemon:
             services = Services(
                 self.live, q, self.scheduler, self.pools, github, docker, app, self.notifier,
                 self.secret_store, instance_name(config), tuple(self.listeners),
+                fleet.hosts if fleet is not None else None,
             )  # fmt: skip
             self.metrics_url = await nursery.start(run_operations, services, self.metrics)
             log.info("gantryd ready: intake on %s, %d pool(s)", url, len(config.pools))
             self.notifier.ready(f"serving on {url}")
             task_status.started(url)
+
+    def _host_record(self, now: float) -> HostRecord:
+        """This host's heartbeat: its pools' runners against their caps, its drain state."""
+        config = self.live.current
+        runners = [
+            r for r in (self.pools.runners() if self.pools else []) if r.state in LIVE_STATES
+        ]
+        by_pool = Counter(r.pool for r in runners)
+        return HostRecord(
+            host=instance_name(config),
+            version=__version__,
+            pools=tuple(
+                PoolLoad(name=p.name, runners=by_pool[p.name], max_runners=p.max_runners)
+                for p in config.pools
+            ),
+            runners=len(runners),
+            max_runners=config.scheduler.max_runners,
+            drained=self.scheduler.paused if self.scheduler else False,
+            started_at=self._started_at,
+            heartbeat_at=now,
+        )
 
     async def _serve_intake(
         self,

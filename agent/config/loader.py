@@ -149,19 +149,28 @@ def _queue(loader: Loader, document: Mapping[str, object]) -> QueueConfig:
     t = get_table(loader, document, "queue")
     d = QueueConfig()
     backend = t.string("backend", d.backend, choices=("sqlite", "redis"))
-    unused = ("redis_url", "redis_prefix") if backend == "sqlite" else ("path", "synchronous")
+    unused = (
+        ("redis_url", "redis_prefix", "redis_password_file", "redis_ca_file")
+        if backend == "sqlite"
+        else ("path", "synchronous")
+    )
     for name in unused:
         if t.has(name):
             t.warn(name, f'has no effect with backend = "{backend}"')
     redis_url = t.string("redis_url", d.redis_url)
-    if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-        raise t.error("redis_url", f'"{redis_url}" is not a redis://, rediss:// or unix:// URL')
+    scheme = urlsplit(redis_url).scheme
+    if scheme not in ("redis", "rediss", "unix", "redis+sentinel"):  # the URL may hold a password
+        raise t.error(
+            "redis_url", f'"{scheme}://…" is not redis://, rediss://, unix:// or redis+sentinel://'
+        )
     return QueueConfig(
         backend=backend,
         path=t.path("path"),
         synchronous=t.string("synchronous", d.synchronous, choices=("full", "normal")),
         redis_url=redis_url,
         redis_prefix=t.string("redis_prefix", d.redis_prefix, pattern=NAME, rule=NAME_RULE),
+        redis_password_file=t.path("redis_password_file"),
+        redis_ca_file=t.path("redis_ca_file"),
         retry_attempts=t.integer("retry_attempts", d.retry_attempts),
         retry_delay=t.duration("retry_delay", d.retry_delay, allow_zero=True),
         lease=t.duration("lease", d.lease),

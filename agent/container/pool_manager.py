@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import trio
 
@@ -94,7 +94,10 @@ class PoolManager:
         secrets: SecretStore | None = None,
         observer: PoolObserver | None = None,
         jit_sources: Mapping[str, JitSource] | None = None,
+        fleet_sweep: Callable[[], Awaitable[Collection[str] | None]] | None = None,
     ) -> None:
+        # In a fleet: the dead hosts' instances when this host holds the sweep lease, else None.
+        self.fleet_sweep = fleet_sweep
         self._live = live
         self._queue = queue
         self._github = github
@@ -433,10 +436,18 @@ class PoolManager:
 
     async def _gc_loop(self) -> None:
         """Every gc_interval: leftover registrations at GitHub, then leftover Docker objects
-        (the first registration sweep right at start; Docker's ran before started())."""
+        (the first registration sweep right at start; Docker's ran before started()).
+
+        In a fleet (``fleet_sweep``) the first sweep is this host's own, as always (its
+        crash's leftovers); later ones run only on the holder of the sweep lease, over its own
+        and the dead hosts' registrations."""
+        dead: Collection[str] | None = ()  # None: another host sweeps this time
         while True:
-            await self.sweep_registrations()
+            if dead is not None:
+                await self.sweep_registrations(dead=dead)
             await trio.sleep(self._live.current.scheduler.gc_interval)
+            if self.fleet_sweep is not None:
+                dead = await self.fleet_sweep()
             await self._groups.check()  # a group changed at GitHub, or an error before
             try:
                 await self.collect_garbage()
@@ -452,15 +463,17 @@ class PoolManager:
         targets += [r.target for r in self._registry]
         return list(dict.fromkeys(targets))
 
-    async def sweep_registrations(self) -> int:
+    async def sweep_registrations(self, *, dead: Collection[str] = ()) -> int:
         """Delete this host's offline runner registrations that no runner here owns (made
-        before a crash could record them, or whose container vanished); returns how many."""
+        before a crash could record them, or whose container vanished), and those of the
+        ``dead`` hosts' instances; returns how many."""
         result = await sweep_offline_runners(
             self._github,
             self._sweep_targets(),
             self._live.current.github.runner_prefix,
             self._instance,
             tracks=lambda name: self._registry.get(name) is not None,  # asked after each list
+            dead=dead,
         )
         for error in result.errors:
             log.warning("registration sweep: %s", error)

@@ -93,6 +93,25 @@ class RateLimitGate:
         self._reset = reset
         self._remaining = estimate
 
+    @property
+    def hold_until(self) -> float:
+        """Wall time until which a secondary-limit refusal holds every request (0: none)."""
+        return self._hold_until
+
+    def merge(
+        self, limit: int | None, remaining: int | None, reset: float | None, hold_until: float
+    ) -> None:
+        """Take what other hosts spending the same credential last saw (``agent.fleet``):
+        within one window the lower remaining, a later window's figures outright, the later
+        hold. Never raises the remaining budget within a window."""
+        self._hold_until = max(self._hold_until, hold_until)
+        if remaining is None or reset is None:
+            return
+        if self._reset is None or self._remaining is None or reset > self._reset:
+            self._limit, self._remaining, self._reset = limit, remaining, reset
+        elif reset == self._reset:
+            self._remaining = min(self._remaining, remaining)
+
     def refused(self, status: int, headers: Mapping[str, str]) -> float | None:
         """If the answer is a rate-limit refusal, close the gate and return the wait, else None.
 

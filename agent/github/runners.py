@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import string
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,8 +78,14 @@ async def sweep_offline_runners(
     prefix: str,
     instance: str,
     tracks: Callable[[str], bool],
+    *,
+    dead: Collection[str] = (),
 ) -> SweepResult:
     """Delete this host's offline, untracked runners at each target; errors do not stop it.
+
+    ``dead`` names other hosts' instances that are provably gone (``agent.fleet.hosts``: no
+    heartbeat for ``DEAD_AFTER``): their offline, idle registrations are deleted too. Any
+    other host's runner is never touched, whatever its state.
 
     ``tracks(name)`` says whether gantryd tracks a runner (idle, starting, busy) *now*: it is
     asked after each runner list has arrived, never before, because a runner provisioned while
@@ -100,7 +106,7 @@ async def sweep_offline_runners(
                 runner.status != "offline"
                 or runner.busy
                 or tracks(runner.name)
-                or not is_ours(runner.name, prefix, instance)
+                or not any(is_ours(runner.name, prefix, i) for i in (instance, *dead))
             ):
                 continue
             try:

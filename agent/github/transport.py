@@ -15,6 +15,7 @@ Paths are relative to ``api_url``, so a GitHub Enterprise Server base such as
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 from collections.abc import Mapping
 from types import TracebackType
@@ -141,6 +142,25 @@ class GitHubTransport:
     def quotas(self) -> dict[str, Quota]:
         """Primary budget per credential ("app", "installation <id>", "token")."""
         return {key: gate.quota for key, gate in self._gates.items()}
+
+    @property
+    def shared_gates(self) -> dict[str, RateLimitGate]:
+        """Each credential's gate, keyed by whose budget it is at GitHub, so hosts spending the
+        same credential share the key (``agent.fleet.ratelimits``): an installation id is
+        global, the App by its id, a token by a digest (never the token). The App's or the
+        token's own gate is made here if no request made it yet, so a host learns the fleet's
+        figure before its first request."""
+        auth = self._auth
+        if isinstance(auth, AppAuth):
+            who = f"app {auth.app_id}"
+            self._gate("app")
+        else:
+            who = "token " + hashlib.sha256(auth.token.reveal().encode()).hexdigest()[:16]
+            self._gate("token")
+        return {
+            key if key.startswith("installation ") else who: gate
+            for key, gate in self._gates.items()
+        }
 
     @property
     def rate_limit_remaining(self) -> int | None:

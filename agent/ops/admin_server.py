@@ -40,6 +40,8 @@ import trio
 
 from agent import __version__
 from agent.container.lifecycle import LIVE_STATES, Runner
+from agent.fleet.hosts import Hosts
+from agent.fleet.leases import holders
 from agent.ops.protocol import (
     JOBS_SHOWN,
     MAX_JOBS_SHOWN,
@@ -49,6 +51,9 @@ from agent.ops.protocol import (
     ConfigState,
     Draining,
     ErrorAnswer,
+    FleetHost,
+    FleetPool,
+    FleetStatus,
     JobCancelled,
     JobDetail,
     JobInfo,
@@ -128,6 +133,7 @@ class AdminApp:
     gc: Callable[[], Awaitable[list[str]]] | None = None  # one GC pass: what it removed
     started_at: float = 0.0
     listeners: Mapping[str, ListenerStatus] = field(default_factory=dict)  # by pool
+    hosts: Hosts | None = None  # the fleet's host records (Redis backend only)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -169,6 +175,10 @@ class AdminApp:
         match method, parts:
             case "GET", ["status"]:
                 return await self.status()
+            case "GET", ["fleet"]:
+                if self.hosts is None:
+                    return FleetStatus(instance=self.instance, backend="sqlite", hosts=())
+                return await fleet_status(self.hosts, self.instance)
             case "GET", ["jobs"]:
                 return await self.jobs(query)
             case "GET", ["jobs", job]:
@@ -313,6 +323,34 @@ class AdminApp:
         return await answer_secrets(self.secrets, method, rest, query, body, actor="admin socket")
 
 
+async def fleet_status(hosts: Hosts, instance: str) -> FleetStatus:
+    """Every host's last heartbeat and the leases it holds, as ``gantryd status --fleet``."""
+    views = await hosts.views()
+    held = await holders(hosts.fleet)
+    return FleetStatus(
+        instance=instance,
+        backend="redis",
+        hosts=tuple(
+            FleetHost(
+                host=v.record.host,
+                version=v.record.version,
+                gone=v.gone,
+                drained=v.record.drained,
+                runners=v.record.runners,
+                max_runners=v.record.max_runners,
+                pools=tuple(
+                    FleetPool(name=p.name, runners=p.runners, max_runners=p.max_runners)
+                    for p in v.record.pools
+                ),
+                heartbeat_age=v.age,
+                started_at=v.record.started_at,
+                leases=tuple(sorted(c for c, h in held.items() if h == v.record.host)),
+            )
+            for v in views
+        ),
+    )
+
+
 def _listener_text(status: ListenerStatus | None) -> str | None:
     if status is None:
         return None
@@ -320,6 +358,8 @@ def _listener_text(status: ListenerStatus | None) -> str | None:
     text = f"{text}: {status.reason}" if status.reason else text
     if status.scale_set_error:
         text += f"; updating the scale set failed: {status.scale_set_error}"
+    if status.takeover:
+        text += f"; took the scale set over: {status.takeover}"
     return text
 
 

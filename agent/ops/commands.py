@@ -5,6 +5,7 @@ User errors print one line (``ControlError``) and exit 1."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -14,7 +15,8 @@ from typing import Any
 
 import trio
 
-from agent.config import ConfigError, load_config, runtime_dir_of
+from agent.config import ConfigError, QueueConfig, load_config, runtime_dir_of
+from agent.fleet.handle import open_fleet_redis
 from agent.ops import protocol
 from agent.ops.admin_client import AdminClient, ControlError, NotRunning
 from agent.ops.protocol import JOBS_SHOWN, A, AdminError, Request, SecretsAnswer, socket_path
@@ -22,6 +24,7 @@ from agent.ops.secrets_api import answer_secrets
 from agent.ops.tables import (
     dumps,
     format_audit,
+    format_fleet,
     format_job,
     format_jobs,
     format_secrets,
@@ -29,6 +32,7 @@ from agent.ops.tables import (
 )
 from agent.queue.base import JobState
 from agent.secrets import SecretsError, open_secret_store
+from agent.storage.errors import StorageUnavailable
 
 DRAIN_POLL = 1.0
 
@@ -36,12 +40,17 @@ DRAIN_POLL = 1.0
 # -- secrets without a running daemon ----------------------------------------------------------
 
 
-def local_secrets(state_dir: Path, request: Request[A]) -> A:
-    """Answer a /secrets request on the store directly (gantryd is stopped). As root, new files
-    are given to the owner of the state directory, so the daemon's user can still open them."""
+def local_secrets(state_dir: Path, request: Request[A], queue: QueueConfig | None = None) -> A:
+    """Answer a /secrets request on the store directly (gantryd is stopped): the local one, or
+    with the Redis backend (``queue``) the fleet's. As root, new files are given to the owner
+    of the state directory, so the daemon's user can still open them."""
 
     async def run() -> SecretsAnswer:
-        async with open_secret_store(state_dir) as store:
+        async with contextlib.AsyncExitStack() as stack:
+            fleet = None
+            if queue is not None and queue.backend == "redis":
+                fleet = await stack.enter_async_context(open_fleet_redis(queue))
+            store = await stack.enter_async_context(open_secret_store(state_dir, fleet=fleet))
             return await answer_secrets(
                 store,
                 request.method,
@@ -57,6 +66,8 @@ def local_secrets(state_dir: Path, request: Request[A]) -> A:
         raise ControlError(str(exc)) from exc
     except OSError as exc:
         raise ControlError(f"cannot open the secrets store in {state_dir}: {exc}") from exc
+    except StorageUnavailable as exc:
+        raise ControlError(f"cannot reach the fleet's secrets store: {exc}") from exc
     if os.geteuid() == 0:
         owner = state_dir.stat()
         for path in state_dir.glob("secrets.*"):
@@ -110,6 +121,10 @@ def _client(args: argparse.Namespace) -> AdminClient:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.fleet:
+        fleet = _client(args).call(protocol.get_fleet())
+        print(dumps(fleet) if args.json else format_fleet(fleet))
+        return 0
     status = _client(args).call(protocol.get_status())
     print(dumps(status) if args.json else format_status(status))
     return 0
@@ -207,12 +222,12 @@ def _secrets_call(args: argparse.Namespace, request: Request[A]) -> A:
     except NotRunning:
         pass
     try:
-        state_dir = load_config(args.config).server.state_dir
+        config = load_config(args.config)
     except ConfigError as exc:
         raise ControlError(
             f"gantryd is not running and its configuration is unusable: {exc}"
         ) from None
-    return local_secrets(state_dir, request)
+    return local_secrets(config.server.state_dir, request, config.queue)
 
 
 def add_commands(
@@ -238,7 +253,13 @@ def add_commands(
         p.add_argument("--socket", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         return p
 
-    json_flag(control("status", "what gantryd is doing: pools, runners, queue", _status))
+    status = control("status", "what gantryd is doing: pools, runners, queue", _status)
+    json_flag(status)
+    status.add_argument(
+        "--fleet",
+        action="store_true",
+        help="every host sharing this Redis: heartbeat, capacity, drain state, leases",
+    )
     jobs = control("jobs", "list, show, retry or cancel jobs", _jobs)
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     ls = leaf(jobs_sub, "ls", "list jobs: waiting ones in serving order, then the newest")

@@ -137,6 +137,34 @@ class Status:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FleetPool:
+    name: str
+    runners: int
+    max_runners: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetHost:
+    host: str
+    version: str
+    gone: bool  # no heartbeat for agent.fleet.hosts.GONE_AFTER: its leases were released
+    drained: bool
+    runners: int  # in use, all pools
+    max_runners: int
+    pools: tuple[FleetPool, ...]
+    heartbeat_age: float  # seconds since its last heartbeat
+    started_at: float
+    leases: tuple[str, ...]  # the fleet chores it holds
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetStatus:
+    instance: str  # the host that answered
+    backend: str  # "redis"; "sqlite": a single host, nothing shared
+    hosts: tuple[FleetHost, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class JobList:
     complete: bool  # False: the limit cut the listing short
     jobs: tuple[JobInfo, ...]
@@ -218,6 +246,7 @@ class ErrorAnswer:
 SecretsAnswer = SecretList | SecretStored | SecretRemoved | KeyRotated | AuditList
 Answer = (
     Status
+    | FleetStatus
     | JobList
     | JobDetail
     | JobCancelled
@@ -252,6 +281,10 @@ class Request(Generic[A]):
 
 def get_status() -> Request[Status]:
     return Request("GET", ("status",), Status)
+
+
+def get_fleet() -> Request[FleetStatus]:
+    return Request("GET", ("fleet",), FleetStatus)
 
 
 def list_jobs(

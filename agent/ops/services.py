@@ -22,6 +22,7 @@ from agent.container.docker_api import DockerAPI
 from agent.container.gc import collect_garbage
 from agent.container.lifecycle import Outcome
 from agent.container.pool_manager import PoolManager
+from agent.fleet.hosts import Hosts
 from agent.github.client import GitHubClient
 from agent.ops.admin_server import AdminApp, serve_admin
 from agent.ops.metrics import CounterView, ErrorCounter, Metrics
@@ -53,6 +54,7 @@ class Services:
     secrets: SecretStore | None
     instance: str
     listeners: tuple[Listener, ...] = ()  # one per scale-set pool
+    hosts: Hosts | None = None  # the fleet's host records (Redis backend)
 
 
 def status_line(services: Services, sampler: Sampler) -> str:
@@ -178,6 +180,7 @@ async def run_operations(
         gc=partial(collect_garbage_now, services),
         started_at=time.time(),
         listeners={x.pool_name: x.status for x in services.listeners},
+        hosts=services.hosts,
     )
     errors = ErrorCounter(metrics)
     logging.getLogger().addHandler(errors)

@@ -11,6 +11,7 @@ from agent.ops.protocol import (
     Answer,
     AuditRecord,
     ConfigState,
+    FleetStatus,
     JobDetail,
     JobInfo,
     SecretSummary,
@@ -115,6 +116,37 @@ def format_status(status: Status, now: float | None = None) -> str:
     head += ["", "QUEUE  " + " ".join(f"{k}={v}" for k, v in queue.by_state.items() if v)]
     head.append(format_jobs(queue.jobs, now) if queue.jobs else "(nothing waiting)")
     return "\n".join(head)
+
+
+def format_fleet(fleet: FleetStatus) -> str:
+    """``gantryd status --fleet``: one row per host, gone hosts marked, then its pools."""
+    if fleet.backend != "redis":
+        return (
+            f"{fleet.instance}: single host (queue backend {fleet.backend}); nothing is shared "
+            "with other hosts. `gantryd status` shows this host."
+        )
+    rows = []
+    for h in fleet.hosts:
+        state = "GONE" if h.gone else "drained" if h.drained else "up"
+        me = " (this host)" if h.host == fleet.instance else ""
+        rows.append(
+            [
+                h.host + me,
+                state,
+                f"{h.runners}/{h.max_runners}",
+                " ".join(f"{p.name}={p.runners}/{p.max_runners}" for p in h.pools) or "-",
+                _age(h.heartbeat_age) + " ago",
+                ",".join(h.leases) or "-",
+                h.version,
+            ]
+        )
+    gone = sum(1 for h in fleet.hosts if h.gone)
+    return "\n".join(
+        [
+            f"FLEET  {len(fleet.hosts)} host(s), {gone} gone",
+            _table(["host", "state", "runners", "pools", "heartbeat", "leases", "version"], rows),
+        ]
+    )
 
 
 def format_jobs(jobs: Sequence[JobInfo], now: float | None = None) -> str:

@@ -175,6 +175,7 @@ class ListenerStatus:
     messages: int = 0
     jobs_enqueued: int = 0
     scale_set_error: str = ""  # why the last update of the scale set after a reload failed
+    takeover: str = ""  # the last session of an earlier run of this host closed to open ours
 
 
 class ScaleSetNotReady(GitHubError):
@@ -380,6 +381,7 @@ class Listener:
             )
             await self.client.delete_session_id(scale_set_id, stale)  # gone already: no error
             await self._cursors.set_session(self._key, None)
+            self.status.takeover = f"closed session {stale}, left open by an earlier run"
             session = await self.client.create_session(scale_set_id, self._owner)
         await self._cursors.set_session(self._key, session.id)
         return session

@@ -23,6 +23,10 @@ pass, ``reconcile_once``, does three idempotent things:
 
 GitHub calls stop for the pass once the remaining quota would drop below ``(1 -
 reconcile_rate_share)`` of the limit (`RateBudget`): provisioning runners matters more.
+
+With several hosts on one Redis (``agent.fleet``) only the holder of the reconciler lease
+(``leader``) sweeps, redelivers and prunes the shared queue; every host still prunes its own
+runner store's usage rows.
 """
 
 from __future__ import annotations
@@ -120,8 +124,10 @@ class Reconciler:
         seen: SeenRepositories | None = None,
         runner_store: RunnerStore | None = None,
         clock: Callable[[], float] = time.time,
+        leader: Callable[[], bool] | None = None,
     ) -> None:
         self._live = live
+        self._leader = leader
         self._queue = queue
         self._runner_store = runner_store
         self._github = github
@@ -146,8 +152,9 @@ class Reconciler:
         self._budget = RateBudget(self._live.current.scheduler.reconcile_rate_share)
         recovered, redelivered = self.recovered, self.redelivery_requests
         stopped = False
+        fleet_chores = self._leader is None or self._leader()
         try:
-            if self._github is not None:
+            if self._github is not None and fleet_chores:
                 await self.sweep_queued_jobs()
                 if self._github.is_app:
                     await self.redeliver_failed()
@@ -160,7 +167,7 @@ class Reconciler:
                 self._budget.share,
             )
         cutoff = self._clock() - self._live.current.queue.retention
-        pruned = await self._queue.prune(older_than=cutoff)
+        pruned = await self._queue.prune(older_than=cutoff) if fleet_chores else 0
         if pruned:
             log.info("reconciler: pruned %d finished entries", pruned)
         pruned_usage = 0

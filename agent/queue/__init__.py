@@ -24,7 +24,13 @@ async def open_queue(config: Config) -> AsyncIterator[JobQueue]:
     if q.backend == "redis":
         from agent.queue.redis import open_redis_queue  # redis-py is an optional dependency
 
-        async with open_redis_queue(q.redis_url, prefix=q.redis_prefix, retry=retry) as rq:
+        async with open_redis_queue(
+            q.redis_url,
+            prefix=q.redis_prefix,
+            retry=retry,
+            password_file=q.redis_password_file,
+            ca_file=q.redis_ca_file,
+        ) as rq:
             yield rq
     elif q.backend == "sqlite":
         from agent.queue.sqlite import open_sqlite_queue

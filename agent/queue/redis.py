@@ -29,12 +29,14 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import redis
 import redis.exceptions
 import trio
 
+from agent.fleet.connection import RedisUrlError, redis_client
 from agent.queue._codec import dump_spec, load_spec, tombstone_spec
 from agent.queue.base import (
     Counts,
@@ -94,7 +96,7 @@ def _unavailable(exc: Exception) -> Exception:
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         mapped: Exception = QueueUnavailable(f"Redis unreachable: {exc}")
     elif isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
-        ("OOM", "READONLY", "LOADING", "MISCONF", "BUSY")
+        ("OOM", "READONLY", "LOADING", "MISCONF", "BUSY", "NOREPLICAS")
     ):
         mapped = QueueUnavailable(f"Redis refused the write: {exc}")
     else:
@@ -450,9 +452,15 @@ async def open_redis_queue(
     prefix: str = "gantryd",
     retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing the default is safe
     clock: Clock = time.time,
+    password_file: Path | None = None,
+    ca_file: Path | None = None,
 ) -> AsyncIterator[RedisQueue]:
-    """Connect to ``url``, refuse a server that evicts keys, and close the pool on exit."""
-    client = redis.Redis.from_url(url, decode_responses=True)
+    """Connect to ``url`` (any form of ``agent.fleet.connection``), refuse a server that evicts
+    keys, and close the pool on exit."""
+    try:
+        client = redis_client(url, password_file=password_file, ca_file=ca_file)
+    except RedisUrlError as exc:
+        raise QueueUnavailable(f"cannot use redis_url {exc}") from exc
     queue = RedisQueue(client, prefix=prefix, retry=retry, clock=clock)
     try:
         await queue._run(partial(_check_server, client))

@@ -82,3 +82,35 @@ def test_long_prefix_and_instance_give_names_within_githubs_limit() -> None:
     other = name_head(prefix, "host-" + "i" * 26 + "j")
     assert other != head and not is_ours(other + "0a1b2c3d", prefix, instance)
     assert name_head("gantryd", "build") == "gantryd-build-"  # short names are unchanged
+
+
+async def test_a_fleet_sweep_takes_dead_hosts_leftovers_and_never_a_live_hosts(
+    github: GitHubClient, emulator: Emulator
+) -> None:
+    """The sweep lease holder (build-1) also sweeps host build-3, dead (no heartbeat for
+    DEAD_AFTER); build-2 is alive, and "build-3-x" is another host whose name build-3 prefixes."""
+
+    async def register(name: str) -> int:
+        jit = await github.generate_jitconfig(
+            APP, name=name, labels=("self-hosted",), runner_group_id=1, installation_id=None
+        )
+        return jit.runner_id
+
+    await register("gantryd-build-1-aaaa0001")  # its own leftover: goes
+    await register("gantryd-build-3-aaaa0003")  # the dead host's leftover: goes
+    await register("gantryd-build-2-aaaa0002")  # a live host's, offline (starting): stays
+    await register("gantryd-build-3-x-aaaa0004")  # host "build-3-x", alive: stays
+    busy = await register("gantryd-build-3-dddd0003")  # the dead host's, running a job: stays
+    job = emulator.create_job("acme/app", ["self-hosted"], "true")
+    emulator._assign(job, emulator.runner(emulator.scope_for(repository="acme/app"), busy))
+
+    result = await sweep_offline_runners(
+        github, [APP], "gantryd", "build-1", tracks=lambda _: False, dead={"build-3"}
+    )
+    assert sorted(result.deleted) == ["gantryd-build-1-aaaa0001", "gantryd-build-3-aaaa0003"]
+    left = {r.name for r in emulator.runners(emulator.scope_for(repository="acme/app"))}
+    assert left == {
+        "gantryd-build-2-aaaa0002",
+        "gantryd-build-3-x-aaaa0004",
+        "gantryd-build-3-dddd0003",
+    }

@@ -29,6 +29,9 @@ from agent.ops.protocol import (
     ConfigState,
     Draining,
     ErrorAnswer,
+    FleetHost,
+    FleetPool,
+    FleetStatus,
     JobCancelled,
     JobDetail,
     JobInfo,
@@ -111,8 +114,28 @@ STATUS = Status(
     queue=QueueStatus(by_state={JobState.QUEUED: 3, JobState.DEAD: 0}, jobs=(JOB,)),
 )
 # One of every message the server answers with (nested ones are inside these).
+FLEET = FleetStatus(
+    instance="build-1",
+    backend="redis",
+    hosts=(
+        FleetHost(
+            host="build-1",
+            version="0.1.0",
+            gone=False,
+            drained=True,
+            runners=3,
+            max_runners=10,
+            pools=(FleetPool(name="linux", runners=3, max_runners=4),),
+            heartbeat_age=2.5,
+            started_at=1.0,
+            leases=("reconciler",),
+        ),
+    ),
+)
+
 EXAMPLES: tuple[Answer, ...] = (
     STATUS,
+    FLEET,
     JobList(complete=False, jobs=(JOB, JOB)),
     JobDetail(**vars(JOB), runners=("gantryd-host-1-abc",)),
     JobCancelled(cancelled=12),
@@ -293,6 +316,7 @@ def _requests() -> list[tuple[str, Request[typing.Any]]]:
         ("secret_audit", protocol.secret_audit("NPM_TOKEN", limit=10)),
         ("rotate_key", protocol.rotate_key()),
         ("remove_secret", protocol.remove_secret("NPM_TOKEN")),
+        ("get_fleet", protocol.get_fleet()),  # the fixture's app has no fleet: "sqlite"
     ]
 
 
@@ -315,6 +339,7 @@ async def test_every_request_is_answered_with_the_message_it_names(client: Admin
     assert answers[8] == Collected(removed=("gantryd-test-orphan",))
     audit = answers[11]
     assert isinstance(audit, AuditList) and [e.action for e in audit.audit] == [Action.SET]
+    assert answers[-1] == FleetStatus(instance=status.instance, backend="sqlite", hosts=())
 
 
 async def test_a_refusal_reaches_the_client_as_its_message(client: AdminClient) -> None:

@@ -6,8 +6,8 @@ import time
 from dataclasses import replace
 
 from agent.ops.protocol import JobDetail
-from agent.ops.tables import format_config, format_job, format_jobs, format_status
-from tests.ops.test_protocol import JOB, STATUS
+from agent.ops.tables import format_config, format_fleet, format_job, format_jobs, format_status
+from tests.ops.test_protocol import FLEET, JOB, STATUS
 
 
 def _loaded(at: float) -> str:
@@ -52,3 +52,20 @@ def test_job_lists_and_one_job() -> None:
     assert shown["last_error"] == "image missing" and shown["workflow"] == ""
     held = format_job(replace(detail, runners=("gantryd-host-1-abc",)))
     assert "runners     ['gantryd-host-1-abc']" in held
+
+
+def test_fleet_table_marks_this_host_and_gone_hosts() -> None:
+    (one,) = FLEET.hosts
+    gone = replace(one, host="build-2", gone=True, drained=False, heartbeat_age=47.0, leases=())
+    lines = format_fleet(replace(FLEET, hosts=(one, gone))).splitlines()
+    assert lines[0] == "FLEET  2 host(s), 1 gone"
+    assert lines[1].split() == [
+        "host", "state", "runners", "pools", "heartbeat", "leases", "version"
+    ]  # fmt: skip
+    assert lines[2].split() == [
+        "build-1", "(this", "host)", "drained", "3/10", "linux=3/4", "2s", "ago",
+        "reconciler", "0.1.0",
+    ]  # fmt: skip
+    assert lines[3].split()[:6] == ["build-2", "GONE", "3/10", "linux=3/4", "47s", "ago"]
+    single = format_fleet(replace(FLEET, backend="sqlite", hosts=()))
+    assert single.startswith("build-1: single host (queue backend sqlite)")

@@ -14,11 +14,15 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from agent.config import load_config
 from agent.config.schema import Reload, reload_schema
 from agent.container.events import JobEvent
 from agent.demo import Stack, demo_emulator, demo_stack
 from agent.emulator.models import RunnerScope
 from agent.emulator.server import serve_emulator
+from agent.ops import protocol
+from agent.ops.admin_client import AdminClient
+from agent.ops.protocol import socket_path
 from agent.orchestrator.listener import Listener, ListenerState, open_cursor_store
 from agent.queue.base import JobState
 from tests.conftest import managed_containers, remove_managed
@@ -238,6 +242,10 @@ async def test_a_session_left_open_by_a_killed_run_is_closed_and_taken_over(
                 with trio.fail_after(30):
                     await listener.wait_state(ListenerState.LISTENING)
                 assert scale_set.session is not None and scale_set.session.id != left_open.id
+                admin = AdminClient(socket_path(load_config(stack.config_path).server.runtime_dir))
+                status = await trio.to_thread.run_sync(admin.call, protocol.get_status())
+                (pool,) = [p for p in status.pools if p.listener is not None]
+                assert f"closed session {left_open.id}" in (pool.listener or "")
                 job = emulator.create_job("octo-org/app", LABELS, "echo ok", name="after-kill")
                 with trio.fail_after(120):
                     await emulator.wait_job(job.id, "completed")

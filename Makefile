@@ -26,8 +26,11 @@ lint: setup
 fuzz: setup
 	GANTRYD_FUZZ_EXAMPLES=20000 .venv/bin/pytest -m 'not slow' tests/orchestrator/test_webhook.py -k fuzz
 
+# The queue's SIGKILL test for 200 rounds, then gantryd serve SIGKILLed 10 times per job source
+# (GANTRYD_CHAOS_KILLS; the suite runs 3): -s prints restart -> first new runner figures.
 chaos: setup
 	GANTRYD_CHAOS_ROUNDS=200 .venv/bin/pytest tests/queue/test_crash.py
+	GANTRYD_CHAOS_KILLS=$${GANTRYD_CHAOS_KILLS:-10} .venv/bin/pytest -s tests/test_chaos.py
 
 bench: setup
 	.venv/bin/python bench/job_queue.py

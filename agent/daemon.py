@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import resource
 import signal
 import socket
 import time
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import hypercorn.config
-import hypercorn.trio
 import trio
 
 from agent import __version__
@@ -39,6 +39,7 @@ from agent.github.client import GitHubClient
 from agent.github.credentials import Credentials, load_credentials
 from agent.ops.metrics import CountingTransport, Metrics
 from agent.ops.services import Services, run_operations
+from agent.orchestrator.admission import Admission, serve_admitted
 from agent.orchestrator.health import (
     credentials_loaded,
     docker_answering,
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 JOB_EVENTS_BUFFER = 256
 DRAIN_FILE = "drained"  # in state_dir while drained: survives restarts and crashes
 HTTP_GRACEFUL_TIMEOUT = 3.0
+FD_RESERVE = 128  # descriptors kept for everything but intake connections
 
 
 @asynccontextmanager
@@ -86,17 +88,37 @@ def instance_name(config: Config) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")[:32] or "host"
 
 
+def connection_limit(configured: int) -> int:
+    """``server.max_connections``, lowered to what the open-files limit leaves after
+    ``FD_RESERVE`` descriptors for everything else (databases, Docker, GitHub, /metrics)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or configured <= soft - FD_RESERVE:
+        return configured
+    limit = max(1, soft - FD_RESERVE)
+    log.warning(
+        "server.max_connections = %d is above what the open-files limit (%d) leaves for intake; "
+        "admitting %d (raise LimitNOFILE / ulimit -n to admit more)",
+        configured,
+        soft,
+        limit,
+    )
+    return limit
+
+
 async def serve_http(
     app: WebhookApp,
     listen: str,
     *,
     read_timeout: float = 10.0,
+    admission: Admission | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the intake app with hypercorn's trio worker; started() with the bound URLs.
-    When ``shutdown_trigger`` returns, it stops accepting and returns once the requests in
-    flight are answered (at most ``HTTP_GRACEFUL_TIMEOUT`` later).
+    """Serve the intake app with hypercorn's trio protocol, its connections admitted by
+    ``admission`` (agent/orchestrator/admission.py; default: the default
+    ``server.max_connections``); started() with the bound URLs. When ``shutdown_trigger``
+    returns, it stops accepting and returns once the requests in flight are answered (at most
+    ``HTTP_GRACEFUL_TIMEOUT`` later).
 
     ``read_timeout`` bounds each read and, as hypercorn's keep-alive timeout, the wait for a
     request's headers; the app bounds the body itself (a slow client cannot hold a worker).
@@ -108,9 +130,10 @@ async def serve_http(
     config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
     config.read_timeout = math.ceil(read_timeout)  # hypercorn types it as whole seconds
     config.keep_alive_timeout = read_timeout
-    await hypercorn.trio.serve(
-        app,  # type: ignore[arg-type]
+    await serve_admitted(
+        app,
         config,
+        admission or Admission(connection_limit(ServerConfig().max_connections)),
         shutdown_trigger=shutdown_trigger,
         task_status=task_status,
     )
@@ -135,6 +158,7 @@ class Daemon:
     github: GitHubClient | None = None
     credentials: Credentials | None = None  # in force; a reload replaces them
     listeners: list[Listener] = field(default_factory=list)  # one per scale-set pool
+    admission: Admission | None = None  # intake's open connections (server.max_connections)
     fleet: Fleet | None = None  # with the Redis backend
     _started_at: float = field(default_factory=time.time)
     _intake_stop: trio.Event = field(default_factory=trio.Event)
@@ -331,11 +355,14 @@ class Daemon:
         *,
         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        self.admission = admission = Admission(connection_limit(server.max_connections))
+        self.metrics.watch_connections(lambda: (admission.stats.open, admission.stats.evicted))
         try:
             await serve_http(
                 app,
                 server.listen,
                 read_timeout=server.read_timeout,
+                admission=self.admission,
                 shutdown_trigger=self._intake_stop.wait,
                 task_status=task_status,
             )

@@ -3,10 +3,11 @@
     .venv/bin/python bench/intake.py [--seconds 5] [--workers 2] [--connections 8] [--rate 300]
                                      [--synchronous full|normal] [--runs 1]
 
-Two servers on the same stack (hypercorn's trio worker via ``agent.daemon.serve_http``, in its
-own process, loopback only): **durable** is gantryd's ``WebhookApp`` on a SQLite queue
-(``synchronous=FULL`` unless ``--synchronous normal``) that verifies the signature, parses,
-routes and commits each delivery before answering 201; **bare** reads the body and answers 200.
+Two servers on the same stack (hypercorn's trio protocol behind intake's admission loop, via
+``agent.daemon.serve_http``, in its own process, loopback only): **durable** is gantryd's
+``WebhookApp`` on a SQLite queue (``synchronous=FULL`` unless ``--synchronous normal``) that
+verifies the signature, parses, routes and commits each delivery before answering 201;
+**bare** reads the body and answers 200.
 The load generator is this file:
 ``--workers`` processes, each with ``--connections`` keep-alive HTTP/1.1 connections on raw
 sockets, sending distinct, correctly signed ``workflow_job`` ``queued`` deliveries (every one a

@@ -114,6 +114,9 @@ class ServerConfig:
     response_deadline: float = live(5.0)  # seconds; intake answers 503 rather than later
     # Seconds for a request's headers, and for its body, to arrive; hypercorn takes it at start.
     read_timeout: float = restart(5.0)
+    # Intake connections open at once (hypercorn has no such cap); past it the oldest idle one
+    # is cut, or accept waits (agent/orchestrator/admission.py). Capped below RLIMIT_NOFILE.
+    max_connections: int = restart(512)
     state_dir: Path = restart(Path("/var/lib/gantryd"))
     runtime_dir: Path = restart(Path("/run/gantryd"))
     # Names this host in runner names and labels ("" = hostname); adoption finds runners by it.

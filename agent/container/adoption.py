@@ -1,12 +1,24 @@
 """Taking over what a previous run of gantryd left (containers outlive it: docs/design.md §2).
 
 Every runner has a row in the state database before GitHub hears of it. At start each row is
-matched with this instance's containers: a running container keeps its runner and its job; a
-row without one (or whose container never started) is an orphan, so its registration is deleted
-at GitHub, its container removed and its lease released. A runner whose container stopped
-meanwhile is marked exited at the time Docker says it finished (not at adoption: a restart must
-not restart the ``exit_settle`` wait of runners long dead, which hold capacity until it ends)
-and, unless it still waited for a job, retired at once.
+matched with this instance's containers: a container that was started keeps its runner and its
+job; a row without one, or whose container was never started, is an orphan, so its
+registration is deleted at GitHub, its container removed and its lease released.
+
+"Started" is Docker's word, not the row's: the row says ``creating`` until the start has
+returned, so a gantryd killed or cancelled in between leaves a started container under a
+``creating`` row. Its runner has its JIT config (written to stdin right after the start) and
+may already have taken a job, which GitHub would lose with the container (a busy runner cannot
+even be deregistered: 422). So it is adopted as what the interrupted provisioning would have
+recorded next, ``idle`` (bootstrap_timeout and exit_settle then apply as to any runner), unless
+its container has exited already and GitHub still held its registration idle: it then ran no
+job (a kill right after the start cut its config short) and is removed with no attempt counted
+against its job. A container Docker still calls ``created`` provably never got its config (its
+stdin closed with the process that would have written it) and is removed too.
+
+A runner whose container stopped meanwhile is marked exited at the time Docker says it
+finished (not at adoption: a restart must not restart the ``exit_settle`` wait of runners long
+dead, which hold capacity until it ends) and, unless it still waited for a job, retired at once.
 """
 
 from __future__ import annotations
@@ -64,16 +76,19 @@ async def adopt(
         runner = record.runner
         container = containers.get(runner.name)
         runner.lease = await _stored_lease(queue, record)
-        if (
-            container is None
-            or container.state == "created"
-            or runner.state in (RunnerState.REMOVED, RunnerState.CREATING)
-        ):
+        if container is None or container.state == "created" or runner.state is RunnerState.REMOVED:
             await _drop_orphan(
                 runner, container.id if container else None, github, docker, removal, store, stats
             )
             continue
         runner.container_id = container.id
+        if runner.state is RunnerState.CREATING:  # stopped between the start and its record
+            if container.state != "running" and await _never_ran(runner, github, stats):
+                await _drop_orphan(runner, container.id, github, docker, removal, store, stats)
+                continue
+            runner.move(RunnerState.STARTING, now=now)
+            runner.move(RunnerState.IDLE, now=now)
+            await store.save(runner)
         if runner.sidecar and runner.name in sidecars:
             runner.sidecar_id = sidecars[runner.name].id
         registry.add(runner)
@@ -86,6 +101,27 @@ async def adopt(
             runner.mark_exited(now if finished is None else min(now, finished))
             if not runner.waiting:
                 await removal.retire(runner)
+
+
+async def _never_ran(runner: Runner, github: GitHubClient, stats: PoolStats) -> bool:
+    """Whether the exited runner of a ``creating`` row provably ran no job: GitHub still had
+    its registration, idle, and deleted it now (a JIT runner that ran its job is gone, one
+    running it is busy). A kill right after the start leaves such a runner, which exits
+    at once for want of its config; its job goes back to the queue with no attempt counted."""
+    if runner.runner_id is None:
+        return False
+    try:
+        outcome = await github.delete_runner(
+            runner.target, runner.runner_id, installation_id=runner.installation_id
+        )
+    except GitHubError as exc:
+        log.warning("deregistering exited runner=%s failed: %s", runner.name, exc)
+        return False
+    if outcome is not DeleteOutcome.DELETED:
+        return False
+    stats.outcomes[Outcome.ORPHAN_REGISTRATION_DELETED] += 1
+    runner.runner_id = None  # so _drop_orphan does not ask again
+    return True
 
 
 async def _finished_at(docker: DockerAPI, container_id: str) -> float | None:

@@ -78,11 +78,17 @@ class Provisioner:
             try:
                 await self._bring_up(runner, pool)
             except (GitHubError, DockerError, SecretsError) as exc:
+                if self._gone(runner):
+                    await self._discard(runner)
+                    return
                 self._stats.outcomes[Outcome.PROVISION_FAILED] += 1
                 if isinstance(exc, dind.SidecarFailed):
                     self._stats.outcomes[Outcome.DIND_FAILED] += 1
                 await self._removal.fail(runner, str(exc))
                 return
+        if self._gone(runner):
+            await self._discard(runner)
+            return
         self._stats.outcomes[Outcome.CREATED] += 1
         if runner.state is RunnerState.STARTING:
             runner.move(RunnerState.IDLE, now=self._clock())
@@ -97,6 +103,20 @@ class Provisioner:
             runner.made_for,
             runner.target.path,
         )
+
+    async def _discard(self, runner: Runner) -> None:
+        """The runner was scaled down while it was brought up (its job ended elsewhere):
+        delete the registration and container made after that (GitHub first)."""
+        log.info("runner %s was scaled down while starting: removing it", runner.name)
+        if runner.runner_id is not None:
+            try:
+                await self._github.delete_runner(
+                    runner.target, runner.runner_id, installation_id=runner.installation_id
+                )
+            except GitHubError as exc:
+                log.warning("deregistering runner=%s failed: %s", runner.name, exc)
+            runner.runner_id = None
+        await self._removal.remove_container(runner)
 
     async def _jit_config(self, runner: Runner, pool: PoolConfig) -> JitConfig:
         """From the pool's scale set if it has one, else GitHub's REST generate-jitconfig."""
@@ -114,12 +134,19 @@ class Provisioner:
             installation_id=runner.installation_id,
         )
 
+    def _gone(self, runner: Runner) -> bool:
+        """Scaled down while it was brought up (its job ended elsewhere meanwhile)."""
+        return runner.state is RunnerState.REMOVED or runner not in self._registry
+
     async def _bring_up(self, runner: Runner, pool: PoolConfig) -> None:
+        """Each step is skipped once the runner is `_gone`; ``provision`` then discards it."""
         runner.image_digest = await self._images.ensure(pool)
         if runner.sidecar:  # the same pull policy for the sidecar's image
             await self._images.ensure(dataclasses.replace(pool, image=pool.docker_image))
         jit = await self._jit_config(runner, pool)
         runner.runner_id = jit.runner_id
+        if self._gone(runner):
+            return
         await self._registry.save(runner)
         labels = runner_labels(runner, pool, instance=self._instance)
         if runner.sidecar:
@@ -133,10 +160,14 @@ class Provisioner:
                     runner.name, pool, runner_container=runner.container_id, labels=labels
                 )
             )
+        if self._gone(runner):
+            return
         runner.move(RunnerState.STARTING, now=self._clock())
         frame = await injection(
             self._secrets, pool.secrets, runner=runner.name, job=runner.made_for
         )
+        if self._gone(runner):
+            return
         await self._docker.start_with_stdin(
             runner.container_id, jit.encoded.reveal().encode("ascii") + b"\n" + frame
         )

@@ -113,6 +113,10 @@ class Removal:
         if failure:
             await self.fail(runner, reason)
         else:
+            if runner.state in (RunnerState.CREATING, RunnerState.STARTING):
+                # still being brought up (its job ended meanwhile): the provisioner, seeing
+                # it gone, removes what it goes on to make (``Provisioner.provision``)
+                runner.move(RunnerState.FAILED, now=self._clock())
             runner.move(RunnerState.REMOVED, now=self._clock())
             await self.remove_container(runner)
             await self._forget(runner)

@@ -1040,6 +1040,11 @@ class Emulator:
         while not condition():
             await self._changed.wait()
 
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds, re-checked at every change of the stand-in's
+        state (a test's own condition on runners or jobs); the caller bounds the wait."""
+        await self._wait_until(condition)
+
     async def wait_job(self, job_id: int, status: JobStatus | str) -> Job:
         """Wait until the job has ``status``; the caller bounds the wait (``fail_after``)."""
         job = self.job(job_id)

@@ -31,7 +31,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agent import __version__
@@ -176,6 +176,7 @@ class Metrics:
         self.build_info.labels(__version__, platform.python_version()).set(1)
 
         self._webhooks: WebhooksReceived | None = None
+        self._connections: IntakeConnections | None = None
 
     def watch_webhooks(self, read: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:
         """Expose intake's count of deliveries by (event, action, outcome), read at scrape
@@ -184,6 +185,14 @@ class Metrics:
             self.registry.unregister(self._webhooks)
         self._webhooks = WebhooksReceived(read)
         self.registry.register(self._webhooks)
+
+    def watch_connections(self, read: Callable[[], tuple[int, int]]) -> None:
+        """Expose intake's open connections and how many idle ones its admission cut to admit
+        newer ones (``server.max_connections``), read at scrape time as ``(open, cut)``."""
+        if self._connections is not None:
+            self.registry.unregister(self._connections)
+        self._connections = IntakeConnections(read)
+        self.registry.register(self._connections)
 
     # -- events (called by the services that see them) ------------------------------------
 
@@ -224,6 +233,27 @@ class WebhooksReceived(Collector):
         for labels, count in sorted(self._read().items()):
             family.add_metric(list(labels), count)
         yield family
+
+
+class IntakeConnections(Collector):
+    """``gantryd_intake_connections`` (open now) and ``gantryd_intake_connections_cut_total``
+    from intake's admission (agent/orchestrator/admission.py)."""
+
+    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        open_now, cut = self._read()
+        yield GaugeMetricFamily(
+            "gantryd_intake_connections",
+            "Intake connections open now (at most server.max_connections).",
+            value=open_now,
+        )
+        yield CounterMetricFamily(
+            "gantryd_intake_connections_cut",
+            "Idle intake connections closed to admit newer ones at server.max_connections.",
+            value=cut,
+        )
 
 
 class ErrorCounter(logging.Handler):

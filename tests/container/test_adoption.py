@@ -13,6 +13,7 @@ import trio
 from docker.models.containers import Container
 
 from agent.config import load_config
+from agent.container.docker_api import DockerAPI
 from agent.container.lifecycle import Outcome, RunnerState
 from agent.container.store import open_runner_store
 from agent.daemon import Daemon
@@ -22,7 +23,7 @@ from agent.queue.base import JobState
 from agent.reload import LiveConfig
 from agent.systemd import Notifier
 from tests.conftest import managed_containers, remove_managed
-from tests.container.stack import ServeProcess, emulator_setup, free_port
+from tests.container.stack import ServeProcess, emulator_setup, free_port, wait_state
 
 pytestmark = pytest.mark.docker
 
@@ -229,5 +230,65 @@ async def test_a_runner_that_exited_while_gantryd_was_down_frees_its_capacity_af
                     await setup.emulator.wait_job(job.id, "completed")
                 assert setup.emulator.job(job.id).conclusion == "success"
                 nursery.cancel_scope.cancel()
+        finally:
+            remove_managed(docker_client, setup.instance)
+
+
+async def test_a_runner_started_just_before_gantryd_stopped_keeps_the_job_it_took(
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    runner_image: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The interleaving forced: gantryd is stopped right after Docker started a runner (its
+    JIT config written) and before the start was recorded (the row still says ``creating``).
+    The runner takes its job while no gantryd runs; the next start must adopt it, not remove
+    it: removing it would lose the job at GitHub (its busy runner cannot even be deleted)."""
+    port = free_port()
+    async with emulator_setup(tmp_path, listen=f"127.0.0.1:{port}") as setup:
+        emulator = setup.emulator
+        real_start = DockerAPI.start_with_stdin
+        started = trio.Event()
+
+        async def start_then_stop(self: DockerAPI, container_id: str, data: bytes) -> None:
+            await real_start(self, container_id, data)
+            if not started.is_set():
+                started.set()
+                await trio.sleep_forever()  # where the first gantryd is stopped
+
+        monkeypatch.setattr(DockerAPI, "start_with_stdin", start_then_stop)
+        try:
+            async with trio.open_nursery() as nursery:
+                first = Daemon(
+                    live=LiveConfig(load_config(setup.config_path)), notifier=Notifier({})
+                )
+                await nursery.start(first.run)
+                emulator.add_hook(f"http://127.0.0.1:{port}/webhook", setup.webhook_secret)
+                job = emulator.create_job("octo-org/app", ["self-hosted"], "sleep 15; echo ok")
+                with trio.fail_after(60):
+                    await started.wait()
+                nursery.cancel_scope.cancel()
+            config = load_config(setup.config_path)
+            async with open_runner_store(config.server.state_dir) as store:
+                (record,) = await store.load()
+            assert record.runner.state is RunnerState.CREATING  # the start was not recorded
+            with trio.fail_after(60):
+                taken = await emulator.wait_job(job.id, "in_progress")  # with no gantryd up
+            assert taken.runner_name == record.runner.name
+
+            async with trio.open_nursery() as nursery:
+                second = Daemon(live=LiveConfig(config), notifier=Notifier({}))
+                await nursery.start(second.run)
+                assert second.pools is not None and second.queue is not None
+                assert [r.name for r in second.pools.runners()] == [record.runner.name]
+                with trio.fail_after(60):
+                    await emulator.wait_job(job.id, "completed")
+                    await second.pools.wait_no_runners()
+                    entry = await wait_state(second.pools, second.queue, job.id, JobState.DONE)
+                assert second.pools.stats.outcomes[Outcome.ORPHAN_REGISTRATION_DELETED] == 0
+                nursery.cancel_scope.cancel()
+            assert emulator.job(job.id).conclusion == "success"
+            assert entry.attempts == 0 and entry.conclusion == "success"
+            assert managed_containers(docker_client, setup.instance) == []
         finally:
             remove_managed(docker_client, setup.instance)

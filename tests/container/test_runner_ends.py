@@ -9,24 +9,27 @@ run: "Held: ..."), until the image is refreshed. A warm runner GitHub drops whil
 
 from __future__ import annotations
 
+import contextlib
 import io
 import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
 import pytest
 import trio
 
+from agent.container.docker_api import DockerAPI
 from agent.container.lifecycle import Outcome, RunnerState
 from agent.container.pool_manager import PoolManager
 from agent.emulator.checks import CheckRun
 from agent.emulator.models import parse_runner_version
 from agent.queue.base import JobQueue, JobState
 from tests.conftest import managed_containers, remove_managed
-from tests.container.stack import ROOT, Stack, pool_stack, wait_entry
+from tests.container.stack import ROOT, Stack, pool_stack, wait_entry, wait_state
 
 pytestmark = pytest.mark.docker
 
@@ -146,5 +149,63 @@ async def test_a_warm_runner_github_dropped_while_idle_is_a_normal_end_and_repla
                 )
             assert pools.stats.outcomes[Outcome.EXIT_BEFORE_JOB] == 0
             assert pools.stats.outcomes[Outcome.PROVISION_FAILED] == 0
+        finally:
+            remove_managed(docker_client, stack.setup.instance)
+
+
+def removed(client: docker.DockerClient, name: str) -> None:
+    """Block until Docker has removed the container (or never had it)."""
+    with contextlib.suppress(docker.errors.NotFound):
+        client.api.wait(name, condition="removed", timeout=60)
+
+
+@pytest.mark.parametrize("held", ["create", "start"])
+async def test_a_job_cancelled_while_its_runner_starts_removes_the_runner_and_nothing_crashes(
+    held: str,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    runner_image: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The interleaving forced (found by tests/test_chaos.py: the daemon died of an illegal
+    ``starting -> removed``): the job is cancelled on GitHub while its runner's container is
+    being created (the runner ``creating``) or started (``starting``). The surplus runner is
+    scaled down, what the provisioning makes after that is removed, and gantryd goes on."""
+    method = "create" if held == "create" else "start_with_stdin"
+    real = getattr(DockerAPI, method)
+    entered, release = trio.Event(), trio.Event()
+
+    async def holding(self: DockerAPI, *args: Any) -> Any:
+        if not entered.is_set():
+            entered.set()
+            await release.wait()
+        return await real(self, *args)
+
+    monkeypatch.setattr(DockerAPI, method, holding)
+    async with pool_stack(tmp_path) as stack:
+        pools, queue = parts(stack)
+        emulator = stack.emulator
+        try:
+            job = emulator.create_job("octo-org/app", JOB_LABELS, "echo never")
+            with trio.fail_after(60):
+                await entered.wait()
+                (runner,) = pools.runners()
+                assert runner.state is (
+                    RunnerState.CREATING if held == "create" else RunnerState.STARTING
+                )
+                emulator.cancel_job(job.id)
+                await pools.wait_until(lambda: not pools.runners())  # scaled down
+                release.set()
+                entry = await wait_state(pools, queue, job.id, JobState.DONE)
+            assert entry.conclusion == "cancelled"
+            with trio.fail_after(60):  # the provisioning's leftovers go once it returns
+                await trio.to_thread.run_sync(removed, docker_client, runner.name)
+            assert managed_containers(docker_client, stack.setup.instance) == []
+            scope = emulator.scope_for(repository="octo-org/app")
+            assert [r.name for r in emulator.runners(scope)] == []
+            later = emulator.create_job("octo-org/app", JOB_LABELS, "echo ok")
+            with trio.fail_after(60):  # gantryd is still serving
+                await emulator.wait_job(later.id, "completed")
+            assert emulator.job(later.id).conclusion == "success"
         finally:
             remove_managed(docker_client, stack.setup.instance)

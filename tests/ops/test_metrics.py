@@ -318,3 +318,13 @@ async def test_pool_events_of_a_real_run_reach_the_scrape(
         'gantryd_jobs_total{outcome="dead",pool="broken"}': "1.0",
     }
     assert not re.search(r'(job|runner|id)="', text)
+
+
+def test_intake_connections_are_read_at_scrape_time() -> None:
+    metrics = Metrics()
+    state = {"open": 3, "cut": 7}
+    metrics.watch_connections(lambda: (state["open"], state["cut"]))
+    state["open"] = 4
+    text = metrics.exposition().decode()
+    assert "gantryd_intake_connections 4.0" in text
+    assert "gantryd_intake_connections_cut_total 7.0" in text

@@ -32,6 +32,7 @@ from agent.config import (
 from agent.container.events import JobEvent
 from agent.daemon import serve_http
 from agent.github.auth import Secret
+from agent.orchestrator.admission import Admission
 from agent.orchestrator.webhook import ReadinessCheck, WebhookApp
 from agent.queue import open_queue
 from agent.queue.base import JobQueue
@@ -174,9 +175,13 @@ async def intake(
 
 @asynccontextmanager
 async def serve_intake(
-    config: Config, *, readiness: Mapping[str, ReadinessCheck] | None = None
+    config: Config,
+    *,
+    readiness: Mapping[str, ReadinessCheck] | None = None,
+    admission: Admission | None = None,
 ) -> AsyncIterator[Intake]:
-    """The queue, WebhookApp on hypercorn, and a collector of the job events it sends."""
+    """The queue, WebhookApp on hypercorn, and a collector of the job events it sends;
+    ``admission`` (default: server.max_connections) takes its connections."""
     async with open_queue(config) as queue, trio.open_nursery() as nursery:
         send, receive = trio.open_memory_channel[JobEvent](100)
         live = LiveConfig(config)
@@ -199,7 +204,11 @@ async def serve_intake(
                 intake.changed = trio.Event()
 
         binds = await nursery.start(
-            partial(serve_http, read_timeout=config.server.read_timeout),
+            partial(
+                serve_http,
+                read_timeout=config.server.read_timeout,
+                admission=admission or Admission(config.server.max_connections),
+            ),
             app,
             config.server.listen,
         )

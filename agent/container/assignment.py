@@ -162,12 +162,6 @@ class Assignments:
             # The job ended without running here (cancelled on GitHub): its runner is surplus.
             self._removal.job_ended(waiting.pool, job_outcome(conclusion), None)
             waiting.lease = None
-            if waiting.state is RunnerState.IDLE:
-                await self._removal.scale_down(waiting, reason=f"job {job_id} completed elsewhere")
-                return
-            # Still being created or started (a fleet's other host, or a runner not ours, ran
-            # the job meanwhile): it cannot be removed now, so it waits as a warm runner; a job
-            # of its scope takes it, or max_idle_age recycles it.
-            waiting.assign(None, None, repository=None, now=self._clock())
-            log.info("runner %s: job %s completed elsewhere; now warm", waiting.name, job_id)
-            await self._registry.save(waiting)
+            # Idle, or still being created or started (a fleet's other host, or a runner not
+            # ours, ran the job meanwhile): the provisioner removes what it goes on to make.
+            await self._removal.scale_down(waiting, reason=f"job {job_id} completed elsewhere")

@@ -355,13 +355,13 @@ async def test_registration_sweep_never_deletes_a_runner_registered_during_its_l
         assert pools.stats.outcomes[Outcome.PROVISION_FAILED] == 0
 
 
-async def test_a_runner_still_coming_up_whose_job_completed_elsewhere_turns_warm(
+async def test_a_runner_still_coming_up_whose_job_completed_elsewhere_is_scaled_down(
     tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:
     """With one runner provisioned at a time, the runner made for the second job waits in
     CREATING; that job is cancelled on GitHub meanwhile (another host's runner, in a fleet, or
-    an operator). A runner that is not up yet cannot be removed: it becomes a warm runner,
-    and the pool supervisor carries on (it used to fail on CREATING -> REMOVED)."""
+    an operator). The surplus runner is scaled down (the provisioner removes what it goes on to
+    make) and the pool supervisor carries on (it used to fail on CREATING -> REMOVED)."""
     async with stack_of(
         tmp_path, docker_client, scheduler={"concurrency": 1, "max_runners": 2}
     ) as stack:
@@ -379,6 +379,6 @@ async def test_a_runner_still_coming_up_whose_job_completed_elsewhere_turns_warm
         assert runner.state in (RunnerState.CREATING, RunnerState.STARTING)
         emulator.cancel_job(second.id)
         with trio.fail_after(60):
-            await pools.wait_until(lambda: runner.made_for is None or runner not in pools.runners())
+            await pools.wait_until(lambda: runner not in pools.runners())
             await emulator.wait_job(first.id, "completed")
         assert emulator.job(first.id).conclusion == "success"

@@ -108,14 +108,7 @@ class Provisioner:
         """The runner was scaled down while it was brought up (its job ended elsewhere):
         delete the registration and container made after that (GitHub first)."""
         log.info("runner %s was scaled down while starting: removing it", runner.name)
-        if runner.runner_id is not None:
-            try:
-                await self._github.delete_runner(
-                    runner.target, runner.runner_id, installation_id=runner.installation_id
-                )
-            except GitHubError as exc:
-                log.warning("deregistering runner=%s failed: %s", runner.name, exc)
-            runner.runner_id = None
+        await self._removal.deregister(runner)
         await self._removal.remove_container(runner)
 
     async def _jit_config(self, runner: Runner, pool: PoolConfig) -> JitConfig:

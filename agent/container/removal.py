@@ -148,17 +148,23 @@ class Removal:
         if runner.lease is not None:
             lease, runner.lease = runner.lease, None
             await self.release(lease)
-        if runner.runner_id is not None:
-            try:
-                await self._github.delete_runner(
-                    runner.target, runner.runner_id, installation_id=runner.installation_id
-                )
-            except GitHubError as exc:
-                log.warning("deregistering runner=%s failed: %s", runner.name, exc)
-            runner.runner_id = None
+        await self.deregister(runner)
         if runner.state in (RunnerState.CREATING, RunnerState.STARTING):
             runner.move(RunnerState.FAILED, now=self._clock())
         await self.retire(runner)
+
+    async def deregister(self, runner: Runner) -> None:
+        """Delete the runner's registration, if it has one; a GitHub error is logged and left
+        to the registration sweep (the runner is going either way)."""
+        if runner.runner_id is None:
+            return
+        try:
+            await self._github.delete_runner(
+                runner.target, runner.runner_id, installation_id=runner.installation_id
+            )
+        except GitHubError as exc:
+            log.warning("deregistering runner=%s failed: %s", runner.name, exc)
+        runner.runner_id = None
 
     async def fail(self, runner: Runner, reason: str) -> None:
         """gantryd could not serve the job with this runner: count it against the job."""

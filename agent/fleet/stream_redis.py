@@ -9,6 +9,7 @@ connection. Errors that mean "Redis is away" become ``FleetUnavailable`` (the ca
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 import redis
@@ -18,6 +19,7 @@ import trio
 from agent.config import QueueConfig
 from agent.queue.base import QueueUnavailable
 from agent.storage.redis_connection import redis_client
+from agent.storage.redis_handle import REFUSALS
 from agent.storage.worker_thread import WorkerThread
 
 T = TypeVar("T")
@@ -29,14 +31,16 @@ class FleetUnavailable(QueueUnavailable):
     """Redis did not answer or refused the write; the shared state is unchanged or unknown."""
 
 
-def _translate(exc: redis.exceptions.RedisError) -> Exception:
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-        return FleetUnavailable(f"Redis unreachable: {exc}")
-    if isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
-        ("OOM", "READONLY", "LOADING", "MISCONF", "BUSY ")
-    ):
-        return FleetUnavailable(f"Redis refused the write: {exc}")
-    return exc
+def _calling(fn: Callable[[redis.Redis[str]], T], client: redis.Redis[str]) -> T:
+    """``fn(client)``, with the errors that mean "Redis is away" as ``FleetUnavailable``."""
+    try:
+        return fn(client)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise FleetUnavailable(f"Redis unreachable: {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        if str(exc).startswith(REFUSALS):
+            raise FleetUnavailable(f"Redis refused the write: {exc}") from exc
+        raise
 
 
 class StreamRedis:
@@ -65,32 +69,14 @@ class StreamRedis:
         if self._thread is None:
             self._thread = WorkerThread("redis fleet")
 
-        def call() -> T:
-            try:
-                return fn(self.client)
-            except redis.exceptions.RedisError as exc:
-                mapped = _translate(exc)
-                if mapped is exc:
-                    raise
-                raise mapped from exc
-
-        return await self._thread.run(call)
+        return await self._thread.run(partial(_calling, fn, self.client))
 
     async def read(self, fn: Callable[[redis.Redis[str]], T]) -> T:
         """Run a blocking read ``fn(reader)`` on its own thread; abandoned on cancellation (a
         read changes nothing that is not read again: unacknowledged entries stay pending)."""
 
-        def call() -> T:
-            try:
-                return fn(self._reader)
-            except redis.exceptions.RedisError as exc:
-                mapped = _translate(exc)
-                if mapped is exc:
-                    raise
-                raise mapped from exc
-
         return await trio.to_thread.run_sync(
-            call, limiter=self._read_limiter, abandon_on_cancel=True
+            partial(_calling, fn, self._reader), limiter=self._read_limiter, abandon_on_cancel=True
         )
 
     async def aclose(self) -> None:

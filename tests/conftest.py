@@ -63,3 +63,13 @@ def remove_managed(client: docker.DockerClient, instance: str) -> None:
         except docker.errors.APIError as exc:
             if exc.status_code not in (404, 409):  # gone, or gantryd's own removal under way
                 raise
+    # The per-job volumes gantryd creates itself (read-only root's /home/runner, dind's) are
+    # named, so ``v=True`` leaves them: remove what is still labelled with the instance.
+    for volume in client.volumes.list(
+        filters={"label": ["io.gantryd.managed=true", f"io.gantryd.instance={instance}"]}
+    ):
+        try:
+            volume.remove(force=True)
+        except docker.errors.APIError as exc:
+            if exc.status_code not in (404, 409):  # gone, or still mounted by a removal under way
+                raise

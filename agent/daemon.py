@@ -10,7 +10,6 @@ stop intake and scheduling and exit 0, leaving runner containers running (docs/d
 from __future__ import annotations
 
 import logging
-import math
 import re
 import resource
 import signal
@@ -107,36 +106,42 @@ def connection_limit(configured: int) -> int:
 
 async def serve_http(
     app: WebhookApp,
-    listen: str,
+    server: ServerConfig,
     *,
-    read_timeout: float = 10.0,
     admission: Admission | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the intake app with hypercorn's trio protocol, its connections admitted by
-    ``admission`` (agent/orchestrator/admission.py; default: the default
-    ``server.max_connections``); started() with the bound URLs. When ``shutdown_trigger``
-    returns, it stops accepting and returns once the requests in flight are answered (at most
+    """Serve the intake app on ``server.listen`` with hypercorn's trio protocol, its
+    connections admitted by ``admission`` (agent/orchestrator/admission.py; default: one for
+    ``server``); started() with the bound URLs. When ``shutdown_trigger`` returns, it stops
+    accepting and returns once the requests in flight are answered (at most
     ``HTTP_GRACEFUL_TIMEOUT`` later).
 
-    ``read_timeout`` bounds each read and, as hypercorn's keep-alive timeout, the wait for a
-    request's headers; the app bounds the body itself (a slow client cannot hold a worker).
+    The admission bounds a request's headers by ``server.read_timeout`` and the app bounds its
+    body and answer, so hypercorn's per-read timeout is off: it would also cut idle keep-alive
+    connections, which stay ``server.keep_alive_timeout`` (hypercorn's idle timer).
     """
     config = hypercorn.config.Config()
-    config.bind = [listen]
+    config.bind = [server.listen]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
-    config.read_timeout = math.ceil(read_timeout)  # hypercorn types it as whole seconds
-    config.keep_alive_timeout = read_timeout
+    config.read_timeout = None
+    config.keep_alive_timeout = server.keep_alive_timeout
     await serve_admitted(
         app,
         config,
-        admission or Admission(connection_limit(ServerConfig().max_connections)),
+        admission or intake_admission(server),
         shutdown_trigger=shutdown_trigger,
         task_status=task_status,
     )
+
+
+def intake_admission(server: ServerConfig) -> Admission:
+    """The admission of ``server``'s intake: its connection cap (within RLIMIT_NOFILE) and its
+    deadline for a request's headers."""
+    return Admission(connection_limit(server.max_connections), header_timeout=server.read_timeout)
 
 
 @dataclass
@@ -355,13 +360,12 @@ class Daemon:
         *,
         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        self.admission = admission = Admission(connection_limit(server.max_connections))
+        self.admission = admission = intake_admission(server)
         self.metrics.watch_connections(lambda: (admission.stats.open, admission.stats.evicted))
         try:
             await serve_http(
                 app,
-                server.listen,
-                read_timeout=server.read_timeout,
+                server,
                 admission=self.admission,
                 shutdown_trigger=self._intake_stop.wait,
                 task_status=task_status,

@@ -113,16 +113,7 @@ concurrency = 4
 [[pool]]
 name = "default"
 labels = {list(POOL_LABELS)!r}
-image = "{image}"
-network = "host"
-read_only_rootfs = true
-memory = "256MiB"
-cpus = 1.0
-pids_limit = 256
-nofile = 4096
-tmp_size = "64MiB"
-pull_policy = "never"
-bootstrap_timeout = "2m"
+{_pool_limits(image)}
 {pool_source}
 {extra_pool}
 {_scale_set_pool(scale_set_pool, image)}
@@ -140,6 +131,13 @@ name = "{name}"
 labels = ["{name}"]
 source = "scale-set"
 scope = "organization"
+{_pool_limits(image)}
+"""
+
+
+def _pool_limits(image: str) -> str:
+    """The image, network and limits both demo pools run their jobs with."""
+    return f"""\
 image = "{image}"
 network = "host"
 read_only_rootfs = true

@@ -100,7 +100,7 @@ async def _serve(mode: str, synchronous: str, port_out: Any, stop: Any) -> None:
                     job_events=send,
                     on_enqueue=lambda: None,
                 )
-            binds = await nursery.start(serve_http, app, "127.0.0.1:0")
+            binds = await nursery.start(serve_http, app, config.server)
             port_out.send(int(binds[0].rsplit(":", 1)[1]))
             await trio.to_thread.run_sync(stop.wait)
             nursery.cancel_scope.cancel()

@@ -66,6 +66,7 @@ def _server(loader: Loader, document: Mapping[str, object]) -> ServerConfig:
         max_body=t.size("max_body", d.max_body, minimum=1024),
         response_deadline=response_deadline,
         read_timeout=t.duration("read_timeout", d.read_timeout),
+        keep_alive_timeout=t.duration("keep_alive_timeout", d.keep_alive_timeout),
         max_connections=t.integer("max_connections", d.max_connections, minimum=1),
         state_dir=t.path("state_dir", d.state_dir) or d.state_dir,
         runtime_dir=t.path("runtime_dir", d.runtime_dir) or d.runtime_dir,

@@ -114,6 +114,9 @@ class ServerConfig:
     response_deadline: float = live(5.0)  # seconds; intake answers 503 rather than later
     # Seconds for a request's headers, and for its body, to arrive; hypercorn takes it at start.
     read_timeout: float = restart(5.0)
+    # Seconds an idle keep-alive connection is kept: longer than the idle timeout of whatever
+    # sends to intake (a balancer's 60 s), so that side always closes first (docs/configuration.md).
+    keep_alive_timeout: float = restart(75.0)
     # Intake connections open at once (hypercorn has no such cap); past it the oldest idle one
     # is cut, or accept waits (agent/orchestrator/admission.py). Capped below RLIMIT_NOFILE.
     max_connections: int = restart(512)

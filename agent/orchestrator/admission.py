@@ -16,6 +16,14 @@ loop of its own (`serve_admitted`, hypercorn's trio ``worker_serve`` for plain T
   ``read_timeout`` and ``response_deadline``. So slow connections cannot starve a signed
   delivery; only when every admitted connection is inside the app does accept wait for one to
   end.
+
+The same connections carry the two timeouts hypercorn cannot tell apart (its ``read_timeout``
+bounds every read, the idle wait between keep-alive requests included): a request's headers
+must arrive within ``server.read_timeout`` of its first byte (of the connection's opening, for
+its first request), while an idle connection is kept ``server.keep_alive_timeout`` (hypercorn's
+idle timer). Keeping idle connections longer than the client or balancer in front does means the
+client always closes first: with the two at 5 s, a delivery sent on a connection the server
+was closing at that instant failed at the sender, and GitHub never retries it.
 """
 
 from __future__ import annotations
@@ -74,6 +82,10 @@ class Connection(trio.abc.HalfCloseableStream):
         self.peer = peer
         self.in_app = 0  # requests of this connection the app is handling now
         self.requests = 0  # requests of this connection that reached the app
+        # When the headers of the request being received must be in: from the opening for the
+        # first request, from its first byte for a later one; None while idle or in the app.
+        self.headers_due: float | None = trio.current_time() + admission.header_timeout
+        self.serving = trio.CancelScope()  # hypercorn's task for this connection
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
@@ -82,7 +94,33 @@ class Connection(trio.abc.HalfCloseableStream):
         await self._stream.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self._stream.receive_some(max_bytes)
+        """The next bytes; cut when a request's headers are late. Reads in the app and idle
+        waits are bounded elsewhere (the app; hypercorn's idle timer)."""
+        data: bytes | bytearray | None = None
+        while data is None:
+            if self.headers_due is None or self.in_app:
+                data = await self._stream.receive_some(max_bytes)
+                break
+            reached = self.requests
+            with trio.move_on_at(self.headers_due):
+                data = await self._stream.receive_some(max_bytes)
+            # Late, unless the headers were whole and the request reached the app meanwhile
+            # (hypercorn reads on while the app's task starts): its body is the app's to bound.
+            if data is None and self.requests == reached:
+                self._reading_ended()
+                raise trio.BrokenResourceError("request headers not received within read_timeout")
+        if not data:
+            self._reading_ended()
+        elif not self.in_app and self.headers_due is None:  # a next request begins
+            self.headers_due = trio.current_time() + self._admission.header_timeout
+        return data
+
+    def _reading_ended(self) -> None:
+        """Once the reading is over with no request in the app, nothing is left to serve, but
+        hypercorn's trio server would wait out its idle timer (keep_alive_timeout) with the
+        socket open: end its task now."""
+        if not self.in_app:
+            self.serving.cancel()
 
     async def send_eof(self) -> None:
         await self._stream.send_eof()
@@ -95,10 +133,11 @@ class Connection(trio.abc.HalfCloseableStream):
 class Admission:
     """The open connections of intake's listeners, in the order they were admitted."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, header_timeout: float) -> None:
         if limit < 1:
             raise ValueError(f"max_connections must be at least 1, not {limit}")
         self.limit = limit
+        self.header_timeout = header_timeout  # server.read_timeout
         self.stats = AdmissionStats()
         self._open: dict[Peer, Connection] = {}
         self._freed = trio.Event()  # set and replaced whenever a connection leaves
@@ -190,6 +229,7 @@ class Admission:
                 await app(scope, receive, send)
             finally:
                 connection.in_app -= 1
+                connection.headers_due = None  # idle until the next request's first byte
 
         return admitted
 
@@ -230,7 +270,8 @@ async def serve_admitted(
 
             async def serve_connection(server: TCPServer, connection: Connection) -> None:
                 try:
-                    await server.run()
+                    with connection.serving:
+                        await server.run()
                 finally:  # as trio's serve_listeners: closed even when cancelled mid-close
                     await trio.aclose_forcefully(connection)
 

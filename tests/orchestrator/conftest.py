@@ -203,15 +203,7 @@ async def serve_intake(
                 intake.changed.set()
                 intake.changed = trio.Event()
 
-        binds = await nursery.start(
-            partial(
-                serve_http,
-                read_timeout=config.server.read_timeout,
-                admission=admission or Admission(config.server.max_connections),
-            ),
-            app,
-            config.server.listen,
-        )
+        binds = await nursery.start(partial(serve_http, admission=admission), app, config.server)
         async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
             intake = Intake(binds[0], app, queue, live, http)
             nursery.start_soon(collect)

@@ -80,7 +80,7 @@ async def test_a_flood_of_slow_connections_neither_exhausts_descriptors_nor_star
 ) -> None:
     # A long read_timeout: only admission makes room, not hypercorn's timeouts.
     config = make_config(tmp_path, read_timeout=120.0)
-    admission = Admission(LIMIT)
+    admission = Admission(LIMIT, header_timeout=config.server.read_timeout)
     async with serve_intake(config, admission=admission) as intake:
         host, port = intake.url.removeprefix("http://").rsplit(":", 1)
         flood = await trio.lowlevel.open_process(
@@ -125,7 +125,7 @@ async def test_a_connection_the_app_is_serving_is_never_cut(tmp_path: Path) -> N
     """With room for one connection, a second one waits while the first one's request (its
     body still arriving) is in the app, and is admitted once that one has been answered."""
     config = make_config(tmp_path, read_timeout=60.0)
-    admission = Admission(1)
+    admission = Admission(1, header_timeout=config.server.read_timeout)
     async with serve_intake(config, admission=admission) as intake:
         host, port = intake.url.removeprefix("http://").rsplit(":", 1)
         head, body = raw_delivery(new_job_id())
@@ -147,3 +147,90 @@ async def test_a_connection_the_app_is_serving_is_never_cut(tmp_path: Path) -> N
                 await first.aclose()
         assert answers == [201]
         assert admission.stats.evicted == 0
+
+
+async def _answer(stream: trio.SocketStream) -> bytes:
+    """One whole HTTP answer (intake's have a Content-Length and no chunking)."""
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        reply += await stream.receive_some(4096)
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(rest) < length:
+        rest += await stream.receive_some(4096)
+    return head
+
+
+async def test_an_idle_keep_alive_connection_outlives_read_timeout_until_keep_alive_timeout(
+    tmp_path: Path,
+) -> None:
+    """A sender that keeps a connection idle for longer than read_timeout, but less than
+    keep_alive_timeout, sends its next delivery on it and is answered: gantryd never closes
+    an idle connection before the sender's own idle timeout (a balancer's, httpx's 5 s)."""
+    config = make_config(tmp_path, read_timeout=0.5, keep_alive_timeout=4.0)
+    async with serve_intake(config) as intake:
+        host, port = intake.url.removeprefix("http://").rsplit(":", 1)
+        with trio.fail_after(30):
+            stream = await trio.open_tcp_stream(host, int(port))
+            for _ in range(2):
+                head, body = raw_delivery(new_job_id())
+                await stream.send_all(head + body)
+                assert (await _answer(stream)).startswith(b"HTTP/1.1 201")
+                await trio.sleep(3 * config.server.read_timeout)  # idle for that long
+            head, body = raw_delivery(new_job_id())
+            await stream.send_all(head + body)
+            assert (await _answer(stream)).startswith(b"HTTP/1.1 201")
+            assert await stream.receive_some() == b""  # then idle past keep_alive_timeout
+            await stream.aclose()
+
+
+async def test_request_headers_are_due_within_read_timeout_of_their_first_byte(
+    tmp_path: Path,
+) -> None:
+    """A long keep-alive gives a slow sender no more time for its headers: the first request's
+    are due read_timeout after the opening, a later one's after its first byte."""
+    config = make_config(tmp_path, read_timeout=0.5, keep_alive_timeout=120.0)
+    async with serve_intake(config) as intake:
+        host, port = intake.url.removeprefix("http://").rsplit(":", 1)
+        with trio.fail_after(20):
+            silent = await trio.open_tcp_stream(host, int(port))
+            assert await silent.receive_some() == b""  # no request at all: hung up
+            await silent.aclose()
+
+            dripping = await trio.open_tcp_stream(host, int(port))
+            head, body = raw_delivery(new_job_id())
+            await dripping.send_all(head + body)
+            assert (await _answer(dripping)).startswith(b"HTTP/1.1 201")
+            head, _ = raw_delivery(new_job_id())
+            sent = 0
+            with pytest.raises(trio.BrokenResourceError):  # cut: the send fails, then EOF
+                for sent in range(len(head)):  # a byte every 0.1 s: each read is quick
+                    await dripping.send_all(head[sent : sent + 1])
+                    await trio.sleep(0.1)
+            assert sent < len(head)  # before the headers were all in
+            assert await dripping.receive_some() == b""
+            await dripping.aclose()
+
+
+async def test_a_connection_the_sender_closes_leaves_at_once_despite_a_long_keep_alive(
+    tmp_path: Path,
+) -> None:
+    """hypercorn's trio server would keep the socket of a connection its client closed until
+    its idle timer ran out (keep_alive_timeout): admission ends it when the reading ends."""
+    config = make_config(tmp_path, keep_alive_timeout=120.0)
+    admission = Admission(8, header_timeout=config.server.read_timeout)
+    async with serve_intake(config, admission=admission) as intake:
+        host, port = intake.url.removeprefix("http://").rsplit(":", 1)
+        with trio.fail_after(20):
+            stream = await trio.open_tcp_stream(host, int(port))
+            head, body = raw_delivery(new_job_id())
+            await stream.send_all(head + body)
+            assert (await _answer(stream)).startswith(b"HTTP/1.1 201")
+            assert admission.stats.open == 1
+            await stream.aclose()
+            while admission.stats.open:  # noqa: ASYNC110 (no event says the server noticed)
+                await trio.sleep(0.05)

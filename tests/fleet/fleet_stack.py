@@ -1,7 +1,10 @@
-"""A fleet on one machine: gantryd daemons as separate hosts on loopback addresses
-(127.0.0.2, 127.0.0.3, …), each with its own port, state dir, instance name and admin socket,
-sharing one real redis-server; the emulator (in this process) plays GitHub and a load balancer
-in front of the hosts (``Emulator.add_hook(..., backends=...)``).
+"""A fleet on one machine: gantryd daemons as separate hosts, each in a network namespace the
+test makes (a veth pair to the root namespace on a test-only link-local /24), or on a loopback
+address of its own (127.0.0.2, 127.0.0.3, …) where namespaces cannot be made (``host_network``
+has the layout and the fallback). Each has its own state dir, instance name and admin socket;
+all share one real redis-server, and the emulator (in this process) plays GitHub and a load
+balancer in front of the hosts (``Emulator.add_hook(..., backends=...)``); both listen on the
+services address, which every host, the test and the runner containers reach.
 
 Used by the end-to-end tests and by ``bench/fleet.py``.
 """
@@ -15,7 +18,8 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import docker
@@ -29,19 +33,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from agent.container.docker_api import INSTANCE_LABEL
 from agent.demo import APP_ID, INSTALLATION_ID, write_demo_config
 from agent.emulator import Emulator, serve_emulator
+from tests.fleet.host_network import HostNetwork, free_port, host_network
 
 REPOSITORIES = ("octo-org/app", "octo-org/lib", "octo-org/web")
 LABELS = ["self-hosted"]
 POLL = 0.2  # seconds between looks at another process's state, always under a deadline
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((address, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def until(
@@ -62,21 +58,25 @@ async def until(
 
 @dataclass
 class RedisProcess:
-    """redis-server on a fixed loopback port, restartable on the same port and data."""
+    """redis-server on a fixed address and port, restartable on the same port and data."""
 
     directory: Path
-    port: int = field(default_factory=free_port)
+    address: str
+    port: int = 0
     process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.port = self.port or free_port(self.address)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.address}:{self.port}/0"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary is not None, "redis-server is not installed (apt install redis-server)"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            [binary, "--port", str(self.port), "--bind", self.address, "--dir", str(self.directory),
              "--save", "", "--appendonly", "yes", "--appendfsync", "always",
              "--maxmemory-policy", "noeviction"],
             stdout=subprocess.DEVNULL,
@@ -174,13 +174,16 @@ class Fleet:
     hosts: list[Host]
     prefix: str
     docker: docker.DockerClient
+    network: HostNetwork
 
     async def start(self, host: Host) -> None:
         """Start the host's daemon and wait until it answers /readyz."""
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         log = host.log.open("ab")
         host.process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "agent", "serve", "--config", str(host.config)],
+            self.network.command(
+                host.index, [sys.executable, "-m", "agent", "serve", "--config", str(host.config)]
+            ),
             stdout=subprocess.DEVNULL, stderr=log, env=env,
         )  # fmt: skip
         log.close()
@@ -247,7 +250,8 @@ async def fleet(
     backend: str = "redis",
 ) -> AsyncIterator[Fleet]:
     """Redis, the emulator and ``hosts`` daemons behind one balanced hook; everything this made
-    is stopped and removed on exit (containers of its instances included)."""
+    is stopped and removed on exit (containers of its instances included, then the network:
+    its processes have ended by then)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     secret = "fleet-secret"
     emulator = Emulator(
@@ -258,72 +262,74 @@ async def fleet(
     )
     tag = os.urandom(3).hex()
     (workdir / "redis").mkdir()
-    server = RedisProcess(workdir / "redis")
-    server.start()
-    client = docker.from_env()
-    made: list[Host] = []
-    try:
-        await server.wait_ready()
-        async with trio.open_nursery() as nursery:
-            api_url = await nursery.start(serve_emulator, emulator)
-            fleet_key = Fernet.generate_key()  # one fleet, one secrets key (docs/fleet.md)
-            for i in range(hosts):
-                address = f"127.0.0.{i + 2}"
-                port = free_port(address)
-                instance = f"fleet-{tag}-{i + 1}"
-                home = workdir / instance
-                home.mkdir()
-                (home / "secrets.key").write_bytes(fleet_key + b"\n")
-                (home / "secrets.key").chmod(0o600)
-                made.append(
-                    Host(
-                        index=i,
-                        instance=instance,
-                        address=address,
-                        port=port,
-                        workdir=home,
-                        config=host_config(
-                            home,
-                            api_url=api_url,
-                            key=key,
-                            secret=secret,
+    with host_network(hosts) as network:
+        server = RedisProcess(workdir / "redis", network.services)
+        server.start()
+        client = docker.from_env()
+        made: list[Host] = []
+        try:
+            await server.wait_ready()
+            async with trio.open_nursery() as nursery:
+                api_url = await nursery.start(
+                    partial(serve_emulator, emulator, host=network.services)
+                )
+                fleet_key = Fernet.generate_key()  # one fleet, one secrets key (docs/fleet.md)
+                for i, address in enumerate(network.addresses):
+                    port = network.intake_port(i)
+                    instance = f"fleet-{tag}-{i + 1}"
+                    home = workdir / instance
+                    home.mkdir()
+                    (home / "secrets.key").write_bytes(fleet_key + b"\n")
+                    (home / "secrets.key").chmod(0o600)
+                    made.append(
+                        Host(
+                            index=i,
                             instance=instance,
                             address=address,
                             port=port,
-                            redis_url=server.url,
-                            prefix=f"fleet{tag}",
-                            max_runners=max_runners,
-                            backend=backend,
-                        ),
+                            workdir=home,
+                            config=host_config(
+                                home,
+                                api_url=api_url,
+                                key=key,
+                                secret=secret,
+                                instance=instance,
+                                address=address,
+                                port=port,
+                                redis_url=server.url,
+                                prefix=f"fleet{tag}",
+                                max_runners=max_runners,
+                                backend=backend,
+                            ),
+                        )
                     )
-                )
-            stack = Fleet(emulator, server, made, f"fleet{tag}", client)
-            try:
-                async with trio.open_nursery() as starting:
-                    for host in made:
-                        starting.start_soon(stack.start, host)
-                emulator.add_hook(
-                    "https://gantryd.example/webhook", secret, backends=[h.url for h in made]
-                )
-                yield stack
-            finally:
-                with trio.CancelScope(shield=True):
-                    async with trio.open_nursery() as stopping:
-                        for host in made:
-                            stopping.start_soon(stack.stop, host)
-                nursery.cancel_scope.cancel()
-    finally:
-        for host in made:
-            for c in client.containers.list(
-                all=True, sparse=True, filters={"label": f"{INSTANCE_LABEL}={host.instance}"}
-            ):
+                stack = Fleet(emulator, server, made, f"fleet{tag}", client, network)
                 try:
-                    c.remove(force=True, v=True)
-                except docker.errors.APIError as exc:
-                    if exc.status_code not in (404, 409):
-                        raise
-        client.close()
-        server.stop()
+                    async with trio.open_nursery() as starting:
+                        for host in made:
+                            starting.start_soon(stack.start, host)
+                    emulator.add_hook(
+                        "https://gantryd.example/webhook", secret, backends=[h.url for h in made]
+                    )
+                    yield stack
+                finally:
+                    with trio.CancelScope(shield=True):
+                        async with trio.open_nursery() as stopping:
+                            for host in made:
+                                stopping.start_soon(stack.stop, host)
+                    nursery.cancel_scope.cancel()
+        finally:
+            for host in made:
+                for c in client.containers.list(
+                    all=True, sparse=True, filters={"label": f"{INSTANCE_LABEL}={host.instance}"}
+                ):
+                    try:
+                        c.remove(force=True, v=True)
+                    except docker.errors.APIError as exc:
+                        if exc.status_code not in (404, 409):
+                            raise
+            client.close()
+            server.stop()
 
 
 def outbox_empty(client: redis.Redis[str], prefix: str) -> bool:

@@ -75,10 +75,12 @@ class RedisProcess:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary is not None, "redis-server is not installed (apt install redis-server)"
+        # Protected mode refuses clients off loopback without a password; bound to the link
+        # address of the test's own veths, only the fleet's namespaces can reach it.
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", self.address, "--dir", str(self.directory),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-             "--maxmemory-policy", "noeviction"],
+             "--protected-mode", "no", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--maxmemory-policy", "noeviction"],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
 

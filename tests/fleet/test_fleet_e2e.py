@@ -1,6 +1,7 @@
-"""Two and three gantryd hosts on one Redis, end to end: real daemons (separate processes on
-127.0.0.2, 127.0.0.3, …), a real redis-server, real Docker, the emulator delivering each webhook
-to a host chosen at random (a load balancer in front of them)."""
+"""Two and three gantryd hosts on one Redis, end to end: real daemons (separate processes, each
+in a network namespace of its own, or on 127.0.0.2, 127.0.0.3, … where namespaces cannot be made:
+``host_network``), a real redis-server, real Docker, the emulator delivering each webhook to a
+host chosen at random (a load balancer in front of them)."""
 
 from __future__ import annotations
 

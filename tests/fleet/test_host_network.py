@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from tests.fleet.host_network import HostNetwork, host_network, our_namespaces
 
 # Listens on argv[1]:argv[2], says so, and answers the first connection with "host".
@@ -71,3 +73,11 @@ def test_hosts_and_services_reach_each_other_and_nothing_else() -> None:
     assert not set(network.namespaces) & set(our_namespaces())
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert f"gf{os.getpid()}" not in links
+
+
+def test_a_failing_test_leaves_no_namespace_behind() -> None:
+    made: tuple[str, ...] = ()
+    with pytest.raises(RuntimeError), host_network(2) as network:
+        made = network.namespaces
+        raise RuntimeError("the test failed")
+    assert not set(made) & set(our_namespaces())

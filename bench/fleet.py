@@ -4,8 +4,9 @@ with half the runner cap), in one run, and the Redis commands each job costs.
     .venv/bin/python bench/fleet.py [--jobs 60] [--runners 4] [--rounds 2]
 
 Each round runs both layouts one after the other (alternating which goes first), each on a fresh
-redis-server, emulator and daemons (``tests/fleet/fleet_stack.py``: hosts on 127.0.0.2, .3, each
-its own state dir and instance; every webhook goes to a host chosen at random). One host: queue
+redis-server, emulator and daemons (``tests/fleet/fleet_stack.py``: each host in a network
+namespace of its own, on 127.0.0.2, .3 where namespaces cannot be made; each its own state dir
+and instance; every webhook goes to a host chosen at random). One host: queue
 on Redis, ``max_runners = concurrency = R``; two hosts: R/2 each. Jobs run ``true`` in the
 stand-in runner image, spread over 3 repositories; timed from the first job's creation to the
 last ``completed``. Redis cost: the delta of ``INFO commandstats`` over the burst divided by the

@@ -43,12 +43,14 @@ def runner_image(docker_client: docker.DockerClient) -> str:
 
 
 def managed_containers(client: docker.DockerClient, instance: str) -> list[str]:
-    """Names of gantryd's containers for one instance, running or not."""
+    """Names of gantryd's containers for one instance, running or not, as listed (sparse: an
+    inspect per container would fail with 404 on one gantryd removes meanwhile)."""
     found = client.containers.list(
         all=True,
+        sparse=True,
         filters={"label": ["io.gantryd.managed=true", f"io.gantryd.instance={instance}"]},
     )
-    return [c.name for c in found]
+    return [str(c.attrs["Names"][0]).lstrip("/") for c in found]
 
 
 def remove_managed(client: docker.DockerClient, instance: str) -> None:

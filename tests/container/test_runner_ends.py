@@ -173,13 +173,17 @@ async def test_a_job_cancelled_while_its_runner_starts_removes_the_runner_and_no
     scaled down, what the provisioning makes after that is removed, and gantryd goes on."""
     method = "create" if held == "create" else "start_with_stdin"
     real = getattr(DockerAPI, method)
-    entered, release = trio.Event(), trio.Event()
+    entered, release, done = trio.Event(), trio.Event(), trio.Event()
 
     async def holding(self: DockerAPI, *args: Any) -> Any:
-        if not entered.is_set():
-            entered.set()
-            await release.wait()
-        return await real(self, *args)
+        if entered.is_set():
+            return await real(self, *args)
+        entered.set()
+        await release.wait()
+        try:
+            return await real(self, *args)
+        finally:
+            done.set()  # the held call went through: the container exists from here on
 
     monkeypatch.setattr(DockerAPI, method, holding)
     async with pool_stack(tmp_path) as stack:
@@ -199,6 +203,7 @@ async def test_a_job_cancelled_while_its_runner_starts_removes_the_runner_and_no
                 entry = await wait_state(pools, queue, job.id, JobState.DONE)
             assert entry.conclusion == "cancelled"
             with trio.fail_after(60):  # the provisioning's leftovers go once it returns
+                await done.wait()  # else, held at create, there may be nothing to wait for yet
                 await trio.to_thread.run_sync(removed, docker_client, runner.name)
             assert managed_containers(docker_client, stack.setup.instance) == []
             scope = emulator.scope_for(repository="octo-org/app")

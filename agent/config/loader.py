@@ -151,7 +151,13 @@ def _queue(loader: Loader, document: Mapping[str, object]) -> QueueConfig:
     d = QueueConfig()
     backend = t.string("backend", d.backend, choices=("sqlite", "redis"))
     unused = (
-        ("redis_url", "redis_prefix", "redis_password_file", "redis_ca_file")
+        (
+            "redis_url",
+            "redis_prefix",
+            "redis_password_file",
+            "redis_ca_file",
+            "redis_sentinel_password_file",
+        )
         if backend == "sqlite"
         else ("path", "synchronous")
     )
@@ -164,6 +170,10 @@ def _queue(loader: Loader, document: Mapping[str, object]) -> QueueConfig:
         raise t.error(
             "redis_url", f'"{scheme}://…" is not redis://, rediss://, unix:// or redis+sentinel://'
         )
+    if backend == "redis" and scheme != "redis+sentinel" and t.has("redis_sentinel_password_file"):
+        t.warn(
+            "redis_sentinel_password_file", "has no effect unless redis_url is redis+sentinel://"
+        )
     return QueueConfig(
         backend=backend,
         path=t.path("path"),
@@ -172,6 +182,7 @@ def _queue(loader: Loader, document: Mapping[str, object]) -> QueueConfig:
         redis_prefix=t.string("redis_prefix", d.redis_prefix, pattern=NAME, rule=NAME_RULE),
         redis_password_file=t.path("redis_password_file"),
         redis_ca_file=t.path("redis_ca_file"),
+        redis_sentinel_password_file=t.path("redis_sentinel_password_file"),
         retry_attempts=t.integer("retry_attempts", d.retry_attempts),
         retry_delay=t.duration("retry_delay", d.retry_delay, allow_zero=True),
         lease=t.duration("lease", d.lease),

@@ -153,6 +153,8 @@ class QueueConfig:
     redis_url: str = restart("redis://127.0.0.1:6379/0")
     redis_prefix: str = restart("gantryd")
     redis_password_file: Path | None = restart(None)  # AUTH password (first line), mode 0600
+    # The Sentinels' own password (their requirepass), for redis+sentinel:// only.
+    redis_sentinel_password_file: Path | None = restart(None)
     redis_ca_file: Path | None = restart(None)  # rediss://: CA bundle (PEM) for the server cert
     # The retry policy is handed to the backend when the queue is opened.
     retry_attempts: int = restart(3)

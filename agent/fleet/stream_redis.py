@@ -18,7 +18,7 @@ import trio
 
 from agent.config import QueueConfig
 from agent.queue.base import QueueUnavailable
-from agent.storage.redis_connection import redis_client
+from agent.storage.redis_connection import redis_client, unreachable
 from agent.storage.redis_handle import REFUSALS
 from agent.storage.worker_thread import WorkerThread
 
@@ -36,7 +36,7 @@ def _calling(fn: Callable[[redis.Redis[str]], T], client: redis.Redis[str]) -> T
     try:
         return fn(client)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise FleetUnavailable(f"Redis unreachable: {exc}") from exc
+        raise FleetUnavailable(unreachable(exc)) from exc
     except redis.exceptions.ResponseError as exc:
         if str(exc).startswith(REFUSALS):
             raise FleetUnavailable(f"Redis refused the write: {exc}") from exc
@@ -50,12 +50,15 @@ class StreamRedis:
     def __init__(self, url: str, *, prefix: str, queue: QueueConfig | None = None) -> None:
         """``queue`` gives the password and CA files of ``[queue]`` (TLS, AUTH, Sentinel alike
         for every client of the server)."""
-        password = queue.redis_password_file if queue else None
-        ca = queue.redis_ca_file if queue else None
-        self.client = redis_client(url, password_file=password, ca_file=ca)
-        self._reader = redis_client(
-            url, password_file=password, ca_file=ca, socket_timeout=BLOCK_MS / 1000 + 5
+        connect = partial(
+            redis_client,
+            url,
+            password_file=queue.redis_password_file if queue else None,
+            ca_file=queue.redis_ca_file if queue else None,
+            sentinel_password_file=queue.redis_sentinel_password_file if queue else None,
         )
+        self.client = connect()
+        self._reader = connect(socket_timeout=BLOCK_MS / 1000 + 5)
         self.base = f"{{{prefix}}}:"
         self.keys = [self.base]
         self._thread: WorkerThread | None = None

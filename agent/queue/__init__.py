@@ -30,6 +30,7 @@ async def open_queue(config: Config) -> AsyncIterator[JobQueue]:
             retry=retry,
             password_file=q.redis_password_file,
             ca_file=q.redis_ca_file,
+            sentinel_password_file=q.redis_sentinel_password_file,
         ) as rq:
             yield rq
     elif q.backend == "sqlite":

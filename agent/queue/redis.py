@@ -52,7 +52,7 @@ from agent.queue.base import (
 )
 from agent.queue.redis_scripts import FIELDS, SCRIPTS, SHAS
 from agent.storage.group_commit import Entry, GroupCommit
-from agent.storage.redis_connection import RedisUrlError, redis_client
+from agent.storage.redis_connection import RedisUrlError, redis_client, unreachable
 from agent.storage.worker_thread import WorkerThread
 
 T = TypeVar("T")
@@ -94,7 +94,7 @@ def _pairs(flat: Sequence[str]) -> list[tuple[str, int]]:
 def _unavailable(exc: Exception) -> Exception:
     """Translate redis-py's "could not do it" errors; others are bugs and stay as they are."""
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-        mapped: Exception = QueueUnavailable(f"Redis unreachable: {exc}")
+        mapped: Exception = QueueUnavailable(unreachable(exc))
     elif isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
         ("OOM", "READONLY", "LOADING", "MISCONF", "BUSY", "NOREPLICAS")
     ):
@@ -454,11 +454,17 @@ async def open_redis_queue(
     clock: Clock = time.time,
     password_file: Path | None = None,
     ca_file: Path | None = None,
+    sentinel_password_file: Path | None = None,
 ) -> AsyncIterator[RedisQueue]:
     """Connect to ``url`` (any form ``agent.storage.redis_connection`` takes), refuse a server
     that evicts keys, and close the pool on exit."""
     try:
-        client = redis_client(url, password_file=password_file, ca_file=ca_file)
+        client = redis_client(
+            url,
+            password_file=password_file,
+            ca_file=ca_file,
+            sentinel_password_file=sentinel_password_file,
+        )
     except RedisUrlError as exc:
         raise QueueUnavailable(f"cannot use redis_url {exc}") from exc
     queue = RedisQueue(client, prefix=prefix, retry=retry, clock=clock)

@@ -7,6 +7,8 @@
   the system's CA store) and the host name;
 - ``redis+sentinel://[user:password@]host:port,host:port/mastername[/db]``: ask the Sentinels
   which server is the primary, and ask again whenever a connection to it fails (a failover).
+  The URL's user and password are the data servers'; Sentinels with a password of their own
+  (``requirepass`` in sentinel.conf) get the one in ``sentinel_password_file``.
 
 A password may come from ``password_file`` instead of the URL (it wins over one in the URL), so
 the configuration file can stay world-readable. Neither ever reaches a log: ``redact`` is what
@@ -100,6 +102,22 @@ def check_url(url: str) -> None:
         parse_sentinel_url(url)
 
 
+def unreachable(exc: Exception) -> str:
+    """What to say of a connection failure: redis-py's text, except that a Sentinel lookup's
+    (the repr of its whole client, and the reason of each Sentinel in a suffix) is cut to what
+    an operator can act on."""
+    if not isinstance(exc, redis.sentinel.MasterNotFoundError):
+        return f"Redis unreachable: {exc}"
+    text = str(exc)
+    master = text.split("'")[1] if text.count("'") >= 2 else "?"
+    if "AuthenticationError" in text:
+        return (
+            f"the Sentinels refused gantryd's login while looking up primary {master!r}: set "
+            "[queue] redis_sentinel_password_file to their requirepass"
+        )
+    return f"Redis unreachable: no Sentinel answered with a primary for {master!r}"
+
+
 def read_password(path: Path) -> str:
     """The first line of ``path``: a password file holds nothing else (mode 0600)."""
     text = path.read_text(encoding="utf-8")
@@ -153,12 +171,14 @@ def redis_client(
     *,
     password_file: Path | None = None,
     ca_file: Path | None = None,
+    sentinel_password_file: Path | None = None,
     socket_timeout: float = READ_TIMEOUT,
 ) -> redis.Redis[str]:
     """A blocking client for ``url`` (no I/O yet: the first command connects).
 
-    ``ca_file`` only matters for ``rediss://``; with Sentinel the client asks the Sentinels for
-    the primary on every new connection, so a failover is followed without a restart.
+    ``ca_file`` only matters for ``rediss://`` and ``sentinel_password_file`` only for
+    ``redis+sentinel://``; with Sentinel the client asks the Sentinels for the primary on every
+    new connection, so a failover is followed without a restart.
     """
     check_url(url)
     parts = urlsplit(url)
@@ -166,12 +186,15 @@ def redis_client(
     if parts.scheme == "redis+sentinel":
         sentinels = parse_sentinel_url(url)
         options.pop("ssl_ca_certs", None)  # TLS to Sentinel-managed servers: not supported
+        asking: dict[str, Any] = {
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "decode_responses": True,
+        }
+        if sentinel_password_file is not None:
+            asking["password"] = read_password(sentinel_password_file)
         sentinel = redis.sentinel.Sentinel(
             list(sentinels.addresses),
-            sentinel_kwargs={
-                "socket_connect_timeout": CONNECT_TIMEOUT,
-                "decode_responses": True,
-            },
+            sentinel_kwargs=asking,
             **{k: v for k, v in options.items() if k != "decode_responses"},
         )
         return cast(

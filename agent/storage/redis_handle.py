@@ -49,11 +49,13 @@ class FleetRedis:
 
         import redis.exceptions  # loaded already: this client was made with it
 
+        from agent.storage.redis_connection import unreachable
+
         def call() -> T:
             try:
                 return fn(self.client)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                raise RedisUnavailable(f"Redis unreachable: {exc}") from exc
+                raise RedisUnavailable(unreachable(exc)) from exc
             except redis.exceptions.ResponseError as exc:
                 if str(exc).startswith(REFUSALS):
                     raise RedisUnavailable(f"Redis refused: {exc}") from exc
@@ -72,7 +74,10 @@ async def open_fleet_redis(queue: QueueConfig) -> AsyncIterator[FleetRedis]:
     from agent.storage.redis_connection import redis_client
 
     client = redis_client(
-        queue.redis_url, password_file=queue.redis_password_file, ca_file=queue.redis_ca_file
+        queue.redis_url,
+        password_file=queue.redis_password_file,
+        ca_file=queue.redis_ca_file,
+        sentinel_password_file=queue.redis_sentinel_password_file,
     )
     fleet = FleetRedis(client, prefix=queue.redis_prefix)
     try:

@@ -161,17 +161,31 @@ def tls_server(directory: Path, pki: Pki) -> Server:
     return Server(args, port, directory, ping)
 
 
-def sentinel_server(directory: Path, primary_port: int, master: str) -> Server:
-    """A Sentinel watching ``primary_port`` (quorum 1, quick failure detection)."""
+def sentinel_server(
+    directory: Path,
+    primary_port: int,
+    master: str,
+    *,
+    password: str | None = None,
+    primary_password: str | None = None,
+) -> Server:
+    """A Sentinel watching ``primary_port`` (quorum 1, quick failure detection); ``password`` is
+    the Sentinel's own (``requirepass``), ``primary_password`` the one it logs in to the
+    servers with (``auth-pass``)."""
     port = free_port()
     conf = directory / f"sentinel-{port}.conf"
-    conf.write_text(
+    text = (
         f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
         f"sentinel monitor {master} 127.0.0.1 {primary_port} 1\n"
         f"sentinel down-after-milliseconds {master} 1000\n"
         f"sentinel failover-timeout {master} 5000\n"
     )
-    return Server([str(conf), "--sentinel"], port, directory, _ping(port=port))
+    if password is not None:
+        text += f"requirepass {password}\n"
+    if primary_password is not None:
+        text += f"sentinel auth-pass {master} {primary_password}\n"
+    conf.write_text(text)
+    return Server([str(conf), "--sentinel"], port, directory, _ping(port=port, password=password))
 
 
 def sentinel_primary(sentinel_port: int, master: str) -> tuple[str, int] | None:

@@ -213,3 +213,45 @@ async def test_sentinel_failover_is_followed(tmp_path: Path, servers: list[Serve
     direct = redis.Redis(host="127.0.0.1", port=replica.port, decode_responses=True)
     assert direct.hget("{sent}:job:2", "state") is not None
     direct.close()
+
+
+async def test_sentinels_with_a_password_of_their_own(
+    tmp_path: Path, servers: list[Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sentinels with ``requirepass`` and a primary with another password: the URL's password
+    is the primary's, ``sentinel_password_file`` the Sentinels'; without it the queue cannot
+    open, and neither password reaches the error or the log."""
+    (tmp_path / "p").mkdir()
+    primary = plain_server(tmp_path / "p", password="data-pw-1")
+    primary.start()
+    servers.append(primary)
+    (tmp_path / "s").mkdir()
+    sentinel = sentinel_server(
+        tmp_path / "s",
+        primary.port,
+        "gantrymaster",
+        password="sentinel-pw-2",
+        primary_password="data-pw-1",
+    )
+    sentinel.start()
+    servers.append(sentinel)
+    sentinel_file = tmp_path / "sentinel-password"
+    sentinel_file.write_text("sentinel-pw-2\n")
+    sentinel_file.chmod(0o600)
+    url = f"redis+sentinel://:data-pw-1@127.0.0.1:{sentinel.port}/gantrymaster/0"
+
+    with pytest.raises(QueueUnavailable) as caught:
+        async with open_redis_queue(url, prefix="sentauth"):
+            pass
+    assert "redis_sentinel_password_file" in str(caught.value)  # says what to set
+    shown = f"{caught.value!r} {caught.value.__cause__!r} {caplog.text}"
+    assert "data-pw-1" not in shown and "sentinel-pw-2" not in shown
+
+    async with open_redis_queue(
+        url, prefix="sentauth", sentinel_password_file=sentinel_file
+    ) as queue:
+        await queue.enqueue(spec(7))
+        assert (await queue.get(7)) is not None
+    direct = redis.Redis(host="127.0.0.1", port=primary.port, password="data-pw-1")
+    assert direct.hget("{sentauth}:job:7", "state") is not None
+    direct.close()

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -199,19 +197,6 @@ async def wait_state(
     while (entry := await queue.get(job_id)) is None or entry.state is not state:
         await pools.wait_changed()
     return entry
-
-
-def remove_leftovers(client: docker.DockerClient, instance: str) -> None:
-    """Force-remove an instance's containers, tolerating removals gantryd has under way."""
-    for container in client.containers.list(
-        all=True,
-        filters={"label": ["io.gantryd.managed=true", f"io.gantryd.instance={instance}"]},
-    ):
-        try:
-            container.remove(force=True, v=True)  # with its volumes
-        except docker.errors.APIError as exc:
-            if exc.status_code not in (404, 409):  # gone, or its removal already under way
-                raise
 
 
 async def wait_entry(queue: JobQueue, job_id: int, state: JobState) -> None:

@@ -40,8 +40,8 @@ import trio
 from agent.container.lifecycle import RunnerState
 from agent.emulator.state import Emulator
 from agent.queue.base import JobState
-from tests.conftest import managed_containers
-from tests.container.stack import REPOSITORIES, pool_stack, remove_leftovers, wait_entry
+from tests.conftest import managed_containers, remove_managed
+from tests.container.stack import REPOSITORIES, pool_stack, wait_entry
 
 pytestmark = [
     pytest.mark.docker,
@@ -211,7 +211,7 @@ async def test_gantryd_survives_a_restart_of_dockerd(
                 await ensure_dockerd()  # gantryd's own clean-up needs the Engine
                 client = docker.DockerClient(base_url=f"unix://{ENGINE}")
                 try:
-                    remove_leftovers(client, stack.setup.instance)
+                    remove_managed(client, stack.setup.instance)
                 finally:
                     client.close()
     finally:

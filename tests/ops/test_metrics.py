@@ -33,7 +33,8 @@ from agent.ops.sampler import Sampler, Sources
 from agent.orchestrator.intake_http import IntakeStats, Outcome
 from agent.queue.base import JobSpec
 from agent.queue.sqlite import open_sqlite_queue
-from tests.container.stack import pool_stack, remove_leftovers
+from tests.conftest import remove_managed
+from tests.container.stack import pool_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -298,7 +299,7 @@ async def test_pool_events_of_a_real_run_reach_the_scrape(
             async with httpx.AsyncClient() as client:
                 scrape = await client.get(stack.daemon.metrics_url)
         finally:
-            remove_leftovers(docker_client, stack.setup.instance)
+            remove_managed(docker_client, stack.setup.instance)
     text = scrape.text
     await promtool_check(text)
     samples = samples_of(text)
